@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 
 from . import __version__
@@ -20,7 +21,18 @@ class _Parser(argparse.ArgumentParser):
     """argparse with a one-line error (no usage dump) and exit status 2."""
 
     def error(self, message):
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+        # Every rank parses the same argv: only the launcher's rank 0 says so (MPI is not started yet).
+        quiet = _launcher_rank() not in (None, 0)
+        self.exit(2, None if quiet else f"{self.prog}: error: {message} (see --help)\n")
+
+
+def _launcher_rank() -> int | None:
+    """This process's rank as the launcher (mpiexec, srun) tells it, without initialising MPI."""
+    for var in ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK", "SLURM_PROCID"):
+        v = os.environ.get(var)
+        if v and v.isdigit():
+            return int(v)
+    return None
 
 
 def _train_args(p: argparse.ArgumentParser) -> None:
@@ -87,8 +99,10 @@ def build_parser() -> argparse.ArgumentParser:
     d.set_defaults(func=lambda a: _help(d))
 
     s = sub.add_parser("summary", help="summarise a run log", description="Summarise an HDF5 run log.")
-    s.add_argument("runlog", help="the .h5 file written by train --out")
-    s.add_argument("--json", action="store_true", help="print one JSON object")
+    s.add_argument("runlog", nargs="+", help="the .h5 file(s) written by train --out")
+    fmt = s.add_mutually_exclusive_group()
+    fmt.add_argument("--json", action="store_true", help="print one JSON object (one per line for several files)")
+    fmt.add_argument("--markdown", action="store_true", help="print a Markdown table, one row per run log")
     s.set_defaults(func=cmd_summary)
     p.set_defaults(func=lambda a: _help(p))
     return p
@@ -163,19 +177,44 @@ def cmd_data_list(args) -> int:
     return 0
 
 
+MARKDOWN_COLUMNS = (("run", "run"), ("algo", "algo"), ("ranks", "ranks"), ("r", "r"), ("K", "K"),
+                    ("sigma2", "sigma^2"), ("epochs", "epochs"), ("train_acc", "train"), ("dev_acc", "dev"),
+                    ("wall_s", "wall (s)"), ("median_epoch_s", "median epoch (s)"))
+
+
+def _markdown_cell(key, v) -> str:
+    if key in ("train_acc", "dev_acc"):
+        return f"{100 * v:.2f}%"
+    if isinstance(v, float):
+        return f"{v:.3g}" if key in ("sigma2",) else f"{v:.2f}"
+    return str(v)
+
+
 def cmd_summary(args) -> int:
     from .runlog import RunLog
 
-    with RunLog(args.runlog) as rl:
-        s = rl.summary()
+    summaries = []
+    for path in args.runlog:
+        with RunLog(path) as rl:
+            summaries.append({"run": os.path.basename(path), **rl.summary()})
     if args.json:
-        print(json.dumps({k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in s.items()}))
+        for s in summaries:
+            s.pop("run")
+            print(json.dumps({k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in s.items()}))
         return 0
-    w = max(len(k) for k in s)
-    for k, v in s.items():
-        if isinstance(v, float):
-            v = f"{v:.6g}"
-        print(f"{k:<{w}}  {v}")
+    if args.markdown:
+        print("| " + " | ".join(h for _, h in MARKDOWN_COLUMNS) + " |")
+        print("|" + "---|" * len(MARKDOWN_COLUMNS))
+        for s in summaries:
+            if s["algo"] == "bgd":
+                s["r"] = s["K"] = s["sigma2"] = "-"
+            print("| " + " | ".join(_markdown_cell(k, s[k]) for k, _ in MARKDOWN_COLUMNS) + " |")
+        return 0
+    for s in summaries:
+        w = max(len(k) for k in s)
+        for k, v in s.items():
+            print(f"{k:<{w}}  {v:.6g}" if isinstance(v, float) else f"{k:<{w}}  {v}")
+        print()
     return 0
 
 
@@ -193,6 +232,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         _err("interrupted")
         return 130
+    except BrokenPipeError:  # output piped into head & co.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
 
 
 if __name__ == "__main__":

@@ -251,6 +251,11 @@ class InstrumentedComm:
         name, ver = self.MPI.get_vendor()
         return f"{name} {'.'.join(map(str, ver))}"
 
+    def mpi4py_version(self) -> str:
+        import mpi4py
+
+        return mpi4py.__version__
+
     def wtick(self) -> float:
         return self.MPI.Wtick()
 

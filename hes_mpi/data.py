@@ -39,6 +39,7 @@ import sys
 import tempfile
 import typing
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -121,7 +122,8 @@ def local_rows(batch_indices: np.ndarray, lo: int, hi: int) -> np.ndarray:
 
 
 def _to_float(images: np.ndarray, scale: float) -> np.ndarray:
-    out = np.asarray(images, dtype=np.float32).reshape(images.shape[0], -1)
+    n = images.shape[0]
+    out = np.asarray(images, dtype=np.float32).reshape(n, int(np.prod(images.shape[1:])))
     out *= np.float32(scale)
     return out
 
@@ -153,7 +155,7 @@ def _open_npy(path: Path, what: str) -> np.ndarray:
         return np.load(path, mmap_mode="r", allow_pickle=False)
     except FileNotFoundError:
         raise UsageError(f"{what}: {path} is missing; run 'hes-mpi data fetch mnist'") from None
-    except (ValueError, OSError) as e:
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
         raise UsageError(f"{what}: {path} is corrupt ({e}); run 'hes-mpi data fetch mnist --force'") from None
 
 
@@ -242,8 +244,11 @@ def _read_verified_pickle(path: Path):
     got_md5 = sha256_of(path, "md5")
     if got_md5 != MNIST_MD5:
         raise UsageError(f"{path.name}: md5 {got_md5} does not match {MNIST_MD5}; refusing to read it")
-    with gzip.open(path, "rb") as f:
-        return _ArraysOnlyUnpickler(io.BufferedReader(f), encoding="latin1").load()
+    try:
+        with gzip.open(path, "rb") as f:
+            return _ArraysOnlyUnpickler(io.BufferedReader(f), encoding="latin1").load()
+    except (pickle.UnpicklingError, EOFError, OSError) as e:
+        raise UsageError(f"{path.name}: refused while reading ({e})") from None
 
 
 def mnist_status(root: Path, verify: bool = False) -> tuple[bool, str]:
@@ -356,7 +361,7 @@ def _idx_header(head: bytes, path: Path, ndim: int) -> tuple[int, tuple[int, ...
     if len(head) < 4 or head[0] != 0 or head[1] != 0:
         raise UsageError(f"{path.name}: not an IDX file (bad magic number)")
     if head[2] not in _IDX_TYPES:
-        raise UsageError(f"{path.name}: IDX element type 0x{head[2]:02x} not supported (only unsigned bytes)")
+        raise UsageError(f"{path.name}: unsupported IDX magic number (element type 0x{head[2]:02x}; only unsigned bytes)")
     if head[3] != ndim:
         raise UsageError(f"{path.name}: IDX file has {head[3]} dimensions, expected {ndim}")
     hdr = 4 + 4 * ndim
@@ -368,10 +373,8 @@ def _idx_header(head: bytes, path: Path, ndim: int) -> tuple[int, tuple[int, ...
 
 def _read_idx(path: Path, ndim: int, rows: tuple[int, int] | None = None) -> np.ndarray:
     """Read an IDX file (raw: memory-mapped, only ``rows`` copied; gzipped: decompressed)."""
-    with open(path, "rb") as f:
-        gz = f.read(2) == b"\x1f\x8b"
     try:
-        if gz:
+        if _is_gzip(path):
             with gzip.open(path, "rb") as f:
                 data = f.read()
             hdr, dims = _idx_header(data[: 4 + 4 * ndim], path, ndim)
@@ -388,22 +391,27 @@ def _read_idx(path: Path, ndim: int, rows: tuple[int, int] | None = None) -> np.
             if have < need:
                 raise UsageError(f"{path.name}: truncated ({have} of {need} bytes)")
             arr = np.memmap(path, dtype=np.uint8, mode="r", offset=hdr, shape=dims)
-    except (EOFError, gzip.BadGzipFile, OSError) as e:
+    except (EOFError, gzip.BadGzipFile, OSError, zlib.error) as e:
         if isinstance(e, UsageError):
             raise
-        raise UsageError(f"{path.name}: unreadable ({e})") from None
+        raise UsageError(f"{path.name}: unreadable: bad magic number or corrupt gzip stream ({e})") from None
     if rows is not None:
         return np.array(arr[rows[0] : rows[1]])
     return np.array(arr)
 
 
+def _is_gzip(path: Path) -> bool:
+    with open(path, "rb") as f:
+        return f.read(2) == b"\x1f\x8b"
+
+
 def _idx_count(path: Path, ndim: int) -> int:
-    if path.name.endswith(".gz"):
+    if _is_gzip(path):
         try:
             with gzip.open(path, "rb") as f:
                 head = f.read(4 + 4 * ndim)
-        except (EOFError, gzip.BadGzipFile, OSError) as e:
-            raise UsageError(f"{path.name}: unreadable ({e})") from None
+        except (EOFError, gzip.BadGzipFile, OSError, zlib.error) as e:
+            raise UsageError(f"{path.name}: unreadable: bad magic number or corrupt gzip stream ({e})") from None
     else:
         with open(path, "rb") as f:
             head = f.read(4 + 4 * ndim)

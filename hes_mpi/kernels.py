@@ -50,13 +50,14 @@ def _softmax_ce(Z, b2, y, P):
             if v > m:
                 m = v
                 arg = j
+        zy = np.float64(P[i, y[i]])  # target logit, read before P (which may alias Z) is overwritten
         s = 0.0
         for j in range(c):
             e = math.exp(np.float64(P[i, j]) - m)
             s += e
         for j in range(c):
             P[i, j] = np.float32(math.exp(np.float64(P[i, j]) - m) / s)
-        loss += math.log(s) - (np.float64(Z[i, y[i]] + b2[y[i]]) - m)
+        loss += math.log(s) - (zy - m)
         if arg == y[i]:
             correct += 1
     return loss, correct

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import platform
 import socket
 import sys
@@ -37,7 +38,6 @@ def _set_threads(comm, requested: int) -> int:
 
 def environment(comm, threads: int, shard: Shard, model: MLP) -> dict:
     import h5py
-    import mpi4py
     import numba
 
     return {
@@ -46,7 +46,7 @@ def environment(comm, threads: int, shard: Shard, model: MLP) -> dict:
         "numba": numba.__version__,
         "h5py": h5py.__version__,
         "hdf5": h5py.version.hdf5_version,
-        "mpi4py": mpi4py.__version__,
+        "mpi4py": comm.mpi4py_version(),
         "mpi_vendor": comm.vendor(),
         "mpi_library": comm.library_version().splitlines()[0],
         "hostname": socket.gethostname(),
@@ -63,6 +63,15 @@ def environment(comm, threads: int, shard: Shard, model: MLP) -> dict:
     }
 
 
+def _fault_from_env(rank: int) -> int | None:
+    """``HES_MPI_INJECT_FAULT=RANK:ITERATION`` raises an exception on that rank (for fault tests)."""
+    spec = os.environ.get("HES_MPI_INJECT_FAULT")
+    if not spec:
+        return None
+    r, it = (int(v) for v in spec.split(":"))
+    return it if r == rank else None
+
+
 class Trainer:
     def __init__(self, cfg: RunConfig, comm, argv: list[str] | None = None):
         self.cfg = cfg
@@ -73,7 +82,7 @@ class Trainer:
             raise RunError("ranks were started with different options")
         self.threads = _set_threads(comm, cfg.threads)
         self.shard: Shard = comm.agree(load_shard, cfg.data, comm.rank, comm.size, cfg.data_dir, cfg.dev_size)
-        cfg.validate_for(comm.size, self.shard.n_train)
+        comm.agree(cfg.validate_for, comm.size, self.shard.n_train)
         self.model = MLP(self.shard.n_features, cfg.hidden, self.shard.n_classes)
         self.writer = comm.agree(self._open_writer)
         # Compile (or load cached) kernels on rank 0 first: concurrent cache writes race.
@@ -91,6 +100,7 @@ class Trainer:
         self.ybuf = np.empty(max_rows, dtype=np.int32)
         self._evalbuf = np.zeros(4, dtype=np.float64)
         self.iteration = 0
+        self._fault = _fault_from_env(comm.rank)
 
     def _open_writer(self):
         cfg = self.cfg
@@ -173,6 +183,8 @@ class Trainer:
             batches = global_batches(self.shard.n_train, cfg.batch, cfg.seed, epoch)
             for j in range(m):
                 i = self.iteration
+                if self._fault is not None and i == self._fault:
+                    raise RuntimeError(f"fault injected by HES_MPI_INJECT_FAULT at iteration {i}")
                 X, y = self._batch(batches[j])
                 t0 = comm.wtime()
                 c0 = comm.comm_seconds

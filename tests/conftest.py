@@ -1,0 +1,39 @@
+"""Shared helpers: launching the real CLI under the real mpiexec."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+MPIEXEC = shutil.which("mpiexec", path=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))
+
+
+def mpi_size() -> int:
+    """Ranks of the MPI job this pytest runs in (1 when not under mpiexec); does not start MPI."""
+    for var in ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_SIZE", "SLURM_NTASKS"):
+        if os.environ.get(var):
+            return int(os.environ[var])
+    return 1
+
+
+def run_cli(args, n: int | None = 2, env: dict | None = None, timeout: float = 180, cwd=None):
+    """Run ``python -m hes_mpi ARGS`` (under ``mpiexec -n n`` unless n is None); return CompletedProcess."""
+    cmd = [sys.executable, "-m", "hes_mpi", *map(str, args)]
+    if n is not None:
+        if MPIEXEC is None:
+            pytest.skip("no mpiexec on PATH (pip install mpich)")
+        if mpi_size() > 1:
+            pytest.skip("launches its own mpiexec: run serially")
+        cmd = [MPIEXEC, "-n", str(n), *cmd]
+    full_env = {**os.environ, **(env or {})}
+    full_env.setdefault("HES_MPI_DATA", str(Path(__file__).parent / "_no_data_here"))
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=full_env, cwd=cwd, check=False)
+
+
+def error_lines(proc) -> list[str]:
+    return [ln for ln in proc.stderr.splitlines() if "error" in ln.lower()]

@@ -1,0 +1,125 @@
+"""Plain NumPy references for every kernel in :mod:`hes_mpi.kernels`.
+
+Written independently of the Numba kernels: straightforward vectorised NumPy, computed in float64
+unless a function documents otherwise (``sgd_update_f32`` / ``make_candidate_f32`` reproduce the
+float32 expressions the project relies on bitwise).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def _f64(*arrays):
+    return tuple(np.asarray(a, dtype=np.float64) for a in arrays)
+
+
+def sigmoid(a):
+    return 1.0 / (1.0 + np.exp(-a))
+
+
+def logits(X, W1, b1, W2, b2):
+    """(hidden activations, output logits) in float64."""
+    X, W1, b1, W2, b2 = _f64(X, W1, b1, W2, b2)
+    H = sigmoid(X @ W1 + b1)
+    return H, H @ W2 + b2
+
+
+def log_softmax(Z):
+    m = Z.max(axis=1, keepdims=True)
+    return Z - m - np.log(np.exp(Z - m).sum(axis=1, keepdims=True))
+
+
+def per_row_loss(X, y, W1, b1, W2, b2):
+    """Cross-entropy of every row, float64."""
+    _, Z = logits(X, W1, b1, W2, b2)
+    y = np.asarray(y, dtype=np.int64)
+    return -log_softmax(Z)[np.arange(len(y)), y]
+
+
+def forward_loss(X, y, W1, b1, W2, b2):
+    """(cross-entropy summed over the rows, number of rows whose argmax equals the label)."""
+    _, Z = logits(X, W1, b1, W2, b2)
+    y = np.asarray(y, dtype=np.int64)
+    loss = float(-log_softmax(Z)[np.arange(len(y)), y].sum())
+    correct = int((Z.argmax(axis=1) == y).sum())
+    return loss, correct
+
+
+def forward_backward(X, y, W1, b1, W2, b2):
+    """(loss, correct, (gW1, gb1, gW2, gb2)): gradient of the summed cross-entropy, float64."""
+    X, W1, b1, W2, b2 = _f64(X, W1, b1, W2, b2)
+    y = np.asarray(y, dtype=np.int64)
+    H, Z = logits(X, W1, b1, W2, b2)
+    P = np.exp(log_softmax(Z))
+    onehot = np.zeros_like(P)
+    onehot[np.arange(len(y)), y] = 1.0
+    dZ = P - onehot
+    gW2 = H.T @ dZ
+    gb2 = dZ.sum(axis=0)
+    dA = (dZ @ W2.T) * H * (1.0 - H)
+    gW1 = X.T @ dA
+    gb1 = dA.sum(axis=0)
+    loss, correct = forward_loss(X, y, W1, b1, W2, b2)
+    return loss, correct, (gW1, gb1, gW2, gb2)
+
+
+def weight_mask(n, weight_segments):
+    mask = np.zeros(n, dtype=bool)
+    for a, b in np.asarray(weight_segments):
+        mask[a:b] = True
+    return mask
+
+
+def finish_gradient(g, theta, inv_batch, l2, weight_segments):
+    """g * inv_batch + l2 * theta on the weight segments (returns a new float64 array)."""
+    g, theta = _f64(g, theta)
+    return g * inv_batch + l2 * theta * weight_mask(len(g), weight_segments)
+
+
+def sgd_update(theta, g, lr):
+    """theta - lr * g in float64."""
+    theta, g = _f64(theta, g)
+    return theta - lr * g
+
+
+def sgd_update_f32(theta, g, lr):
+    """The float32 expression the kernel must match bitwise."""
+    return theta - np.float32(lr) * g
+
+
+def make_candidate(theta, g, z, lr, sigma, weight_segments):
+    """(theta - lr * (g + sigma * z), its squared weight norm), float64."""
+    theta, g, z = _f64(theta, g, z)
+    out = theta - lr * (g + sigma * z)
+    w = out[weight_mask(len(out), weight_segments)]
+    return out, float(w @ w)
+
+
+def make_candidate_f32(theta, g, z, lr, sigma, weight_segments):
+    """The float32 expression the kernel must match bitwise, and its squared weight norm (float64)."""
+    out = theta - np.float32(lr) * (g + np.float32(sigma) * z)
+    w = out[weight_mask(len(out), weight_segments)].astype(np.float64)
+    return out, float(w @ w)
+
+
+def component_stats(g):
+    """(mean, variance, squared norm) in float64."""
+    (g,) = _f64(g)
+    return float(g.mean()), float(g.var()), float(g @ g)
+
+
+def evaluate(X, y, views):
+    """Summed cross-entropy and correct count over the whole set, in one shot."""
+    W1, b1, W2, b2 = views
+    return forward_loss(X, y, W1, b1, W2, b2)
+
+
+def checksum(theta):
+    """The FNV-1a-style hash of the float32 bit patterns, in pure Python integers."""
+    h = 1469598103934665603
+    p = 1099511628211
+    mask = (1 << 64) - 1
+    for b in np.ascontiguousarray(theta, dtype=np.float32).view(np.uint32).tolist():
+        h = ((h ^ b) * p) & mask
+    return h >> 1

@@ -1,0 +1,210 @@
+"""The command line as a user runs it: real mpiexec, real files, one-line errors, exit codes, no hangs."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import struct
+
+import h5py
+import numpy as np
+import pytest
+from conftest import error_lines, run_cli
+
+SYN = ["--data", "synthetic:400", "--hidden", "16", "--batch", "100", "--lr", "1", "--epochs", "2"]
+
+
+def assert_usage_error(proc, fragment: str):
+    assert proc.returncode == 2, (proc.returncode, proc.stdout, proc.stderr)
+    errs = error_lines(proc)
+    assert len(errs) == 1, proc.stderr  # one line, from one rank
+    assert fragment.lower() in errs[0].lower(), errs[0]
+    assert "Traceback" not in proc.stderr
+
+
+def write_idx(d, n=60, magic_images=0x00000803, n_labels=None, truncate=0, gz=False, size=4):
+    d.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    imgs = rng.integers(0, 256, (n, size, size), dtype=np.uint8)
+    labs = rng.integers(0, 10, n_labels if n_labels is not None else n, dtype=np.uint8)
+    img_bytes = struct.pack(">IIII", magic_images, n, size, size) + imgs.tobytes()
+    lab_bytes = struct.pack(">II", 0x00000801, labs.size) + labs.tobytes()
+    if truncate:
+        img_bytes = img_bytes[:-truncate]
+    for name, data in (("train-images-idx3-ubyte", img_bytes), ("train-labels-idx1-ubyte", lab_bytes),
+                       ("t10k-images-idx3-ubyte", img_bytes), ("t10k-labels-idx1-ubyte", lab_bytes)):
+        if gz:
+            with gzip.open(d / (name + ".gz"), "wb") as f:
+                f.write(data)
+        else:
+            (d / name).write_bytes(data)
+    return d
+
+
+# ------------------------------------------------------------------------------------------ happy paths
+def test_help_documents_every_option():
+    proc = run_cli(["train", "--help"], n=None)
+    assert proc.returncode == 0
+    for opt in ("--algo", "--K", "--r", "--sigma2", "--assisted", "--lr", "--batch", "--epochs", "--l2", "--hidden",
+                "--seed", "--data", "--out", "--force", "--data-dir"):
+        assert opt in proc.stdout
+
+
+def test_train_writes_runlog_and_summary(tmp_path):
+    out = tmp_path / "run.h5"
+    proc = run_cli(["train", *SYN, "--algo", "hes", "--r", "2", "--out", out])
+    assert proc.returncode == 0, proc.stderr
+    assert "epoch 2/2" in proc.stdout and "done:" in proc.stdout
+    assert proc.stderr.strip() == ""  # other ranks stay quiet
+    s = run_cli(["summary", out, "--json"], n=None)
+    assert s.returncode == 0, s.stderr
+    d = json.loads(s.stdout)
+    for key in ("algo", "ranks", "epochs", "iterations", "grad_steps", "es_steps", "train_acc", "dev_acc", "wall_s"):
+        assert key in d
+    assert d["ranks"] == 2 and d["epochs"] == 2 and d["iterations"] == 8
+    assert d["grad_steps"] == 4 and d["es_steps"] == 4
+    with h5py.File(out, "r") as f:
+        assert f.attrs["complete"]
+        assert f["final/theta"].shape == (32 * 16 + 16 + 16 * 10 + 10,)
+        assert "MPICH" in f["environment"].attrs["mpi_library"] or f["environment"].attrs["mpi_library"]
+
+
+def test_same_command_is_bitwise_reproducible(tmp_path):
+    outs = []
+    for name in ("a.h5", "b.h5"):
+        out = tmp_path / name
+        proc = run_cli(["train", *SYN, "--algo", "hes", "--out", out])
+        assert proc.returncode == 0, proc.stderr
+        outs.append(out)
+    with h5py.File(outs[0], "r") as a, h5py.File(outs[1], "r") as b:
+        assert np.array_equal(a["final/theta"][()].view(np.uint32), b["final/theta"][()].view(np.uint32))
+        for k in ("train_loss", "train_acc", "dev_loss", "dev_acc"):
+            assert np.array_equal(a["epochs"][k][()], b["epochs"][k][()])
+        assert np.array_equal(a["iterations/es_k"][()], b["iterations/es_k"][()])
+
+
+@pytest.mark.parametrize("n", [2, 4])
+def test_one_rank_and_n_ranks_agree(tmp_path, n):
+    """Contract: the same global batches on 1 and n ranks give the same BGD parameters (fp tolerance)."""
+    thetas = {}
+    for ranks in (1, n):
+        out = tmp_path / f"r{ranks}.h5"
+        proc = run_cli(["train", *SYN, "--epochs", "3", "--out", out], n=ranks)
+        assert proc.returncode == 0, proc.stderr
+        with h5py.File(out, "r") as f:
+            thetas[ranks] = f["final/theta"][()]
+            acc = f["epochs/dev_acc"][()]
+        thetas[(ranks, "acc")] = acc
+    np.testing.assert_allclose(thetas[n], thetas[1], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(thetas[(n, "acc")], thetas[(1, "acc")], atol=2e-3)
+
+
+def test_summary_errors_are_one_line(tmp_path):
+    missing = run_cli(["summary", tmp_path / "nope.h5"], n=None)
+    assert missing.returncode == 2 and "no such file" in missing.stderr
+    trunc = tmp_path / "trunc.h5"
+    ok = tmp_path / "ok.h5"
+    assert run_cli(["train", *SYN, "--out", ok]).returncode == 0
+    trunc.write_bytes(ok.read_bytes()[:2000])
+    p = run_cli(["summary", trunc], n=None)
+    assert p.returncode == 2 and "Traceback" not in p.stderr and len(p.stderr.strip().splitlines()) == 1
+    foreign = tmp_path / "foreign.h5"
+    with h5py.File(foreign, "w") as f:
+        f["x"] = 1
+    p = run_cli(["summary", foreign], n=None)
+    assert p.returncode == 2 and "not a hes_mpi run log" in p.stderr
+
+
+# ------------------------------------------------------------------------------------------ bad input rows
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (["--data", "nosuchset"], "unknown dataset"),
+        (["--K", "0"], "--K"),
+        (["--r", "0"], "--r"),
+        (["--sigma2", "-1"], "--sigma2"),
+        (["--lr", "0"], "--lr"),
+        (["--lr", "-3"], "--lr"),
+        (["--batch", "1"], "smaller than the rank count"),
+        (["--batch", "500"], "shard holds only"),
+        (["--data", "synthetic:1"], "ranks but only 1 training"),
+        (["--algo", "sgd"], "invalid choice"),
+        (["--K", "two"], "invalid int"),
+    ],
+)
+def test_bad_options(args, fragment):
+    proc = run_cli(["train", *SYN, *args])
+    assert_usage_error(proc, fragment)
+
+
+def test_missing_mnist(tmp_path):
+    proc = run_cli(["train", "--data", "mnist", "--data-dir", tmp_path])
+    assert_usage_error(proc, "data fetch mnist")
+
+
+def test_corrupt_mnist_npy(tmp_path):
+    d = tmp_path / "mnist"
+    d.mkdir()
+    (d / "manifest.json").write_text("{}")
+    (d / "train-images.npy").write_bytes(b"\x93NUMPY garbage")
+    proc = run_cli(["train", "--data", "mnist", "--data-dir", tmp_path])
+    assert_usage_error(proc, "mnist")
+
+
+def test_bad_checksum_refused(tmp_path):
+    fake = tmp_path / "mnist.pkl.gz"
+    fake.write_bytes(gzip.compress(b"not the real thing"))
+    proc = run_cli(["data", "fetch", "mnist", "--from", fake, "--data-dir", tmp_path / "d"], n=None)
+    assert_usage_error(proc, "sha256")
+    assert not (tmp_path / "d" / "mnist").exists()
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "fragment"),
+    [
+        ({"magic_images": 0x00000903}, "magic"),
+        ({"magic_images": 0x12340803}, "magic"),
+        ({"truncate": 10}, "truncated"),
+        ({"truncate": 10, "gz": True}, "truncated"),
+        ({"n_labels": 50}, "labels"),
+    ],
+)
+def test_bad_idx(tmp_path, kwargs, fragment):
+    d = write_idx(tmp_path / "idx", **kwargs)
+    proc = run_cli(["train", "--data", f"idx:{d}", "--dev-size", "10", "--batch", "10", "--hidden", "8"])
+    assert_usage_error(proc, fragment)
+
+
+def test_idx_trains(tmp_path):
+    d = write_idx(tmp_path / "idx", n=120, gz=True)
+    proc = run_cli(["train", "--data", f"idx:{d}", "--dev-size", "20", "--batch", "20", "--hidden", "8",
+                    "--epochs", "1", "--lr", "0.5"])
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_existing_output_needs_force(tmp_path):
+    out = tmp_path / "run.h5"
+    out.write_bytes(b"precious")
+    assert_usage_error(run_cli(["train", *SYN, "--out", out]), "--force")
+    assert out.read_bytes() == b"precious"
+    proc = run_cli(["train", *SYN, "--out", out, "--force"])
+    assert proc.returncode == 0, proc.stderr
+
+
+@pytest.mark.parametrize("where", ["missing_folder", "is_folder"])
+def test_unwritable_output(tmp_path, where):
+    out = tmp_path / "no" / "such" / "run.h5" if where == "missing_folder" else tmp_path
+    assert_usage_error(run_cli(["train", *SYN, "--out", out]), "--out")
+
+
+def test_exception_on_one_rank_aborts_all():
+    proc = run_cli(["train", *SYN, "--epochs", "50"], env={"HES_MPI_INJECT_FAULT": "1:3"}, timeout=60)
+    assert proc.returncode != 0
+    assert "fault injected" in proc.stderr
+    assert "rank 1/2" in proc.stderr
+
+
+def test_nonfinite_loss_is_a_clear_error():
+    proc = run_cli(["train", *SYN, "--lr", "1e30"])
+    assert proc.returncode == 1, proc.stderr
+    assert "not finite" in proc.stderr and "Traceback" not in proc.stderr

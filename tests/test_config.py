@@ -1,0 +1,149 @@
+"""RunConfig: defaults, validation messages, the gradient / ES schedule."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+
+import pytest
+
+from hes_mpi.config import RunConfig
+from hes_mpi.errors import UsageError
+
+
+def test_defaults_validate():
+    cfg = RunConfig()
+    assert cfg.validate() is cfg
+    assert (cfg.algo, cfg.lr, cfg.batch, cfg.epochs, cfg.hidden) == ("bgd", 5.0, 1000, 30, 300)
+
+
+@pytest.mark.parametrize(
+    "field,value,words",
+    [
+        ("K", 0, "--K"),
+        ("K", -3, "--K"),
+        ("r", 0, "--r"),
+        ("sigma2", -0.1, "--sigma2"),
+        ("sigma2", math.nan, "--sigma2"),
+        ("sigma2", math.inf, "--sigma2"),
+        ("lr", 0.0, "--lr"),
+        ("lr", -1.0, "--lr"),
+        ("lr", math.inf, "--lr"),
+        ("lr", math.nan, "--lr"),
+        ("batch", 0, "--batch"),
+        ("epochs", 0, "--epochs"),
+        ("hidden", 0, "--hidden"),
+        ("algo", "sgd", "--algo"),
+        ("algo", "HES", "--algo"),
+        ("sigma_scale", "log", "--sigma-scale"),
+        ("l2", -1e-4, "--l2"),
+        ("l2", math.nan, "--l2"),
+        ("seed", -1, "--seed"),
+        ("seed", 2**63, "--seed"),
+        ("dev_size", -1, "--dev-size"),
+        ("check_every", -1, "--check-every"),
+        ("threads", -2, "--threads"),
+    ],
+)
+def test_bad_values_raise_usage_error(field, value, words):
+    cfg = dataclasses.replace(RunConfig(), **{field: value})
+    with pytest.raises(UsageError) as ei:
+        cfg.validate()
+    msg = str(ei.value)
+    assert words in msg
+    assert "\n" not in msg
+
+
+@pytest.mark.parametrize(
+    "field,value",
+    [("K", 1), ("r", 1), ("sigma2", 0.0), ("lr", 1e-9), ("batch", 1), ("epochs", 1), ("hidden", 1),
+     ("algo", "hes"), ("l2", 0.0), ("seed", 2**63 - 1), ("dev_size", 0), ("check_every", 0),
+     ("sigma_scale", "absolute")],
+)
+def test_boundary_values_are_accepted(field, value):
+    dataclasses.replace(RunConfig(), **{field: value}).validate()
+
+
+def test_usage_error_exit_code():
+    assert UsageError.exit_code == 2
+
+
+# ---------------------------------------------------------------------------------------- validate_for
+def test_validate_for_ok():
+    RunConfig(batch=1000).validate_for(4, 50000)
+    RunConfig(batch=4).validate_for(4, 4)  # one example per rank per batch, one per shard
+    RunConfig(batch=10).validate_for(1, 10)
+
+
+def test_validate_for_batch_smaller_than_ranks():
+    with pytest.raises(UsageError, match="smaller than the rank count 8"):
+        RunConfig(batch=4).validate_for(8, 50000)
+
+
+def test_validate_for_more_ranks_than_examples():
+    with pytest.raises(UsageError, match="16 ranks but only 10 training examples"):
+        RunConfig(batch=100).validate_for(16, 10)
+
+
+def test_validate_for_batch_per_rank_larger_than_shard():
+    # 3 ranks over 10 examples: shards of 3; batch 10 needs ceil(10/3) = 4 per rank
+    with pytest.raises(UsageError, match="needs 4 examples per rank, but a shard holds only 3"):
+        RunConfig(batch=10).validate_for(3, 10)
+    with pytest.raises(UsageError, match="shard holds only"):
+        RunConfig(batch=1001).validate_for(1, 1000)
+    RunConfig(batch=9).validate_for(3, 10)
+
+
+# ---------------------------------------------------------------------------------------- schedule
+def schedule(cfg, n=7):
+    return [(cfg.is_grad_step(i), cfg.is_es_step(i)) for i in range(n)]
+
+
+def test_schedule_bgd():
+    assert schedule(RunConfig(algo="bgd")) == [(True, False)] * 7
+    assert schedule(RunConfig(algo="bgd", r=3)) == [(True, False)] * 7
+    assert RunConfig(algo="bgd").es_every_iteration is False
+
+
+def test_schedule_bgd_ignores_assisted():
+    assert schedule(RunConfig(algo="bgd", assisted=True)) == [(True, False)] * 7
+    assert RunConfig(algo="bgd", assisted=True).es_every_iteration is False
+
+
+def test_schedule_hes_r1_is_all_gradient():
+    assert schedule(RunConfig(algo="hes", r=1)) == [(True, False)] * 7
+
+
+def test_schedule_hes_r2_alternates():
+    G, E = (True, False), (False, True)
+    assert schedule(RunConfig(algo="hes", r=2)) == [G, E, G, E, G, E, G]
+
+
+def test_schedule_hes_r3():
+    G, E = (True, False), (False, True)
+    assert schedule(RunConfig(algo="hes", r=3)) == [G, E, E, G, E, E, G]
+
+
+@pytest.mark.parametrize("r", [1, 2, 3])
+def test_schedule_hes_assisted_does_both_every_iteration(r):
+    cfg = RunConfig(algo="hes", r=r, assisted=True)
+    assert schedule(cfg) == [(True, True)] * 7
+    assert cfg.es_every_iteration is True
+
+
+@pytest.mark.parametrize("r", [1, 2, 3, 5])
+def test_schedule_hes_every_iteration_does_something(r):
+    cfg = RunConfig(algo="hes", r=r)
+    for i in range(20):
+        assert cfg.is_grad_step(i) != cfg.is_es_step(i)
+    assert sum(cfg.is_grad_step(i) for i in range(10 * r)) == 10
+
+
+# ---------------------------------------------------------------------------------------- round trip
+def test_dict_and_json_round_trip():
+    cfg = RunConfig(algo="hes", K=4, r=3, sigma2=0.25, assisted=True, data="synthetic:100:2")
+    assert RunConfig.from_dict(cfg.to_dict()) == cfg
+    assert RunConfig.from_dict(json.loads(cfg.to_json())) == cfg
+    # unknown keys (e.g. from a newer run log) are ignored
+    assert RunConfig.from_dict({**cfg.to_dict(), "not_a_field": 1}) == cfg

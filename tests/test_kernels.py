@@ -1,0 +1,378 @@
+"""Every Numba kernel against its plain NumPy reference in tests/naive.py."""
+
+from __future__ import annotations
+
+import naive
+import numpy as np
+import pytest
+
+from hes_mpi import kernels
+from hes_mpi.model import MLP
+
+# (rows, n_in, hidden, classes)
+SHAPES = [
+    (1, 20, 1, 10),
+    (1, 784, 300, 10),
+    (13, 20, 7, 10),
+    (64, 784, 300, 10),
+    (100, 32, 7, 10),
+    (9, 5, 1, 3),
+]
+SHAPE_IDS = [f"rows{r}-in{i}-hid{h}-out{c}" for r, i, h, c in SHAPES]
+
+GRAD_RTOL, GRAD_ATOL = 1e-4, 1e-5
+LOSS_RTOL = 1e-5
+
+
+def make_problem(rows, n_in, hidden, classes, seed=0, wscale=None):
+    """Random float32 inputs in [0, 1), int32 labels, and a flat float32 theta with its views."""
+    rng = np.random.default_rng([seed, rows, n_in, hidden, classes])
+    net = MLP(n_in, hidden, classes)
+    theta = rng.standard_normal(net.param_count, dtype=np.float32)
+    if wscale is None:
+        wscale = 1.0 / np.sqrt(n_in)  # keep the sigmoid out of saturation so gradients are not all ~0
+    W1, b1, _, _ = net.views(theta)
+    W1 *= np.float32(wscale)
+    b1 *= np.float32(0.5)
+    X = rng.random((rows, n_in), dtype=np.float32)
+    y = rng.integers(0, classes, rows).astype(np.int32)
+    return net, theta, X, y
+
+
+def grad_views(net):
+    g = np.full(net.param_count, np.nan, dtype=np.float32)  # poison: every entry must be written
+    return g, net.views(g)
+
+
+def assert_bitwise(a, b):
+    a = np.ascontiguousarray(a)
+    b = np.ascontiguousarray(b)
+    assert a.dtype == b.dtype == np.float32
+    assert a.shape == b.shape
+    assert np.array_equal(a.view(np.uint32), b.view(np.uint32)), (
+        f"{np.count_nonzero(a.view(np.uint32) != b.view(np.uint32))} elements differ bitwise"
+    )
+
+
+# ------------------------------------------------------------------------------ forward_loss
+@pytest.mark.parametrize("shape", SHAPES, ids=SHAPE_IDS)
+def test_forward_loss(shape):
+    rows, _, hidden, classes = shape
+    net, theta, X, y = make_problem(*shape)
+    views = net.views(theta)
+    ws = kernels.Workspace(hidden, classes, rows)
+    loss, correct = kernels.forward_loss(X, y, *views, ws.H, ws.Z)
+    ref_loss, ref_correct = naive.forward_loss(X, y, *views)
+    assert isinstance(correct, (int, np.integer))
+    assert int(correct) == ref_correct
+    assert np.isfinite(loss) and loss >= 0.0
+    np.testing.assert_allclose(loss, ref_loss, rtol=LOSS_RTOL, atol=0)
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=SHAPE_IDS)
+def test_forward_loss_workspace_larger_than_batch(shape):
+    """Buffers with more rows than X must give the same result as exactly sized ones."""
+    rows, _, hidden, classes = shape
+    net, theta, X, y = make_problem(*shape)
+    views = net.views(theta)
+    exact = kernels.Workspace(hidden, classes, rows)
+    big = kernels.Workspace(hidden, classes, rows + 17)
+    big.H.fill(np.nan)
+    big.Z.fill(np.nan)
+    a = kernels.forward_loss(X, y, *views, exact.H, exact.Z)
+    b = kernels.forward_loss(X, y, *views, big.H, big.Z)
+    assert a[1] == b[1]
+    assert a[0] == pytest.approx(b[0], rel=1e-6, abs=0)
+
+
+@pytest.mark.parametrize("which", ["forward_loss", "forward_backward", "evaluate"])
+def test_loss_value_matches_reference(which):
+    """The summed cross-entropy of every loss-returning kernel against the float64 reference.
+
+    Regression test: _softmax_ce writes the probabilities into P, which aliases Z; the target logit must
+    be read before that (the original code read Z[i, y[i]] afterwards and got p_y instead of z_y).
+    """
+    for shape in SHAPES:
+        rows, _, hidden, classes = shape
+        net, theta, X, y = make_problem(*shape)
+        views = net.views(theta)
+        ws = kernels.Workspace(hidden, classes, rows)
+        if which == "forward_loss":
+            loss, _ = kernels.forward_loss(X, y, *views, ws.H, ws.Z)
+        elif which == "forward_backward":
+            _, gv = grad_views(net)
+            loss, _ = kernels.forward_backward(X, y, *views, *gv, ws.H, ws.Z, ws.D)
+        else:
+            loss, _ = kernels.evaluate(X, y, views, kernels.Workspace(hidden, classes, 3))
+        ref, _ = naive.forward_loss(X, y, *views)
+        np.testing.assert_allclose(loss, ref, rtol=LOSS_RTOL, atol=0, err_msg=f"{which} {shape}")
+
+
+def test_naive_loss_is_cross_entropy():
+    """Sanity check of the reference itself: uniform logits give log(classes) per row."""
+    net = MLP(4, 3, 10)
+    theta = np.zeros(net.param_count, np.float32)
+    X = np.ones((6, 4), np.float32)
+    y = np.arange(6, dtype=np.int32)
+    loss, _ = naive.forward_loss(X, y, *net.views(theta))
+    assert loss == pytest.approx(6 * np.log(10.0), rel=1e-12)
+
+
+# ------------------------------------------------------------------------------ forward_backward
+@pytest.mark.parametrize("shape", SHAPES, ids=SHAPE_IDS)
+def test_forward_backward_gradient(shape):
+    rows, _, hidden, classes = shape
+    net, theta, X, y = make_problem(*shape)
+    views = net.views(theta)
+    g, gv = grad_views(net)
+    ws = kernels.Workspace(hidden, classes, rows)
+    loss, correct = kernels.forward_backward(X, y, *views, *gv, ws.H, ws.Z, ws.D)
+    ref_loss, ref_correct, ref_grads = naive.forward_backward(X, y, *views)
+    assert int(correct) == ref_correct
+    np.testing.assert_allclose(loss, ref_loss, rtol=LOSS_RTOL, atol=0)
+    assert np.isfinite(g).all()
+    for name, got, want in zip(("gW1", "gb1", "gW2", "gb2"), gv, ref_grads):
+        assert got.dtype == np.float32
+        np.testing.assert_allclose(got, want, rtol=GRAD_RTOL, atol=GRAD_ATOL, err_msg=name)
+    # the loss it returns is the one forward_loss returns for the same inputs
+    ws2 = kernels.Workspace(hidden, classes, rows)
+    fl, fc = kernels.forward_loss(X, y, *views, ws2.H, ws2.Z)
+    assert fc == correct
+    assert loss == pytest.approx(fl, rel=1e-12, abs=0)
+
+
+def test_forward_backward_overwrites_gradient_buffers():
+    """The gradient is written, not accumulated: stale values in the buffers do not leak through."""
+    shape = (13, 20, 7, 10)
+    net, theta, X, y = make_problem(*shape)
+    views = net.views(theta)
+    ws = kernels.Workspace(7, 10, 13)
+    g1 = np.zeros(net.param_count, np.float32)
+    g2 = np.full(net.param_count, 123.0, np.float32)
+    kernels.forward_backward(X, y, *views, *net.views(g1), ws.H, ws.Z, ws.D)
+    kernels.forward_backward(X, y, *views, *net.views(g2), ws.H, ws.Z, ws.D)
+    assert_bitwise(g1, g2)
+
+
+def test_forward_backward_finite_differences():
+    """Kernel gradient vs central differences of the float64 reference loss on a tiny network."""
+    rows, n_in, hidden, classes = 5, 3, 4, 3
+    net, theta, X, y = make_problem(rows, n_in, hidden, classes, seed=3, wscale=0.7)
+    g, gv = grad_views(net)
+    ws = kernels.Workspace(hidden, classes, rows)
+    kernels.forward_backward(X, y, *net.views(theta), *gv, ws.H, ws.Z, ws.D)
+
+    t64 = theta.astype(np.float64)
+    X64 = X.astype(np.float64)
+    eps = 1e-6
+    fd = np.empty_like(t64)
+    for i in range(t64.size):
+        tp, tm = t64.copy(), t64.copy()
+        tp[i] += eps
+        tm[i] -= eps
+        lp, _ = naive.forward_loss(X64, y, *net.views(tp))
+        lm, _ = naive.forward_loss(X64, y, *net.views(tm))
+        fd[i] = (lp - lm) / (2 * eps)
+
+    # the reference gradient is right ...
+    _, _, ref = naive.forward_backward(X64, y, *net.views(t64))
+    np.testing.assert_allclose(np.concatenate([r.ravel() for r in ref]), fd, rtol=1e-6, atol=1e-8)
+    # ... and so is the kernel's, to float32 accuracy
+    np.testing.assert_allclose(g, fd, rtol=GRAD_RTOL, atol=GRAD_ATOL)
+
+
+# ------------------------------------------------------------------------------ finish_gradient
+@pytest.mark.parametrize("dims", [(20, 1, 10), (20, 7, 10), (784, 300, 10)])
+def test_finish_gradient(dims):
+    net = MLP(*dims)
+    rng = np.random.default_rng(1)
+    g0 = rng.standard_normal(net.param_count, dtype=np.float32) * np.float32(50)
+    theta = rng.standard_normal(net.param_count, dtype=np.float32)
+    inv_batch, l2 = 1.0 / 1000.0, 1e-4
+    g = g0.copy()
+    kernels.finish_gradient(g, theta, inv_batch, l2, net.weight_segments)
+    ref = naive.finish_gradient(g0, theta, inv_batch, l2, net.weight_segments)
+    np.testing.assert_allclose(g, ref, rtol=1e-6, atol=1e-9)
+    # biases get no L2 term: exactly g * inv_batch there
+    mask = naive.weight_mask(net.param_count, net.weight_segments)
+    assert_bitwise(g[~mask], g0[~mask] * np.float32(inv_batch))
+    # element-wise float32 arithmetic, reproducible bitwise
+    assert_bitwise(g[mask], g0[mask] * np.float32(inv_batch) + np.float32(l2) * theta[mask])
+
+
+def test_finish_gradient_zero_l2_is_pure_scaling():
+    net = MLP(5, 3, 2)
+    rng = np.random.default_rng(2)
+    g0 = rng.standard_normal(net.param_count, dtype=np.float32)
+    g = g0.copy()
+    kernels.finish_gradient(g, rng.standard_normal(net.param_count, dtype=np.float32), 0.25, 0.0,
+                            net.weight_segments)
+    assert_bitwise(g, g0 * np.float32(0.25))
+
+
+# ------------------------------------------------------------------------------ sgd_update
+@pytest.mark.parametrize("n", [1, 7, 1000, 238510])
+@pytest.mark.parametrize("lr", [5.0, 0.1, 1.0 / 3.0, 1e-7])
+def test_sgd_update_bitwise(n, lr):
+    rng = np.random.default_rng([n, 7])
+    theta0 = rng.standard_normal(n, dtype=np.float32)
+    g = rng.standard_normal(n, dtype=np.float32) * np.float32(3)
+    theta = theta0.copy()
+    kernels.sgd_update(theta, g, lr)
+    assert_bitwise(theta, naive.sgd_update_f32(theta0, g, lr))
+    assert_bitwise(theta, theta0 - np.float32(lr) * g)
+    np.testing.assert_allclose(theta, naive.sgd_update(theta0, g, lr), rtol=1e-5, atol=1e-6)
+
+
+# ------------------------------------------------------------------------------ make_candidate
+@pytest.mark.parametrize("dims", [(20, 1, 10), (20, 7, 10), (784, 300, 10)])
+@pytest.mark.parametrize("lr,sigma", [(5.0, 0.7071067811865476), (0.1, 0.0), (1.0 / 3.0, 2.5e-3), (1e-3, 10.0)])
+def test_make_candidate_bitwise(dims, lr, sigma):
+    net = MLP(*dims)
+    rng = np.random.default_rng([*dims, 11])
+    n = net.param_count
+    theta = rng.standard_normal(n, dtype=np.float32)
+    g = rng.standard_normal(n, dtype=np.float32) * np.float32(0.01)
+    z = rng.standard_normal(n, dtype=np.float32)
+    theta_before = theta.copy()
+    out = np.full(n, np.nan, np.float32)
+    sq = kernels.make_candidate(theta, g, z, lr, sigma, out, net.weight_segments)
+
+    assert_bitwise(theta, theta_before)  # theta untouched
+    want = theta - np.float32(lr) * (g + np.float32(sigma) * z)
+    assert_bitwise(out, want)
+    ref_out, ref_sq = naive.make_candidate_f32(theta, g, z, lr, sigma, net.weight_segments)
+    assert_bitwise(out, ref_out)
+    assert sq == pytest.approx(ref_sq, rel=1e-12)
+    # and close to the exact float64 result
+    exact, exact_sq = naive.make_candidate(theta, g, z, lr, sigma, net.weight_segments)
+    np.testing.assert_allclose(out, exact, rtol=1e-5, atol=1e-5)
+    assert sq == pytest.approx(exact_sq, rel=1e-5)
+
+
+def test_make_candidate_sigma_zero_equals_sgd_update():
+    net = MLP(20, 7, 10)
+    rng = np.random.default_rng(5)
+    theta = rng.standard_normal(net.param_count, dtype=np.float32)
+    g = rng.standard_normal(net.param_count, dtype=np.float32)
+    z = rng.standard_normal(net.param_count, dtype=np.float32)
+    out = np.empty_like(theta)
+    kernels.make_candidate(theta, g, z, 0.5, 0.0, out, net.weight_segments)
+    t = theta.copy()
+    kernels.sgd_update(t, g, 0.5)
+    assert_bitwise(out, t)
+
+
+# ------------------------------------------------------------------------------ component_stats
+@pytest.mark.parametrize("n", [1, 2, 7, 1000, 238510])
+def test_component_stats(n):
+    rng = np.random.default_rng(n)
+    g = (rng.standard_normal(n) * 0.3 + 0.05).astype(np.float32)
+    mean, var, sq = kernels.component_stats(g)
+    rmean, rvar, rsq = naive.component_stats(g)
+    assert mean == pytest.approx(rmean, rel=1e-9, abs=1e-12)
+    assert var == pytest.approx(rvar, rel=1e-7, abs=1e-12)
+    assert sq == pytest.approx(rsq, rel=1e-12)
+    assert var >= 0.0
+
+
+def test_component_stats_constant_vector_has_zero_variance():
+    mean, var, sq = kernels.component_stats(np.full(1001, 0.1, np.float32))
+    assert mean == pytest.approx(float(np.float32(0.1)), rel=1e-12)
+    assert var == pytest.approx(0.0, abs=1e-12)
+    assert var >= 0.0
+    assert sq == pytest.approx(1001 * float(np.float32(0.1)) ** 2, rel=1e-12)
+
+
+# ------------------------------------------------------------------------------ checksum
+def test_checksum_matches_reference_and_is_deterministic():
+    rng = np.random.default_rng(9)
+    theta = rng.standard_normal(1000, dtype=np.float32)
+    c = kernels.checksum(theta)
+    assert c == kernels.checksum(theta.copy()) == kernels.checksum(theta)
+    assert c == naive.checksum(theta)
+    assert 0 <= c < 2**63
+    assert kernels.checksum(np.zeros(0, np.float32)) == naive.checksum(np.zeros(0, np.float32))
+
+
+def test_checksum_sees_every_bit_of_every_element():
+    rng = np.random.default_rng(10)
+    theta = rng.standard_normal(3, dtype=np.float32)
+    base = kernels.checksum(theta)
+    seen = {base}
+    for i in range(theta.size):
+        for bit in range(32):
+            t = theta.copy()
+            t.view(np.uint32)[i] ^= np.uint32(1 << bit)
+            c = kernels.checksum(t)
+            assert c != base, f"flipping bit {bit} of element {i} does not change the checksum"
+            seen.add(c)
+    assert len(seen) == 1 + 3 * 32  # all distinct
+
+
+def test_checksum_large_vector_single_bit_flips():
+    net = MLP(784, 300, 10)
+    theta = net.init_params(0)
+    base = kernels.checksum(theta)
+    rng = np.random.default_rng(11)
+    for i in [0, net.param_count - 1, *rng.integers(0, net.param_count, 20).tolist()]:
+        bit = int(rng.integers(0, 32))
+        t = theta.copy()
+        t.view(np.uint32)[i] ^= np.uint32(1 << bit)
+        assert kernels.checksum(t) != base, (i, bit)
+
+
+def test_checksum_order_length_and_signed_zero():
+    a = np.array([1.0, 2.0, 3.0], np.float32)
+    assert kernels.checksum(a) != kernels.checksum(a[::-1].copy())
+    assert kernels.checksum(a) != kernels.checksum(np.append(a, np.float32(0.0)))
+    assert kernels.checksum(np.zeros(4, np.float32)) != kernels.checksum(np.zeros(5, np.float32))
+    z = np.zeros(2, np.float32)
+    nz = z.copy()
+    nz[1] = -0.0
+    assert kernels.checksum(z) != kernels.checksum(nz)
+
+
+# ------------------------------------------------------------------------------ Workspace / evaluate
+def test_workspace_shapes():
+    ws = kernels.Workspace(7, 10, 5)
+    assert ws.H.shape == ws.D.shape == (5, 7)
+    assert ws.Z.shape == (5, 10)
+    assert ws.H.dtype == ws.D.dtype == ws.Z.dtype == np.float32
+    assert ws.nbytes == 4 * (5 * 7 * 2 + 5 * 10)
+    assert kernels.Workspace(7, 10, 0).rows == 1
+
+
+@pytest.mark.parametrize("block_rows", [1, 7, 49, 50, 64])
+def test_evaluate_in_blocks_equals_one_shot(block_rows):
+    rows, n_in, hidden, classes = 50, 20, 7, 10
+    net, theta, X, y = make_problem(rows, n_in, hidden, classes, seed=4)
+    views = net.views(theta)
+    loss, correct = kernels.evaluate(X, y, views, kernels.Workspace(hidden, classes, block_rows))
+    # one-shot float64 reference
+    ref_loss, ref_correct = naive.evaluate(X, y, views)
+    assert correct == ref_correct
+    np.testing.assert_allclose(loss, ref_loss, rtol=LOSS_RTOL, atol=0)
+    # one-shot kernel pass over all 50 rows
+    ws = kernels.Workspace(hidden, classes, rows)
+    one_loss, one_correct = kernels.forward_loss(X, y, *views, ws.H, ws.Z)
+    assert correct == one_correct
+    assert loss == pytest.approx(one_loss, rel=1e-6)
+    # and the blockwise sum of forward_loss
+    ws = kernels.Workspace(hidden, classes, block_rows)
+    parts = [kernels.forward_loss(X[s : s + block_rows], y[s : s + block_rows], *views, ws.H, ws.Z)
+             for s in range(0, rows, block_rows)]
+    assert loss == pytest.approx(sum(p[0] for p in parts), rel=1e-12)
+    assert correct == sum(p[1] for p in parts)
+
+
+def test_evaluate_empty_set():
+    net = MLP(4, 3, 10)
+    theta = net.init_params(0)
+    loss, correct = kernels.evaluate(np.zeros((0, 4), np.float32), np.zeros(0, np.int32), net.views(theta),
+                                     kernels.Workspace(3, 10, 7))
+    assert loss == 0.0 and correct == 0
+
+
+def test_warm_up_runs():
+    kernels.warm_up()

@@ -1,0 +1,156 @@
+"""Tests that run inside an MPI job, whatever its size:
+
+    mpiexec -n 2 python -m pytest --with-mpi -m mpi tests
+    mpiexec -n 4 python -m pytest --with-mpi -m mpi tests
+
+Run serially (``python -m pytest --with-mpi -m mpi``) they check the 1-rank case.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+import numpy as np
+import pytest
+
+from hes_mpi import kernels, noise
+from hes_mpi.algorithms import BGD, HybridES
+from hes_mpi.config import RunConfig
+from hes_mpi.data import global_batches, load_shard, local_rows
+from hes_mpi.errors import UsageError
+from hes_mpi.model import MLP
+
+pytestmark = pytest.mark.mpi
+
+
+@pytest.fixture(scope="module")
+def comm():
+    from hes_mpi.comm import InstrumentedComm
+
+    return InstrumentedComm()
+
+
+def setup_algo(comm, cls, **kw):
+    cfg = RunConfig(data="synthetic:800", hidden=16, batch=200, lr=1.0, K=4, **kw).validate()
+    shard = load_shard(cfg.data, comm.rank, comm.size)
+    model = MLP(shard.n_features, cfg.hidden, shard.n_classes)
+    algo = cls(cfg, model, comm, min(cfg.batch, shard.hi - shard.lo), cfg.batch)
+    theta = model.init_params(cfg.seed)
+    idx = global_batches(shard.n_train, cfg.batch, cfg.seed, 0)[0]
+    rows = local_rows(idx, shard.lo, shard.hi)
+    return cfg, model, algo, theta, shard.x_train[rows], shard.y_train[rows]
+
+
+def all_equal(comm, theta) -> bool:
+    return comm.same_everywhere(int(kernels.checksum(theta)))
+
+
+def algorithm_records(comm, phase):
+    from hes_mpi.comm import PHASES
+
+    rec = comm.drain()
+    return rec[rec["phase"] == PHASES.index(phase)]
+
+
+def test_bgd_step_sends_exactly_the_flat_gradient(comm):
+    _cfg, model, algo, theta, X, y = setup_algo(comm, BGD)
+    comm.drain()
+    algo.step(0, theta, X, y)
+    rec = algorithm_records(comm, "grad")
+    assert rec.shape[0] == 1  # one Allreduce per gradient step
+    assert rec["bytes_sent"][0] == 4 * model.param_count
+    assert rec["bytes_recv"][0] == 4 * model.param_count
+    assert rec["t_exit"][0] >= rec["t_enter"][0]
+    assert all_equal(comm, theta)
+
+
+def test_es_step_exchanges_at_most_32_bytes_and_rebuilds_the_winner(comm):
+    cfg, model, algo, theta, X, y = setup_algo(comm, HybridES, algo="hes", r=2)
+    algo.step(0, theta, X, y)  # gradient step: g is now the last full gradient
+    g = algo.g.copy()
+    before = theta.copy()
+    comm.drain()
+    info = algo.step(1, theta, X, y)  # ES step
+    rec = algorithm_records(comm, "es")
+    assert rec.shape[0] == 1
+    assert rec["bytes_sent"].sum() <= 32
+    assert rec["bytes_sent"].sum() > 0 or comm.size == 1
+    # The update applied is exactly the one rebuilt from the winning key, on every rank.
+    assert 0 <= info.es_rank < comm.size and 0 <= info.es_k < cfg.K
+    z = noise.standard_normal(cfg.seed, 1, info.es_rank, info.es_k, model.param_count)
+    expected = before - np.float32(cfg.lr) * (g + np.float32(info.sigma) * z)
+    assert np.array_equal(theta.view(np.uint32), expected.view(np.uint32))
+    assert all_equal(comm, theta)
+    # and the winner really is the cheapest candidate across ranks
+    costs = algo.candidate_costs(1, before, X, y, info.sigma)
+    glob = np.empty(comm.size * cfg.K)
+    comm.Allgather(costs, glob)
+    assert info.es_rank * cfg.K + info.es_k == int(np.argmin(glob))
+    assert info.es_cost == glob.min()
+
+
+def test_assisted_does_both_every_iteration(comm):
+    _cfg, _model, algo, theta, X, y = setup_algo(comm, HybridES, algo="hes", assisted=True)
+    comm.drain()
+    for i in range(3):
+        info = algo.step(i, theta, X, y)
+        assert info.kind == 2
+    rec = comm.drain()
+    from hes_mpi.comm import PHASES
+
+    assert np.count_nonzero(rec["phase"] == PHASES.index("grad")) == 3
+    assert np.count_nonzero(rec["phase"] == PHASES.index("es")) == 3
+    assert all_equal(comm, theta)
+
+
+def test_minloc_picks_lowest_index_on_ties(comm):
+    value, index = comm.minloc(1.5, comm.rank)
+    assert value == 1.5 and index == 0
+    value, index = comm.minloc(float(comm.size - comm.rank), comm.rank)
+    assert value == 1.0 and index == comm.size - 1
+
+
+def test_agree_reports_lowest_failing_rank(comm):
+    from hes_mpi.comm import SilentExit
+
+    failing = comm.size - 1
+
+    def maybe_fail():
+        if comm.rank == failing:
+            raise UsageError("boom")
+        return 7
+
+    if comm.rank == failing:
+        with pytest.raises(UsageError):
+            comm.agree(maybe_fail)
+    else:
+        with pytest.raises(SilentExit) as e:
+            comm.agree(maybe_fail)
+        assert e.value.exit_code == 2
+    assert comm.agree(lambda: 7) == 7
+
+
+def test_training_keeps_ranks_identical_and_logs(comm):
+    import h5py
+
+    from hes_mpi.trainer import Trainer
+
+    path = os.path.join(tempfile.gettempdir(), f"hes_mpi_test_{os.getppid()}.h5")
+    buf = np.frombuffer(path.encode().ljust(512, b"\0"), dtype=np.uint8).copy()
+    comm.Bcast(buf)
+    path = bytes(buf).rstrip(b"\0").decode()
+    cfg = RunConfig(algo="hes", data="synthetic:800", hidden=16, batch=200, lr=1.0, K=3, r=3, epochs=2,
+                    out=path, force=True, check_every=1).validate()
+    t = Trainer(cfg, comm)
+    s = t.run()
+    assert s["iterations"] == 8
+    assert all_equal(comm, t.theta)
+    comm.Barrier()
+    if comm.rank == 0:
+        with h5py.File(path, "r") as f:
+            assert f.attrs["complete"]
+            assert f["iterations/step_s"].shape == (8, comm.size)
+            assert np.array_equal(f["final/theta"][()], t.theta)
+            assert int(f["environment"].attrs["ranks"]) == comm.size
+        os.remove(path)
