@@ -65,6 +65,8 @@ def _train_args(p: argparse.ArgumentParser) -> None:
       "every N iterations; 0 only at the end (default %(default)s)")
     a("--threads", type=int, default=d.threads, help="BLAS threads per rank; 0 = cores on the node / ranks on the "
       "node (default)")
+    a("--sync-barrier", action="store_true", help="time a barrier before every algorithm collective (OSU's "
+      "protocol), so that waiting for late ranks is measured apart from communication")
     a("--no-eval-train", dest="eval_train", action="store_false", help="skip the per-epoch pass over the whole "
       "training set (train loss/accuracy are then NaN)")
 
@@ -98,6 +100,36 @@ def build_parser() -> argparse.ArgumentParser:
     ls.set_defaults(func=cmd_data_list)
     d.set_defaults(func=lambda a: _help(d))
 
+    b = sub.add_parser("bench", help="benchmarks (under mpiexec)", description="Benchmarks; run under mpiexec.")
+    bsub = b.add_subparsers(dest="bench_command", metavar="NAME", parser_class=_Parser)
+    o = bsub.add_parser("osu", help="OSU latency table of one collective through the instrumented communicator",
+                        description="The OSU micro-benchmark protocol (warm-up, barrier, timed loop, sizes in "
+                        "powers of two, min/avg/max over ranks) through the instrumented communicator.")
+    o.add_argument("--op", choices=("allreduce", "allgather", "bcast"), default="allreduce",
+                   help="collective to time (default %(default)s)")
+    o.add_argument("--raw", action="store_true", help="time the bare mpi4py calls, without instrumentation")
+    o.add_argument("--min-size", type=int, default=4, help="smallest per-rank buffer in bytes (default %(default)s)")
+    o.add_argument("--max-size", type=int, default=1 << 20, help="largest per-rank buffer in bytes "
+                   "(default %(default)s)")
+    o.add_argument("--iterations", type=int, default=1000, help="timed iterations up to 8 KiB (default %(default)s)")
+    o.add_argument("--iterations-large", type=int, default=100, help="timed iterations above 8 KiB "
+                   "(default %(default)s)")
+    o.add_argument("--warmup", type=int, default=200, help="untimed iterations up to 8 KiB (default %(default)s)")
+    o.add_argument("--warmup-large", type=int, default=10, help="untimed iterations above 8 KiB "
+                   "(default %(default)s)")
+    o.add_argument("--json", action="store_true", help="print one JSON object instead of OSU's table")
+    o.set_defaults(func=cmd_bench_osu)
+    ov = bsub.add_parser("overhead", help="instrumented vs raw communication per BGD step",
+                         description="Median BGD step time with the instrumented and with the raw communicator, "
+                         "interleaved on the same batch; prints one JSON object.")
+    ov.add_argument("--data", default="mnist", help="dataset (default %(default)s)")
+    ov.add_argument("--data-dir", default=None, help="data folder (default $HES_MPI_DATA or ~/.cache/hes_mpi)")
+    ov.add_argument("--hidden", type=int, default=300, help="hidden units (default %(default)s)")
+    ov.add_argument("--batch", type=int, default=1000, help="global minibatch (default %(default)s)")
+    ov.add_argument("--steps", type=int, default=50, help="timed steps of each kind (default %(default)s)")
+    ov.set_defaults(func=cmd_bench_overhead)
+    b.set_defaults(func=lambda a: _help(b))
+
     s = sub.add_parser("summary", help="summarise a run log", description="Summarise an HDF5 run log.")
     s.add_argument("runlog", nargs="+", help="the .h5 file(s) written by train --out")
     fmt = s.add_mutually_exclusive_group()
@@ -119,28 +151,39 @@ def _err(msg: str, rank_info: str = "") -> None:
 
 # ---------------------------------------------------------------------------------------- commands
 def cmd_train(args, argv=None) -> int:
-    from .comm import InstrumentedComm, SilentExit
-    from .log import setup_logging
     from .trainer import train
 
     cfg = RunConfig(algo=args.algo, K=args.K, r=args.r, sigma2=args.sigma2, sigma_scale=args.sigma_scale,
                     assisted=args.assisted, lr=args.lr, batch=args.batch, epochs=args.epochs, l2=args.l2,
                     hidden=args.hidden, seed=args.seed, data=args.data, data_dir=args.data_dir,
                     dev_size=args.dev_size, out=args.out, force=args.force, check_every=args.check_every,
-                    threads=args.threads, eval_train=args.eval_train)
+                    threads=args.threads, eval_train=args.eval_train, sync_barrier=args.sync_barrier)
+
+    def body(comm):
+        comm.sync_barrier = cfg.sync_barrier
+        comm.agree(cfg.validate)
+        train(cfg, comm, argv)
+        return 0
+
+    return _mpi_command(body)
+
+
+def _mpi_command(body) -> int:
+    """Run ``body(comm)`` on every rank with the same error handling as ``train``."""
+    from .comm import InstrumentedComm, SilentExit
+    from .log import setup_logging
+
     comm = InstrumentedComm()
     setup_logging(comm.rank, comm.size)
     where = f" (rank {comm.rank}/{comm.size})" if comm.size > 1 else ""
     try:
-        comm.agree(cfg.validate)
-        train(cfg, comm, argv)
-        return 0
+        return body(comm)
     except SilentExit as e:
         return e.exit_code
     except (UsageError, RunError) as e:
         _err(str(e), where)
         return e.exit_code
-    except BaseException as e:  # noqa: BLE001  anything else: say it here, then take every rank down (never hang)
+    except BaseException as e:  # noqa: BLE001  anything else: say it here, then take every rank down
         import traceback
 
         traceback.print_exc()
@@ -148,6 +191,43 @@ def cmd_train(args, argv=None) -> int:
         if comm.size > 1:
             comm.Abort(1)
         return 1
+
+
+def cmd_bench_osu(args) -> int:
+    from .bench import dumps, format_osu, osu
+
+    if args.min_size < 1 or args.max_size < args.min_size:
+        raise UsageError("--min-size must be >= 1 and --max-size >= --min-size")
+    if min(args.iterations, args.iterations_large) < 1 or min(args.warmup, args.warmup_large) < 0:
+        raise UsageError("--iterations must be >= 1 and --warmup >= 0")
+
+    def body(comm):
+        rows = osu(comm, args.op, args.min_size, args.max_size, args.iterations, args.iterations_large,
+                   args.warmup, args.warmup_large, args.raw)
+        if comm.rank == 0:
+            if args.json:
+                print(dumps({"bench": "osu", "op": args.op, "raw": args.raw, "ranks": comm.size, "rows": rows}))
+            else:
+                print(format_osu(rows, args.op, args.raw, comm.size), flush=True)
+        return 0
+
+    return _mpi_command(body)
+
+
+def cmd_bench_overhead(args) -> int:
+    from .bench import dumps, overhead
+
+    cfg = RunConfig(data=args.data, data_dir=args.data_dir, hidden=args.hidden, batch=args.batch).validate()
+    if args.steps < 1:
+        raise UsageError("--steps must be >= 1")
+
+    def body(comm):
+        result = overhead(comm, cfg, steps=args.steps)
+        if comm.rank == 0:
+            print(dumps(result), flush=True)
+        return 0
+
+    return _mpi_command(body)
 
 
 def cmd_data_fetch(args) -> int:

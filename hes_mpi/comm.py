@@ -12,6 +12,7 @@ mpi4py is imported lazily so that commands that need no MPI (``summary``, ``data
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 
@@ -20,12 +21,17 @@ import numpy as np
 from .errors import RunError, UsageError
 
 OPS = ("allreduce", "allgather", "bcast", "barrier", "gather", "minloc", "sendrecv", "split")
+#: Units of the record fields (stored as attributes in the run log).
+RECORD_UNITS = {"seq": "1", "op": "index into op_names", "phase": "index into phase_names", "iteration": "1",
+                "bytes_sent": "bytes", "bytes_recv": "bytes", "wire_bytes": "bytes", "t_enter": "s (MPI_Wtime)",
+                "t_exit": "s (MPI_Wtime)"}
 PHASES = ("setup", "grad", "es", "eval", "check", "telemetry")
 #: Phases whose traffic belongs to the training algorithm (the rest is the tool's own).
 ALGORITHM_PHASES = ("grad", "es")
 
 RECORD_DTYPE = np.dtype(
     [
+        ("seq", "i8"),  # collective call number: the same call has the same seq on every rank (-1: point-to-point)
         ("op", "u1"),
         ("phase", "u1"),
         ("iteration", "i4"),
@@ -45,6 +51,7 @@ ALLREDUCE_SHORT_MSG = 2048
 BCAST_SHORT_MSG = 12288
 
 
+@functools.lru_cache(maxsize=1024)
 def wire_bytes_model(op: str, nbytes: int, size: int, root: bool = False) -> int:
     """Bytes this rank puts on the wire for ``op`` on a payload of ``nbytes`` per rank.
 
@@ -76,7 +83,7 @@ class InstrumentedComm:
     :meth:`set_phase` before the calls of a step.
     """
 
-    def __init__(self, comm=None, capacity: int = 4096, instrument: bool = True):
+    def __init__(self, comm=None, capacity: int = 4096, instrument: bool = True, sync_barrier: bool = False):
         from mpi4py import MPI
 
         self.MPI = MPI
@@ -84,6 +91,9 @@ class InstrumentedComm:
         self.rank = self.comm.Get_rank()
         self.size = self.comm.Get_size()
         self.instrument = instrument
+        #: OSU's trick: a timed barrier before every algorithm collective separates waiting for late ranks.
+        self.sync_barrier = sync_barrier
+        self._seq = 0
         self.records = np.zeros(capacity, RECORD_DTYPE)
         self.n_records = 0
         self.total_calls = 0
@@ -106,9 +116,13 @@ class InstrumentedComm:
     def wtime(self) -> float:
         return self.MPI.Wtime()
 
-    def _record(self, op: str, sent: int, recv: int, wire: int, t0: float, t1: float) -> None:
+    def _record(self, op: str, sent: int, recv: int, wire: int, t0: float, t1: float, p2p: bool = False) -> None:
         self.comm_seconds += t1 - t0
         self.total_calls += 1
+        seq = -1
+        if not p2p:
+            seq = self._seq
+            self._seq += 1
         if not self.instrument:
             return
         n = self.n_records
@@ -116,8 +130,12 @@ class InstrumentedComm:
             grown = np.zeros(2 * n, RECORD_DTYPE)
             grown[:n] = self.records
             self.records = grown
-        self.records[n] = (_OP[op], self._phase_code, self.iteration, sent, recv, wire, t0, t1)
+        self.records[n] = (seq, _OP[op], self._phase_code, self.iteration, sent, recv, wire, t0, t1)
         self.n_records = n + 1
+
+    def _pre_sync(self) -> None:
+        if self.sync_barrier and self.phase in ALGORITHM_PHASES:
+            self.Barrier()
 
     def drain(self) -> np.ndarray:
         """Return the records since the last drain (a copy) and start a new batch."""
@@ -130,6 +148,7 @@ class InstrumentedComm:
         """Allreduce ``buf`` into ``out``, or in place when ``out`` is None. Returns the result."""
         MPI = self.MPI
         nbytes = buf.nbytes
+        self._pre_sync()
         t0 = MPI.Wtime()
         if out is None:
             self.comm.Allreduce(MPI.IN_PLACE, buf, op=self._ops[op])
@@ -147,6 +166,7 @@ class InstrumentedComm:
         buf["value"][0] = value
         buf["index"][0] = index
         nbytes = self._minloc_type_size
+        self._pre_sync()
         t0 = MPI.Wtime()
         self.comm.Allreduce(MPI.IN_PLACE, [buf, MPI.DOUBLE_INT], op=MPI.MINLOC)
         t1 = MPI.Wtime()
@@ -199,6 +219,52 @@ class InstrumentedComm:
         self.comm.Barrier()
         t1 = MPI.Wtime()
         self._record("barrier", 0, 0, 0, t0, t1)
+
+    def clock_offsets(self, rounds: int = 20) -> tuple[np.ndarray, np.ndarray]:
+        """Offsets of every rank's ``MPI_Wtime`` from rank 0's, by minimum round-trip ping-pong.
+
+        Returns ``(offset, rtt)`` arrays of length ``size`` on every rank: ``t - offset[r]`` puts a
+        time of rank r on rank 0's axis; ``rtt[r]`` is the best round trip (the offset's error is at
+        most half of it).
+        """
+        MPI = self.MPI
+        offset = np.zeros(self.size)
+        rtt = np.zeros(self.size)
+        ping = np.zeros(1)
+        pong = np.zeros(1)
+        for peer in range(1, self.size):
+            best = math.inf
+            for _ in range(rounds):
+                if self.rank == 0:
+                    t0 = MPI.Wtime()
+                    ping[0] = t0
+                    self.comm.Send(ping, dest=peer, tag=77)
+                    self.comm.Recv(pong, source=peer, tag=78)
+                    t1 = MPI.Wtime()
+                    self._record("sendrecv", 16, 8, 16, t0, t1, p2p=True)
+                    if t1 - t0 < best:
+                        best = t1 - t0
+                        offset[peer] = pong[0] - 0.5 * (t0 + t1)
+                elif self.rank == peer:
+                    t0 = MPI.Wtime()
+                    self.comm.Recv(ping, source=0, tag=77)
+                    pong[0] = MPI.Wtime()
+                    self.comm.Send(pong, dest=0, tag=78)
+                    self._record("sendrecv", 8, 8, 8, t0, MPI.Wtime(), p2p=True)
+            rtt[peer] = best if self.rank == 0 else 0.0
+        self.Bcast(offset)
+        self.Bcast(rtt)
+        return offset, rtt
+
+    def wtime_is_global(self) -> bool:
+        try:
+            return bool(self.comm.Get_attr(self.MPI.WTIME_IS_GLOBAL))
+        except Exception:  # noqa: BLE001  (attribute not provided by every MPI)
+            return False
+
+    def raw(self) -> RawComm:
+        """The same collectives straight to mpi4py, with no timing or records (for overhead benchmarks)."""
+        return RawComm(self)
 
     def Abort(self, code: int = 1) -> None:
         self.comm.Abort(code)
@@ -273,3 +339,48 @@ def cpu_count() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # pragma: no cover - not Linux
         return os.cpu_count() or 1
+
+
+class RawComm:
+    """Uninstrumented twin of :class:`InstrumentedComm` for the calls of a training step."""
+
+    def __init__(self, icomm: InstrumentedComm):
+        self._ic = icomm
+        self.comm = icomm.comm
+        self.MPI = icomm.MPI
+        self.rank = icomm.rank
+        self.size = icomm.size
+        self.comm_seconds = 0.0
+        self._ops = icomm._ops
+        self._minloc_buf = np.zeros(1, dtype=icomm._minloc_buf.dtype)
+
+    def set_phase(self, phase: str, iteration: int | None = None) -> None:
+        pass
+
+    def wtime(self) -> float:
+        return self.MPI.Wtime()
+
+    def Allreduce(self, buf, out=None, op: str = "sum"):
+        if out is None:
+            self.comm.Allreduce(self.MPI.IN_PLACE, buf, op=self._ops[op])
+            return buf
+        self.comm.Allreduce(buf, out, op=self._ops[op])
+        return out
+
+    def minloc(self, value: float, index: int) -> tuple[float, int]:
+        buf = self._minloc_buf
+        buf["value"][0] = value
+        buf["index"][0] = index
+        self.comm.Allreduce(self.MPI.IN_PLACE, [buf, self.MPI.DOUBLE_INT], op=self.MPI.MINLOC)
+        return float(buf["value"][0]), int(buf["index"][0])
+
+    def Allgather(self, sendbuf, recvbuf):
+        self.comm.Allgather(sendbuf, recvbuf)
+        return recvbuf
+
+    def Bcast(self, buf, root: int = 0):
+        self.comm.Bcast(buf, root=root)
+        return buf
+
+    def Barrier(self) -> None:
+        self.comm.Barrier()

@@ -40,6 +40,7 @@ class RunConfig:
     check_every: int = 10
     threads: int = 0
     eval_train: bool = True
+    sync_barrier: bool = False
 
     def validate(self) -> RunConfig:
         """Check every field that does not depend on the data or the rank count."""

@@ -1,9 +1,11 @@
 """The HDF5 run log: schema, writing (append, flush, mark complete) and reading.
 
-Written by rank 0 only, after the other ranks' per-iteration figures are gathered to it (pip's h5py
-has no parallel HDF5, and the records are small). The file is opened, appended to and closed at
-every flush (each epoch and at exit), so a run killed between two flushes leaves a valid file that
-holds every flushed epoch and ``complete = False``.
+Written by rank 0 only, after the other ranks' per-iteration figures and call records are gathered
+to it (pip's h5py has no parallel HDF5, and the records are small: one file is simpler to move and
+read than one per rank plus an index). The file is opened, appended to and closed at every flush
+(each epoch and at exit), so a run killed between two flushes leaves a valid file that holds every
+flushed epoch and ``complete = False``. HDF5 file locking is off for writer and readers, so that
+reading a live run (``hes-mpi summary``) can never stop the run's next flush.
 
 Schema (``format = "hes_mpi.runlog"``, ``format_version = 1``); growable datasets are chunked with
 ``maxshape=(None, ...)``; every dataset carries a ``units`` attribute.
@@ -21,10 +23,26 @@ Schema (``format = "hes_mpi.runlog"``, ``format_version = 1``); growable dataset
 ``/iterations/*``     one row per iteration: ``iteration``, ``epoch``, ``kind`` (0 grad, 1 es,
                       2 assisted), ``batch_loss`` (global mean cross-entropy before a gradient
                       step, NaN on ES steps), ``grad_norm``, ``grad_var`` (per-component variance
-                      of the full gradient; NaN on ES steps), ``sigma``, ``es_cost``, ``es_rank``, ``es_k``;
-                      per rank (rows x ranks): ``step_s``, ``comm_s``, ``local_n``
+                      of the full gradient; NaN on ES steps), ``sigma``, ``es_cost``, ``es_rank``,
+                      ``es_k``; per rank (rows x ranks): ``step_s`` (wall time of the step),
+                      ``compute_s``, ``comm_s`` and ``wait_s`` (its split, see
+                      :mod:`hes_mpi.telemetry`), ``local_n`` (rows), ``rss_hwm_bytes`` (resident-set
+                      high-water mark after the step), ``step_bytes`` (work buffers the step touched)
+``/comm/records/*``   one row per MPI call of every rank (columns of equal length): ``rank``,
+                      ``seq`` (collective call number, equal across ranks; -1 point-to-point),
+                      ``op`` and ``phase`` (indices into the attrs ``op_names``/``phase_names``),
+                      ``iteration``, ``bytes_sent``, ``bytes_recv`` (payload: count x type size),
+                      ``wire_bytes`` (modelled), ``t_enter``, ``t_exit`` (``MPI_Wtime``, the rank's
+                      own clock). Phases ``grad`` and ``es`` are the algorithm's; ``setup``,
+                      ``eval``, ``check`` and ``telemetry`` (the log's own gathers) are the tool's.
+                      The calls of the final gather itself are not in the file.
+``/clock``            ``offset_start``, ``offset_end``, ``rtt_start``, ``rtt_end`` (per rank, s;
+                      ``t - offset[r]`` is rank r's time on rank 0's axis); attrs ``wtick``,
+                      ``wtime_is_global``
 ``/final``            ``theta`` (float32, the final flat parameters, bitwise equal on all ranks);
-                      attrs ``iterations``, ``wall_s``, ``theta_checksum``
+                      attrs ``iterations``, ``wall_s``, ``theta_checksum``, ``theta_consistent``,
+                      ``consistency_checks``, ``step_transient_bytes_grad``/``_es`` (tracemalloc
+                      peak of one probe step of each kind, max over ranks)
 ====================  =================================================================
 """
 
@@ -38,6 +56,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .comm import ALGORITHM_PHASES, OPS, PHASES, RECORD_DTYPE, RECORD_UNITS
 from .errors import UsageError
 
 FORMAT = "hes_mpi.runlog"
@@ -68,9 +87,14 @@ ITERATION_COLUMNS = {
 }
 PER_RANK_COLUMNS = {
     "step_s": ("f8", "s"),
+    "compute_s": ("f8", "s"),
     "comm_s": ("f8", "s"),
+    "wait_s": ("f8", "s"),
     "local_n": ("i4", "examples"),
+    "rss_hwm_bytes": ("i8", "bytes"),
+    "step_bytes": ("i8", "bytes"),
 }
+RECORD_FIELDS = ("rank", *RECORD_DTYPE.names)
 
 
 def _h5py():
@@ -108,9 +132,11 @@ class RunLogWriter:
         self.n_ranks = int(environment.get("ranks", 1))
         self._pending_epochs: list[dict] = []
         self._pending_iters: list[dict] = []
+        self._pending_records: list[tuple[np.ndarray, np.ndarray]] = []
+        self._clock: dict | None = None
         h5py = _h5py()
         try:
-            f = h5py.File(self.path, "w")
+            f = h5py.File(self.path, "w", locking=False)
         except OSError as e:
             raise UsageError(f"--out {path}: cannot create ({e})") from None
         with f:
@@ -141,12 +167,31 @@ class RunLogWriter:
                 d = it.create_dataset(name, shape=(0, self.n_ranks), maxshape=(None, self.n_ranks), dtype=dt,
                                       chunks=(max(1, 4096 // self.n_ranks), self.n_ranks))
                 d.attrs["units"] = units
+            c = f.create_group("comm")
+            c.attrs["op_names"] = list(OPS)
+            c.attrs["phase_names"] = list(PHASES)
+            c.attrs["algorithm_phases"] = list(ALGORITHM_PHASES)
+            c.attrs["payload_rule"] = ("bytes_sent/bytes_recv: count x type size of the buffers this rank passes "
+                                       "(IN_PLACE: the receive buffer); wire_bytes: modelled bytes sent by this rank "
+                                       "by MPICH's default algorithm (see hes_mpi.comm.wire_bytes_model)")
+            rec = c.create_group("records")
+            for name in RECORD_FIELDS:
+                dt = np.dtype("i4") if name == "rank" else RECORD_DTYPE[name]
+                d = rec.create_dataset(name, shape=(0,), maxshape=(None,), dtype=dt, chunks=(4096,))
+                d.attrs["units"] = RECORD_UNITS.get(name, "1")
 
     def add_epoch(self, row: dict) -> None:
         self._pending_epochs.append(row)
 
     def add_iterations(self, columns: dict) -> None:
         self._pending_iters.append(columns)
+
+    def add_records(self, records: np.ndarray, ranks: np.ndarray) -> None:
+        self._pending_records.append((records, ranks))
+
+    def set_clock(self, offset_start, rtt_start, offset_end, rtt_end, wtick: float, is_global: bool) -> None:
+        self._clock = {"offset_start": offset_start, "rtt_start": rtt_start, "offset_end": offset_end,
+                       "rtt_end": rtt_end, "wtick": wtick, "wtime_is_global": is_global}
 
     @staticmethod
     def _append(group, name: str, values: np.ndarray) -> None:
@@ -158,13 +203,28 @@ class RunLogWriter:
     def flush(self, final: dict | None = None) -> None:
         """Append everything pending, then close the file. ``final`` marks the run complete."""
         h5py = _h5py()
-        with h5py.File(self.path, "a") as f:
+        with h5py.File(self.path, "a", locking=False) as f:
             for row in self._pending_epochs:
                 for name, (dt, _) in EPOCH_COLUMNS.items():
                     self._append(f["epochs"], name, np.array([row[name]], dtype=dt))
             for cols in self._pending_iters:
                 for name, (dt, _) in {**ITERATION_COLUMNS, **PER_RANK_COLUMNS}.items():
                     self._append(f["iterations"], name, np.asarray(cols[name], dtype=dt))
+            for recs, ranks in self._pending_records:
+                grp = f["comm/records"]
+                self._append(grp, "rank", np.asarray(ranks, dtype="i4"))
+                for name in RECORD_DTYPE.names:
+                    self._append(grp, name, recs[name])
+            if self._clock is not None:
+                ck = f.require_group("clock")
+                for k in ("offset_start", "rtt_start", "offset_end", "rtt_end"):
+                    if k in ck:
+                        del ck[k]
+                    ck.create_dataset(k, data=np.asarray(self._clock[k], dtype="f8"))
+                    ck[k].attrs["units"] = "s"
+                ck.attrs["wtick"] = self._clock["wtick"]
+                ck.attrs["wtime_is_global"] = bool(self._clock["wtime_is_global"])
+                ck.attrs["meaning"] = "t - offset[r] puts a time of rank r on rank 0's MPI_Wtime axis"
             if final is not None:
                 g = f.require_group("final")
                 if "theta" in g:
@@ -176,6 +236,7 @@ class RunLogWriter:
                 f.attrs["complete"] = True
         self._pending_epochs.clear()
         self._pending_iters.clear()
+        self._pending_records.clear()
 
 
 # ---------------------------------------------------------------------------------------- reading
@@ -188,7 +249,7 @@ class RunLog:
         if not os.path.exists(self.path):
             raise UsageError(f"{path}: no such file")
         try:
-            self.f = h5py.File(self.path, "r")
+            self.f = h5py.File(self.path, "r", locking=False)
         except OSError:
             raise UsageError(f"{path}: not a readable HDF5 file (truncated or foreign?)") from None
         if self.f.attrs.get("format") != FORMAT:
@@ -254,6 +315,43 @@ class RunLog:
         }
         if "theta_checksum" in final_attrs:
             out["theta_checksum"] = int(final_attrs["theta_checksum"])
+        out.update(self.cost_summary(kinds, it, final_attrs, int(env["ranks"])))
+        return out
+
+    def cost_summary(self, kinds: np.ndarray, it: dict, final_attrs: dict, ranks: int) -> dict:
+        """What the run cost: bytes, calls, time split and memory (the instrumented figures)."""
+        rec = self.table("comm/records") if "comm/records" in self.f else {}
+        phase_names = [_plain(p) for p in self.f["comm"].attrs["phase_names"]] if "comm" in self.f else list(PHASES)
+        n_grad = int(np.count_nonzero(kinds != 1))
+        n_es = int(np.count_nonzero(kinds != 0))
+        out: dict = {}
+        if rec and rec["phase"].size:
+            phase = rec["phase"]
+            sent = rec["bytes_sent"]
+            is_algo = np.isin(phase, [phase_names.index(p) for p in ALGORITHM_PHASES])
+            grad = phase == phase_names.index("grad")
+            es = phase == phase_names.index("es")
+            out["comm_bytes_sent_per_rank"] = float(sent[is_algo].sum() / ranks)
+            out["comm_wire_bytes_per_rank"] = float(rec["wire_bytes"][is_algo].sum() / ranks)
+            out["grad_step_bytes_sent_per_rank"] = float(sent[grad].sum() / (ranks * n_grad)) if n_grad else 0.0
+            out["es_step_bytes_sent_per_rank"] = float(sent[es].sum() / (ranks * n_es)) if n_es else 0.0
+            out["comm_calls"] = float(np.count_nonzero(is_algo) / ranks)
+            out["tool_bytes_sent_per_rank"] = float(sent[~is_algo].sum() / ranks)
+        if "compute_s" in it and it["compute_s"].size:
+            out["comm_time_s"] = float(it["comm_s"].sum(axis=0).mean())
+            out["wait_time_s"] = float(it["wait_s"].sum(axis=0).mean())
+            out["compute_time_s"] = float(it["compute_s"].sum(axis=0).mean())
+            out["step_time_s"] = float(it["step_s"].sum(axis=0).mean())
+            out["peak_rss_bytes"] = int(it["rss_hwm_bytes"].max())
+            sb = it["step_bytes"].max(axis=1)
+            tg = int(final_attrs.get("step_transient_bytes_grad", 0))
+            te = int(final_attrs.get("step_transient_bytes_es", 0))
+            out["step_peak_bytes_grad"] = int(sb[kinds != 1].max()) + tg if n_grad else 0
+            out["step_peak_bytes_es"] = int(sb[kinds != 0].max()) + te if n_es else 0
+            for name, mask in (("grad", kinds == 0), ("es", kinds == 1)):
+                if np.any(mask):
+                    out[f"median_{name}_step_s"] = float(np.median(it["step_s"][mask].max(axis=1)))
+        out["theta_consistent"] = bool(final_attrs["theta_consistent"]) if "theta_consistent" in final_attrs else None
         return out
 
 

@@ -15,18 +15,22 @@ import numpy as np
 from . import __version__, kernels
 from .algorithms import make_algorithm
 from .algorithms.bgd import KIND_ES
-from .comm import cpu_count
+from .comm import RECORD_DTYPE, cpu_count
 from .config import RunConfig
 from .data import Shard, global_batches, load_shard, local_rows
 from .errors import RunError, UsageError
 from .log import get_logger
 from .model import MLP
 from .runlog import RunLogWriter
+from .telemetry import rss_hwm_bytes, split_times, traced_peak
 
 log = get_logger("train")
 
+#: Per-iteration figures every rank keeps and gathers to rank 0 at each flush.
+PER_RANK_GATHERED = ("step_s", "local_n", "loss_sum", "rss_hwm_bytes", "step_bytes")
 
-def _set_threads(comm, requested: int) -> int:
+
+def set_threads(comm, requested: int) -> int:
     """Limit BLAS threads per rank: ``requested``, or the node's cores divided by its ranks."""
     import scipy.linalg.cython_blas  # noqa: F401  (the BLAS Numba's np.dot calls)
     from threadpoolctl import threadpool_limits
@@ -80,7 +84,7 @@ class Trainer:
         comm.set_phase("setup")
         if not comm.same_everywhere(zlib.crc32(cfg.to_json().encode())):
             raise RunError("ranks were started with different options")
-        self.threads = _set_threads(comm, cfg.threads)
+        self.threads = set_threads(comm, cfg.threads)
         self.shard: Shard = comm.agree(load_shard, cfg.data, comm.rank, comm.size, cfg.data_dir, cfg.dev_size)
         comm.agree(cfg.validate_for, comm.size, self.shard.n_train)
         self.model = MLP(self.shard.n_features, cfg.hidden, self.shard.n_classes)
@@ -101,6 +105,7 @@ class Trainer:
         self._evalbuf = np.zeros(4, dtype=np.float64)
         self.iteration = 0
         self._fault = _fault_from_env(comm.rank)
+        self.checks = 0
 
     def _open_writer(self):
         cfg = self.cfg
@@ -135,6 +140,7 @@ class Trainer:
         self.comm.set_phase("check", self.iteration)
         if not self.comm.same_everywhere(int(kernels.checksum(self.theta))):
             raise RunError(f"parameters differ between ranks after iteration {self.iteration}; stopping")
+        self.checks += 1
 
     def _batch(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         rows = local_rows(indices, self.shard.lo, self.shard.hi)
@@ -143,37 +149,81 @@ class Trainer:
         y = np.take(self.shard.y_train, rows, out=self.ybuf[:m])
         return X, y
 
-    def _gather_iterations(self, cols: dict, epoch: int) -> dict | None:
-        """Per-iteration figures of every rank, gathered to rank 0 (phase ``telemetry``)."""
+    # ------------------------------------------------------------------ telemetry to rank 0
+    def _gather_epoch(self, cols: dict, epoch: int, m: int) -> tuple[dict, np.ndarray, np.ndarray] | None:
+        """Per-iteration figures and call records of every rank, gathered to rank 0 (phase ``telemetry``).
+
+        Returns (iteration columns, records, their ranks) on rank 0, None elsewhere.
+        """
         comm = self.comm
+        records = comm.drain()
         comm.set_phase("telemetry", self.iteration)
-        m = cols["step_s"].shape[0]
-        local = np.concatenate([cols["step_s"], cols["comm_s"], cols["local_n"], cols["loss_sum"]])
+        local = np.concatenate([cols[k][:m].astype(np.float64) for k in PER_RANK_GATHERED])
         allv = comm.Gatherv(local)
+        recs, rec_ranks = self._gather_records(records)
         if comm.rank != 0:
             return None
-        per = allv.reshape(comm.size, 4, m)
-        kind = cols["kind"]
-        loss_sum = per[:, 3, :].sum(axis=0)
-        batch_loss = np.where(kind == KIND_ES, np.nan, loss_sum / self.cfg.batch)
-        return {
-            "iteration": cols["iteration"], "epoch": np.full(m, epoch), "kind": kind, "batch_loss": batch_loss,
-            "grad_norm": cols["grad_norm"], "grad_var": cols["grad_var"], "sigma": cols["sigma"],
-            "es_cost": cols["es_cost"], "es_rank": cols["es_rank"], "es_k": cols["es_k"],
-            "step_s": per[:, 0, :].T, "comm_s": per[:, 1, :].T, "local_n": per[:, 2, :].T,
+        per = allv.reshape(comm.size, len(PER_RANK_GATHERED), m)
+        get = {k: per[:, j, :].T for j, k in enumerate(PER_RANK_GATHERED)}
+        kind = cols["kind"][:m]
+        iters = cols["iteration"][:m]
+        loss_sum = get["loss_sum"].sum(axis=1)
+        comm_s, wait_s = split_times(recs, rec_ranks, self.offsets_start, iters, comm.size)
+        rows = {
+            "iteration": iters, "epoch": np.full(m, epoch), "kind": kind,
+            "batch_loss": np.where(kind == KIND_ES, np.nan, loss_sum / self.cfg.batch),
+            "grad_norm": cols["grad_norm"][:m], "grad_var": cols["grad_var"][:m], "sigma": cols["sigma"][:m],
+            "es_cost": cols["es_cost"][:m], "es_rank": cols["es_rank"][:m], "es_k": cols["es_k"][:m],
+            "step_s": get["step_s"], "comm_s": comm_s, "wait_s": wait_s,
+            "compute_s": np.maximum(get["step_s"] - comm_s - wait_s, 0.0),
+            "local_n": get["local_n"], "rss_hwm_bytes": get["rss_hwm_bytes"], "step_bytes": get["step_bytes"],
         }
+        return rows, recs, rec_ranks
+
+    def _gather_records(self, records: np.ndarray) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """Every rank's call records on rank 0, with the rank of each (None elsewhere)."""
+        comm = self.comm
+        counts = np.zeros(comm.size, dtype=np.int64)
+        comm.Allgather(np.array([records.size], dtype=np.int64), counts)
+        rec_bytes = comm.Gatherv(records.view(np.uint8))
+        if comm.rank != 0:
+            return None, None
+        return rec_bytes.view(RECORD_DTYPE), np.repeat(np.arange(comm.size, dtype=np.int32), counts)
+
+    def probe_step_memory(self) -> dict:
+        """Transient bytes allocated by one step of each kind (tracemalloc), on copies, after training.
+
+        Runs with the uninstrumented communicator so that the probe leaves no trace in the records.
+        """
+        cfg = self.cfg
+        out = {}
+        algo = self.algo
+        saved = algo.comm
+        algo.comm = self.comm.raw()
+        try:
+            X, y = self._batch(global_batches(self.shard.n_train, cfg.batch, cfg.seed, 0)[0])
+            theta = self.theta.copy()
+            probes = [("grad", 0)]
+            if cfg.algo == "hes":
+                probes = [("es", 0)] if cfg.assisted else [("grad", 0), ("es", 1)] if cfg.r > 1 else [("grad", 0)]
+            for name, i in probes:
+                peak, _ = traced_peak(algo.step, i, theta, X, y)
+                out[f"step_transient_bytes_{name}"] = peak
+        finally:
+            algo.comm = saved
+        return out
 
     # ------------------------------------------------------------------ the loop
     def run(self) -> dict:
         cfg, comm = self.cfg, self.comm
         m = self.iters_per_epoch
-        cols = {k: np.zeros(m) for k in ("step_s", "comm_s", "local_n", "loss_sum", "grad_norm", "grad_var",
-                                         "sigma", "es_cost")}
+        cols = {k: np.zeros(m) for k in (*PER_RANK_GATHERED, "grad_norm", "grad_var", "sigma", "es_cost")}
         cols.update({k: np.zeros(m, dtype=np.int64) for k in ("iteration", "kind", "es_rank", "es_k")})
         log.info("training %s on %s: %d ranks, %s network (%d parameters), %d iterations/epoch, %d epochs",
                  cfg.algo + (" (assisted)" if cfg.algo == "hes" and cfg.assisted else ""), self.shard.name,
                  comm.size, f"{self.model.n_in}-{self.model.hidden}-{self.model.n_out}", self.model.param_count,
                  m, cfg.epochs)
+        self.offsets_start, self.rtt_start = comm.clock_offsets()
         comm.Barrier()
         t_start = comm.wtime()
         metrics: dict = {}
@@ -187,15 +237,15 @@ class Trainer:
                     raise RuntimeError(f"fault injected by HES_MPI_INJECT_FAULT at iteration {i}")
                 X, y = self._batch(batches[j])
                 t0 = comm.wtime()
-                c0 = comm.comm_seconds
                 info = self.algo.step(i, self.theta, X, y)
                 cols["step_s"][j] = comm.wtime() - t0
-                cols["comm_s"][j] = comm.comm_seconds - c0
+                cols["rss_hwm_bytes"][j] = rss_hwm_bytes()
+                cols["step_bytes"][j] = self.algo.work_bytes(info.kind, X.shape[0])
                 cols["local_n"][j] = X.shape[0]
                 cols["loss_sum"][j] = info.loss_sum if info.kind != KIND_ES else 0.0
                 cols["iteration"][j] = i
                 cols["kind"][j] = info.kind
-                cols["grad_norm"][j] = info.grad_norm if info.kind != KIND_ES else np.nan
+                cols["grad_norm"][j] = info.grad_norm
                 cols["grad_var"][j] = info.grad_var
                 cols["sigma"][j] = info.sigma
                 cols["es_cost"][j] = info.es_cost
@@ -211,12 +261,14 @@ class Trainer:
             eval_s = comm.wtime() - t_eval
             if not math.isfinite(metrics["dev_loss"] if self.shard.n_dev else metrics["train_loss"]):
                 raise RunError(f"loss is not finite after epoch {epoch + 1} (learning rate too large?)")
-            rows = self._gather_iterations(cols, epoch)
+            gathered = self._gather_epoch(cols, epoch, m)
             wall = comm.wtime() - t_start
             if self.writer is not None:
+                rows, recs, rec_ranks = gathered
                 self.writer.add_epoch({"epoch": epoch + 1, "iteration": self.iteration, **metrics,
                                        "epoch_s": epoch_s, "eval_s": eval_s, "wall_s": wall})
                 self.writer.add_iterations(rows)
+                self.writer.add_records(recs, rec_ranks)
                 self.writer.flush()
             log.info("epoch %*d/%d  loss %.4f  train %.2f%%  dev %.2f%%  %.2f s (+%.2f s eval)",
                      len(str(cfg.epochs)), epoch + 1, cfg.epochs, metrics["train_loss"],
@@ -224,9 +276,23 @@ class Trainer:
         self.check_consistency()
         wall = comm.wtime() - t_start
         checksum = int(kernels.checksum(self.theta))
+        comm.set_phase("telemetry", self.iteration)
+        offsets_end, rtt_end = comm.clock_offsets()
+        memory = self.probe_step_memory()
+        transient = np.zeros(2, dtype=np.int64)
+        transient[0] = memory.get("step_transient_bytes_grad", 0)
+        transient[1] = memory.get("step_transient_bytes_es", 0)
+        comm.Allreduce(transient, op="max")
+        recs, rec_ranks = self._gather_records(comm.drain())
         if self.writer is not None:
+            self.writer.add_records(recs, rec_ranks)
+            self.writer.set_clock(self.offsets_start, self.rtt_start, offsets_end, rtt_end, comm.wtick(),
+                                  comm.wtime_is_global())
             self.writer.flush(final={"theta": self.theta.copy(), "iterations": self.iteration, "wall_s": wall,
-                                     "theta_checksum": checksum})
+                                     "theta_checksum": checksum, "theta_consistent": True,
+                                     "consistency_checks": self.checks,
+                                     "step_transient_bytes_grad": int(transient[0]),
+                                     "step_transient_bytes_es": int(transient[1])})
         summary = {"algo": cfg.algo, "ranks": comm.size, "epochs": cfg.epochs, "iterations": self.iteration,
                    **metrics, "wall_s": wall, "median_epoch_s": float(np.median(epoch_times)),
                    "theta_checksum": checksum}

@@ -63,6 +63,18 @@ class BGD:
         self.has_grad = True
         return self.g
 
+    def _batch_bytes(self, rows: int) -> int:
+        return rows * (self.model.n_in * 4 + 4)  # float32 rows and int32 labels
+
+    def work_bytes(self, kind: int, rows: int) -> int:
+        """Bytes of every buffer a step of ``kind`` touches with ``rows`` local examples.
+
+        Gradient step: the batch, the flat gradient, hidden activations and their backward pass
+        (2 x rows x hidden), and the output layer (rows x classes).
+        """
+        m = self.model
+        return self._batch_bytes(rows) + self.g.nbytes + rows * (2 * m.hidden + m.n_out) * 4
+
     def step(self, i: int, theta: np.ndarray, X: np.ndarray, y: np.ndarray) -> StepInfo:
         info = StepInfo(kind=KIND_GRAD)
         self.gradient(i, theta, X, y, info)

@@ -31,6 +31,18 @@ class HybridES(BGD):
         self.cand_views = model.views(self.cand)
         self.grad_var = 0.0
 
+    def work_bytes(self, kind: int, rows: int) -> int:
+        """ES step: the batch, the last gradient (read), one noise vector and one candidate vector,
+        and the forward pass only (rows x hidden + rows x classes): no backward pass is kept.
+        Assisted steps touch both sets."""
+        m = self.model
+        es = self._batch_bytes(rows) + self.g.nbytes + self.z.nbytes + self.cand.nbytes
+        es += rows * (m.hidden + m.n_out) * 4
+        if kind == KIND_ES:
+            return es
+        grad = super().work_bytes(KIND_GRAD, rows)
+        return grad if kind == KIND_GRAD else grad + self.z.nbytes + self.cand.nbytes
+
     def sigma(self) -> float:
         s2 = self.cfg.sigma2 * (self.grad_var if self.cfg.sigma_scale == "relative" else 1.0)
         return math.sqrt(s2)

@@ -1,0 +1,149 @@
+"""Benchmarks run through the instrumented communicator (``hes-mpi bench ...``).
+
+``osu``: the OSU micro-benchmark protocol for one collective — for each message size (powers of two):
+a barrier, warm-up iterations, then a timed loop of ``MPI_Wtime()`` around each call followed by a
+barrier (as ``osu_allreduce`` does); per-rank average latencies reduced to min / avg / max. Sizes are
+bytes of the per-rank buffer (float32 elements for allreduce). ``--raw`` runs the same loop on the
+bare mpi4py communicator, so the two tables side by side show the instrumentation's cost, and either
+can be held against ``osu_allreduce`` of the OSU suite on the same nodes.
+
+``overhead``: BGD steps of the default network, alternately with the instrumented and the raw
+communicator, on the same batch; reports the median step time of each, and the overhead as the
+median ratio of adjacent (instrumented, raw) step pairs minus one, plus the measured cost of one
+record (the only work instrumentation adds to a call, besides two ``MPI_Wtime``).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import numpy as np
+
+from .comm import InstrumentedComm
+from .log import get_logger
+
+log = get_logger("bench")
+
+OSU_OPS = ("allreduce", "allgather", "bcast")
+LARGE_MESSAGE = 8192  # bytes: OSU switches to fewer iterations above this
+
+
+def osu(comm: InstrumentedComm, op: str, min_size: int = 4, max_size: int = 1 << 20, iterations: int = 1000,
+        iterations_large: int = 100, warmup: int = 200, warmup_large: int = 10, raw: bool = False) -> list[dict]:
+    """One OSU latency table for ``op``; rows are returned on every rank, complete on rank 0."""
+    target = comm.raw() if raw else comm
+    comm.set_phase("setup", -1)
+    rows = []
+    size = max(4, min_size)
+    stats = np.zeros(3)
+    while size <= max_size:
+        n = size // 4
+        send = np.ones(n, dtype=np.float32)
+        recv = np.empty(n * comm.size if op == "allgather" else n, dtype=np.float32)
+        iters, skip = (iterations, warmup) if size <= LARGE_MESSAGE else (iterations_large, warmup_large)
+        if op == "allreduce":
+            def call(send=send, recv=recv):
+                target.Allreduce(send, recv)
+        elif op == "allgather":
+            def call(send=send, recv=recv):
+                target.Allgather(send, recv)
+        else:
+            def call(send=send):
+                target.Bcast(send, root=0)
+        comm.Barrier()
+        timer = 0.0
+        for i in range(iters + skip):
+            t0 = comm.wtime()
+            call()
+            t1 = comm.wtime()
+            if i >= skip:
+                timer += t1 - t0
+            target.Barrier()
+        comm.drain()  # keep the record buffer small; the table is the result here
+        lat = timer * 1e6 / iters
+        stats[:] = (lat, -lat, lat)
+        comm.set_phase("telemetry", -1)
+        comm.Allreduce(stats[:2], op="max")
+        total = np.array([lat])
+        comm.Allreduce(total)
+        comm.set_phase("setup", -1)
+        rows.append({"size": size, "avg_us": float(total[0] / comm.size), "min_us": float(-stats[1]),
+                     "max_us": float(stats[0]), "iterations": iters})
+        size *= 2
+    return rows
+
+
+def format_osu(rows: list[dict], op: str, raw: bool, ranks: int) -> str:
+    title = {"allreduce": "Allreduce", "allgather": "Allgather", "bcast": "Broadcast"}[op]
+    lines = [f"# OSU MPI {title} Latency Test (hes_mpi {'raw mpi4py' if raw else 'instrumented'}, {ranks} ranks)",
+             f"# {'Size':<10}{'Avg Latency(us)':>18}{'Min Latency(us)':>18}{'Max Latency(us)':>18}{'Iterations':>12}"]
+    for r in rows:
+        lines.append(f"{r['size']:<12}{r['avg_us']:>18.2f}{r['min_us']:>18.2f}{r['max_us']:>18.2f}"
+                     f"{r['iterations']:>12}")
+    return "\n".join(lines)
+
+
+def record_cost_us(comm: InstrumentedComm, n: int = 200_000) -> float:
+    """Microseconds that recording one call costs (timestamps excluded), measured in a tight loop."""
+    saved = comm.n_records, comm.phase, comm.iteration
+    t0 = time.perf_counter()
+    for _ in range(n):
+        comm._record("allreduce", 4, 4, 0, 0.0, 0.0)
+        comm.n_records = saved[0]
+    t1 = time.perf_counter()
+    comm.set_phase(saved[1], saved[2])
+    return (t1 - t0) * 1e6 / n
+
+
+def overhead(comm: InstrumentedComm, cfg, steps: int = 50, warmup: int = 5) -> dict:
+    """Median BGD step time with the instrumented vs the raw communicator (interleaved, same batch)."""
+    from .algorithms import BGD
+    from .data import global_batches, load_shard, local_rows
+    from .model import MLP
+    from .trainer import set_threads
+
+    set_threads(comm, cfg.threads)
+    shard = comm.agree(load_shard, cfg.data, comm.rank, comm.size, cfg.data_dir, cfg.dev_size)
+    comm.agree(cfg.validate_for, comm.size, shard.n_train)
+    model = MLP(shard.n_features, cfg.hidden, shard.n_classes)
+    rows = local_rows(global_batches(shard.n_train, cfg.batch, cfg.seed, 0)[0], shard.lo, shard.hi)
+    X, y = shard.x_train[rows], shard.y_train[rows]
+    algo = BGD(cfg, model, comm, max(1, X.shape[0]), cfg.batch)
+    theta = model.init_params(cfg.seed)
+    raw = comm.raw()
+    times = {"instrumented": [], "raw": []}
+    for i in range(warmup + steps):
+        for name, c in (("instrumented", comm), ("raw", raw)) if i % 2 == 0 else (("raw", raw), ("instrumented", comm)):
+            algo.comm = c
+            comm.Barrier()
+            t0 = comm.wtime()
+            algo.step(i, theta, X, y)
+            dt = comm.wtime() - t0
+            if i >= warmup:
+                times[name].append(dt)
+    comm.drain()
+    # every rank's step ends with the same Allreduce: take the slowest rank's figures. The overhead is
+    # the median of the ratios of adjacent (instrumented, raw) pairs, which cancels slow drifts of load.
+    ratio = np.median(np.array(times["instrumented"]) / np.array(times["raw"]))
+    med = np.array([np.median(times["instrumented"]), np.median(times["raw"]), ratio])
+    comm.set_phase("telemetry", -1)
+    comm.Allreduce(med, op="max")
+    per_call = record_cost_us(comm)
+    return {
+        "bench": "instrumentation_overhead",
+        "ranks": comm.size,
+        "data": cfg.data,
+        "layers": f"{model.n_in}-{model.hidden}-{model.n_out}",
+        "batch": cfg.batch,
+        "steps_each": steps,
+        "median_step_s_instrumented": float(med[0]),
+        "median_step_s_raw": float(med[1]),
+        "instrumentation_overhead": float(med[2] - 1.0),
+        "record_cost_us": per_call,
+        "record_cost_share": float(per_call * 1e-6 / med[1]),  # one recorded call per BGD step
+    }
+
+
+def dumps(obj) -> str:
+    return json.dumps(obj, sort_keys=False)

@@ -1,0 +1,86 @@
+"""Telemetry: memory measurements and the per-iteration time split (compute / communication / waiting).
+
+Time split
+----------
+Every algorithm collective is recorded on every rank with the same ``seq`` number (see
+:mod:`hes_mpi.comm`). With the per-rank clock offsets measured at start, rank 0 puts the entry times
+of one collective on a common axis; a rank's *waiting* time in that call is how long before the last
+rank it entered (``max_r t_enter[r] - t_enter[rank]``, never more than the call's duration), and the
+rest of the call is *communication*. Compute is the step's wall time minus both. With
+``--sync-barrier`` a timed barrier precedes each algorithm collective (OSU's protocol): the waiting
+then happens, and is counted, in that barrier.
+
+Memory
+------
+``rss_hwm_bytes``: the process's resident-set high-water mark (``ru_maxrss``), read after every step.
+Step memory: the bytes of every work buffer a step of that kind touches (explicit accounting by the
+algorithm, for the rows it actually had), plus the peak of transient allocations during one probe step
+of each kind measured with ``tracemalloc`` (which sees numpy buffers) after training.
+"""
+
+from __future__ import annotations
+
+import resource
+import sys
+import tracemalloc
+
+import numpy as np
+
+from .comm import ALGORITHM_PHASES, PHASES
+
+_MAXRSS_SCALE = 1 if sys.platform == "darwin" else 1024  # ru_maxrss: bytes on macOS, KiB on Linux
+
+
+def rss_hwm_bytes() -> int:
+    """Resident-set high-water mark of this process, in bytes."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * _MAXRSS_SCALE
+
+
+def traced_peak(fn, *args, **kwargs) -> tuple[int, object]:
+    """Run ``fn`` under tracemalloc; return (peak bytes allocated during the call, result)."""
+    was = tracemalloc.is_tracing()
+    if not was:
+        tracemalloc.start()
+    tracemalloc.reset_peak()
+    base = tracemalloc.get_traced_memory()[0]
+    try:
+        result = fn(*args, **kwargs)
+        peak = tracemalloc.get_traced_memory()[1] - base
+    finally:
+        if not was:
+            tracemalloc.stop()
+    return max(0, int(peak)), result
+
+
+def split_times(records: np.ndarray, ranks: np.ndarray, offsets: np.ndarray, iterations: np.ndarray,
+                n_ranks: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-iteration, per-rank (comm_s, wait_s) from the algorithm-phase call records of all ranks.
+
+    ``records`` are RECORD_DTYPE rows with their ``ranks``; ``offsets[r]`` maps rank r's clock onto
+    rank 0's; ``iterations`` lists the iterations to report (rows of the result).
+    """
+    comm_s = np.zeros((iterations.size, n_ranks))
+    wait_s = np.zeros((iterations.size, n_ranks))
+    if records.size == 0 or iterations.size == 0:
+        return comm_s, wait_s
+    algo = np.isin(records["phase"], [PHASES.index(p) for p in ALGORITHM_PHASES]) & (records["seq"] >= 0)
+    rec = records[algo]
+    rk = ranks[algo]
+    if rec.size == 0:
+        return comm_s, wait_s
+    aligned = rec["t_enter"] - offsets[rk]
+    order = np.argsort(rec["seq"], kind="stable")
+    seq_sorted = rec["seq"][order]
+    starts = np.flatnonzero(np.r_[True, seq_sorted[1:] != seq_sorted[:-1]])
+    last_entry = np.maximum.reduceat(aligned[order], starts)
+    group = np.cumsum(np.r_[True, seq_sorted[1:] != seq_sorted[:-1]]) - 1
+    latest = np.empty_like(aligned)
+    latest[order] = last_entry[group]
+    duration = rec["t_exit"] - rec["t_enter"]
+    wait = np.clip(latest - aligned, 0.0, duration)
+    comm = duration - wait
+    row = np.searchsorted(iterations, rec["iteration"])
+    ok = (row < iterations.size) & (iterations[np.minimum(row, iterations.size - 1)] == rec["iteration"])
+    np.add.at(comm_s, (row[ok], rk[ok]), comm[ok])
+    np.add.at(wait_s, (row[ok], rk[ok]), wait[ok])
+    return comm_s, wait_s
