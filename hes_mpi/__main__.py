@@ -1,6 +1,7 @@
 """Command line: ``python -m hes_mpi`` / ``hes-mpi``.
 
-Subcommands: ``train`` (under mpirun/mpiexec/srun), ``data fetch|list``, ``summary``.
+Subcommands: ``compare`` (the default: the main job), ``train`` (under mpirun/mpiexec/srun),
+``data fetch|list``, ``summary``, ``bench osu|overhead``.
 Exit status: 0 success, 1 a run that could not go on (or an MPI abort), 2 bad input.
 """
 
@@ -67,8 +68,34 @@ def _train_args(p: argparse.ArgumentParser) -> None:
       "node (default)")
     a("--sync-barrier", action="store_true", help="time a barrier before every algorithm collective (OSU's "
       "protocol), so that waiting for late ranks is measured apart from communication")
+    a("--emulate-net", default=None, metavar="PRESET|ALPHA,BETA", help="hold every MPI call for its modelled "
+      "cost on this network (presets: 1gbe, 10gbe, 100gbe, ib-hdr; or latency in s and inverse bandwidth in "
+      "s/byte), so time-to-accuracy on a slower cluster is measured end to end")
     a("--no-eval-train", dest="eval_train", action="store_false", help="skip the per-epoch pass over the whole "
       "training set (train loss/accuracy are then NaN)")
+
+
+def _compare_args(p: argparse.ArgumentParser) -> None:
+    d = RunConfig()
+    a = p.add_argument
+    a("--epochs", type=int, default=10, help="epochs of every run (default %(default)s: a few minutes on 2 cores)")
+    a("--out-dir", default=None, help="folder for run logs, tables and figures (default results/compare-TIMESTAMP)")
+    a("--r", dest="r_values", type=int, nargs="+", default=[2, 3], help="H-ES gradient intervals to run "
+      "(default: 2 3)")
+    a("--no-assisted", dest="assisted", action="store_false", help="leave out Assisted H-ES (r = 1)")
+    a("--K", type=int, default=d.K, help="ES candidates per rank (default %(default)s)")
+    a("--sigma2", type=float, default=d.sigma2, help="H-ES perturbation variance (default %(default)s)")
+    a("--sigma-scale", choices=SIGMA_SCALES, default=d.sigma_scale, help="how --sigma2 is read "
+      "(default %(default)s)")
+    a("--lr", type=float, default=d.lr, help="learning rate (default %(default)s)")
+    a("--batch", type=int, default=d.batch, help="global minibatch (default %(default)s)")
+    a("--hidden", type=int, default=d.hidden, help="hidden units (default %(default)s)")
+    a("--seed", type=int, default=d.seed, help="run seed (default %(default)s)")
+    a("--data", default=d.data, help="dataset: mnist, idx:DIR or synthetic[:N[:SEED]] (default %(default)s)")
+    a("--data-dir", default=None, help="where fetched datasets live (default $HES_MPI_DATA or ~/.cache/hes_mpi)")
+    a("--emulate-net", default=None, metavar="PRESET|ALPHA,BETA", help="emulate a slower network for every run "
+      "(see train --help)")
+    a("--threads", type=int, default=d.threads, help="BLAS threads per rank (default: cores / ranks on the node)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -76,6 +103,15 @@ def build_parser() -> argparse.ArgumentParser:
                 "what distributed training costs. Launch training as: mpirun -n N python -m hes_mpi train ...")
     p.add_argument("--version", action="version", version=f"hes_mpi {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    c = sub.add_parser("compare", help="the main job: BGD and H-ES variants, then tables and figures "
+                       "(the default command)",
+                       description="Train the reference (BGD), Assisted H-ES (r = 1) and H-ES for each --r on the "
+                       "same data and ranks, one after the other in this MPI job; write the run logs, the accuracy "
+                       "and savings tables and the figures into one folder and print the tables. Fetches MNIST "
+                       "first when it is missing. Runs when hes_mpi is started with no command.")
+    _compare_args(c)
+    c.set_defaults(func=cmd_compare)
 
     t = sub.add_parser("train", help="train under MPI (mpirun -n N python -m hes_mpi train ...)",
                        description="Train an MLP with BGD or Hybrid-ES across the MPI ranks of this job.")
@@ -140,6 +176,9 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+COMMANDS = ("compare", "train", "data", "bench", "summary")
+
+
 def _help(p) -> int:
     p.print_help()
     return 0
@@ -150,6 +189,23 @@ def _err(msg: str, rank_info: str = "") -> None:
 
 
 # ---------------------------------------------------------------------------------------- commands
+def cmd_compare(args, argv=None) -> int:
+    from .suite import default_out_dir, run_suite
+
+    if not args.r_values or min(args.r_values) < 1:
+        raise UsageError("--r values must be >= 1")
+    base = RunConfig(K=args.K, sigma2=args.sigma2, sigma_scale=args.sigma_scale, lr=args.lr, batch=args.batch,
+                     epochs=args.epochs, hidden=args.hidden, seed=args.seed, data=args.data, data_dir=args.data_dir,
+                     threads=args.threads, emulate_net=args.emulate_net)
+
+    def body(comm):
+        comm.agree(base.validate)
+        run_suite(comm, base, args.out_dir or default_out_dir(comm), args.r_values, args.assisted, argv)
+        return 0
+
+    return _mpi_command(body)
+
+
 def cmd_train(args, argv=None) -> int:
     from .trainer import train
 
@@ -157,7 +213,8 @@ def cmd_train(args, argv=None) -> int:
                     assisted=args.assisted, lr=args.lr, batch=args.batch, epochs=args.epochs, l2=args.l2,
                     hidden=args.hidden, seed=args.seed, data=args.data, data_dir=args.data_dir,
                     dev_size=args.dev_size, out=args.out, force=args.force, check_every=args.check_every,
-                    threads=args.threads, eval_train=args.eval_train, sync_barrier=args.sync_barrier)
+                    threads=args.threads, eval_train=args.eval_train, sync_barrier=args.sync_barrier,
+                    emulate_net=args.emulate_net)
 
     def body(comm):
         comm.sync_barrier = cfg.sync_barrier
@@ -301,10 +358,12 @@ def cmd_summary(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     raw = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser()
+    if not any(a in COMMANDS for a in raw) and not any(a in ("-h", "--help", "--version") for a in raw):
+        raw = ["compare", *raw]  # the main job is the default command
     args = parser.parse_args(raw)
     try:
-        if args.func is cmd_train:
-            return cmd_train(args, ["hes-mpi", *raw])
+        if args.func in (cmd_train, cmd_compare):
+            return args.func(args, ["hes-mpi", *raw])
         return args.func(args)
     except UsageError as e:
         _err(str(e))

@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 import math
 import os
+import time
 
 import numpy as np
 
@@ -94,6 +95,9 @@ class InstrumentedComm:
         #: OSU's trick: a timed barrier before every algorithm collective separates waiting for late ranks.
         self.sync_barrier = sync_barrier
         self._seq = 0
+        #: Network emulation: (name, alpha, beta) or None; see :meth:`emulate_network`.
+        self.emulation: tuple[str, float, float] | None = None
+        self.emulated_seconds = 0.0
         self.records = np.zeros(capacity, RECORD_DTYPE)
         self.n_records = 0
         self.total_calls = 0
@@ -116,7 +120,32 @@ class InstrumentedComm:
     def wtime(self) -> float:
         return self.MPI.Wtime()
 
+    def emulate_network(self, name: str, alpha: float, beta: float) -> None:
+        """Hold every collective for its modelled cost on a network of latency ``alpha`` (s) and
+        inverse bandwidth ``beta`` (s/byte), as :func:`hes_mpi.netmodel.collective_time` gives it, on
+        top of its real duration here. All ranks hold the same call for the same time, so the run
+        stays in step; the hold counts as communication time in the records."""
+        self.emulation = (name, float(alpha), float(beta))
+
+    def _hold(self, op: str, nbytes: int, t1: float) -> float:
+        """Busy-wait (sleeping for the bulk) until ``t1`` + the emulated cost; returns the new exit time."""
+        from .netmodel import collective_time
+
+        _, alpha, beta = self.emulation
+        extra = collective_time(op, nbytes, self.size, alpha, beta)
+        self.emulated_seconds += extra
+        until = t1 + extra
+        MPI = self.MPI
+        now = MPI.Wtime()
+        if until - now > 2e-3:
+            time.sleep(until - now - 1e-3)
+        while (now := MPI.Wtime()) < until:
+            pass
+        return now
+
     def _record(self, op: str, sent: int, recv: int, wire: int, t0: float, t1: float, p2p: bool = False) -> None:
+        if self.emulation is not None and not p2p:
+            t1 = self._hold(op, sent if op in ("allgather", "gather") else max(sent, recv), t1)
         self.comm_seconds += t1 - t0
         self.total_calls += 1
         seq = -1
@@ -303,6 +332,15 @@ class InstrumentedComm:
         if err is not None and self.size - self.rank == flag[1]:
             raise err
         raise SilentExit(int(flag[0]))
+
+    def bcast_str(self, text: str, root: int = 0, max_bytes: int = 4096) -> str:
+        """Rank ``root``'s string on every rank (one Bcast of a fixed-size byte buffer)."""
+        buf = np.zeros(max_bytes, dtype=np.uint8)
+        if self.rank == root:
+            raw = text.encode()[: max_bytes - 1]
+            buf[: len(raw)] = np.frombuffer(raw, dtype=np.uint8)
+        self.Bcast(buf, root=root)
+        return bytes(buf).split(b"\0", 1)[0].decode()
 
     def same_everywhere(self, value: int) -> bool:
         """True when the 63-bit integer ``value`` is the same on every rank (one Allreduce)."""

@@ -41,6 +41,7 @@ class RunConfig:
     threads: int = 0
     eval_train: bool = True
     sync_barrier: bool = False
+    emulate_net: str | None = None
 
     def validate(self) -> RunConfig:
         """Check every field that does not depend on the data or the rank count."""
@@ -70,6 +71,10 @@ class RunConfig:
             raise UsageError(f"--dev-size must be >= 0, got {self.dev_size}")
         if self.check_every < 0:
             raise UsageError(f"--check-every must be >= 0, got {self.check_every}")
+        if self.emulate_net is not None:
+            from .netmodel import parse_network
+
+            parse_network(self.emulate_net)
         if self.threads < 0:
             raise UsageError(f"--threads must be >= 0, got {self.threads}")
         return self

@@ -312,6 +312,7 @@ class RunLog:
             "dataset": env.get("dataset"),
             "K": cfg["K"], "r": cfg["r"], "sigma2": cfg["sigma2"], "sigma_scale": cfg["sigma_scale"],
             "lr": cfg["lr"], "batch": cfg["batch"], "seed": cfg["seed"],
+            "emulated_network": env.get("emulated_network") or None,
         }
         if "theta_checksum" in final_attrs:
             out["theta_checksum"] = int(final_attrs["theta_checksum"])
@@ -346,6 +347,8 @@ class RunLog:
             sb = it["step_bytes"].max(axis=1)
             tg = int(final_attrs.get("step_transient_bytes_grad", 0))
             te = int(final_attrs.get("step_transient_bytes_es", 0))
+            out["step_transient_bytes_grad"] = tg
+            out["step_transient_bytes_es"] = te
             out["step_peak_bytes_grad"] = int(sb[kinds != 1].max()) + tg if n_grad else 0
             out["step_peak_bytes_es"] = int(sb[kinds != 0].max()) + te if n_es else 0
             for name, mask in (("grad", kinds == 0), ("es", kinds == 1)):

@@ -64,6 +64,9 @@ def environment(comm, threads: int, shard: Shard, model: MLP) -> dict:
         "dataset": shard.name,
         "n_train": shard.n_train,
         "n_dev": shard.n_dev,
+        "emulated_network": comm.emulation[0] if comm.emulation else "",
+        "emulated_alpha_s": comm.emulation[1] if comm.emulation else 0.0,
+        "emulated_beta_s_per_byte": comm.emulation[2] if comm.emulation else 0.0,
     }
 
 
@@ -81,10 +84,16 @@ class Trainer:
         self.cfg = cfg
         self.comm = comm
         self.argv = argv or []
-        comm.set_phase("setup")
+        comm.drain()  # a previous run in the same job (the comparison suite) keeps its own records
+        comm.set_phase("setup", -1)
+        comm.emulation = None
         if not comm.same_everywhere(zlib.crc32(cfg.to_json().encode())):
             raise RunError("ranks were started with different options")
         self.threads = set_threads(comm, cfg.threads)
+        if cfg.emulate_net:
+            from .netmodel import parse_network
+
+            comm.emulate_network(*parse_network(cfg.emulate_net))
         self.shard: Shard = comm.agree(load_shard, cfg.data, comm.rank, comm.size, cfg.data_dir, cfg.dev_size)
         comm.agree(cfg.validate_for, comm.size, self.shard.n_train)
         self.model = MLP(self.shard.n_features, cfg.hidden, self.shard.n_classes)

@@ -1,0 +1,41 @@
+"""Figures from run logs: training curves, equal-budget curves, time split, memory, the gradient.
+
+Usage: python analysis/plots.py RUN.h5 [RUN.h5 ...] [--out-dir figures]
+
+Writes training.png (loss and accuracy against iteration), budget.png (dev accuracy against
+cumulative bytes sent and against wall-clock time), time_split.png (compute / communication / waiting
+per rank), memory.png (memory per step kind, peak RSS) and gradient.png (the full gradient's norm
+and per-component variance over iterations, with the sigma^2 it suggests).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from hes_mpi.analysis import FIGURES, load_runs, write_figures
+from hes_mpi.errors import UsageError
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="plots.py", description=__doc__.split("\n\n")[0])
+    p.add_argument("runs", nargs="+", help="run logs written by 'hes-mpi train --out'")
+    p.add_argument("--out-dir", default="figures", help="folder for the PNG files (default %(default)s)")
+    args = p.parse_args(argv)
+    try:
+        runs = load_runs(args.runs)
+        paths = write_figures(runs, Path(args.out_dir))
+    except UsageError as e:
+        print(f"plots.py: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        print(f"plots.py: error: cannot write into {args.out_dir}: {e.strerror}", file=sys.stderr)
+        return 2
+    print("\n".join(str(p) for p in paths))
+    assert len(paths) == len(FIGURES)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,124 @@
+"""Analysis scripts, the main job and network emulation, run as a user runs them."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+from conftest import run_cli
+
+from hes_mpi.netmodel import collective_time, parse_network
+
+ROOT = Path(__file__).resolve().parents[1]
+SYN = ["--data", "synthetic:800", "--hidden", "16", "--batch", "200", "--lr", "1"]
+
+
+def script(name, *args):
+    return subprocess.run([sys.executable, str(ROOT / "analysis" / name), *map(str, args)], capture_output=True,
+                          text=True, timeout=300, check=False)
+
+
+@pytest.fixture(scope="module")
+def suite(tmp_path_factory):
+    """The main job on a small synthetic problem: 4 runs, tables and figures in one folder."""
+    out = tmp_path_factory.mktemp("suite") / "cmp"
+    proc = run_cli([*SYN, "--epochs", "3", "--K", "4", "--out-dir", out])  # no command: the main job
+    assert proc.returncode == 0, proc.stderr
+    return out, proc
+
+
+def test_main_job_writes_logs_tables_and_figures(suite):
+    out, proc = suite
+    for name in ("bgd.h5", "hes_assisted.h5", "hes_r2.h5", "hes_r3.h5", "accuracy.md", "accuracy.csv",
+                 "savings.md", "savings.csv", "training.png", "budget.png", "time_split.png", "memory.png",
+                 "gradient.png"):
+        assert (out / name).stat().st_size > 0, name
+    assert "Reference (BGD)" in proc.stdout and "Assisted H-ES (r = 1)" in proc.stdout
+    assert "H-ES, r = 3" in proc.stdout and "Net BW" in proc.stdout
+    assert (out / "training.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_savings_are_measured(suite):
+    out, _ = suite
+    with open(out / "savings.csv", newline="") as f:
+        rows = {r["run"]: r for r in csv.DictReader(f)}
+    assert float(rows["Reference (BGD)"]["net_bw_pct"]) == pytest.approx(100)
+    # r = 2: gradients every other iteration (plus 12 bytes on the others): about half the bytes
+    assert float(rows["H-ES, r = 2"]["net_bw_pct"]) == pytest.approx(50, abs=1.5)
+    assert float(rows["H-ES, r = 3"]["net_bw_pct"]) == pytest.approx(100 / 3, abs=1.5)
+    assert float(rows["Reference (BGD)"]["runtime_pct"]) == pytest.approx(100)
+    assert float(rows["Assisted H-ES (r = 1)"]["runtime_pct"]) > 100  # every iteration: gradient and ES
+    assert float(rows["H-ES, r = 2"]["memory_pct"]) > 0
+
+
+def test_compare_script(suite):
+    out, _ = suite
+    logs = sorted(out.glob("*.h5"))
+    proc = script("compare.py", *logs)
+    assert proc.returncode == 0, proc.stderr
+    assert "| Reference (BGD) |" in proc.stdout and "Runtime" in proc.stdout
+    csv = script("compare.py", *logs, "--csv")
+    assert "dev_acc" in csv.stdout and "runtime_pct" in csv.stdout
+
+
+def test_compare_reports_seeds_as_mean_and_spread(tmp_path):
+    logs = []
+    for seed in (0, 1):
+        logs.append(tmp_path / f"s{seed}.h5")
+        assert run_cli(["train", *SYN, "--epochs", "2", "--seed", seed, "--out", logs[-1]], n=1).returncode == 0
+    proc = script("compare.py", *logs)
+    assert "| 2 |" in proc.stdout and "±" in proc.stdout
+
+
+def test_plots_script(suite, tmp_path):
+    out, _ = suite
+    proc = script("plots.py", *sorted(out.glob("*.h5")), "--out-dir", tmp_path / "figs")
+    assert proc.returncode == 0, proc.stderr
+    assert len(list((tmp_path / "figs").glob("*.png"))) == 5
+
+
+@pytest.mark.parametrize("name", ["compare.py", "plots.py", "project.py", "trace.py"])
+def test_scripts_help_and_bad_files(name, tmp_path):
+    assert script(name, "--help").returncode == 0
+    missing = script(name, tmp_path / "nope.h5")
+    foreign = tmp_path / "foreign.h5"
+    with h5py.File(foreign, "w") as f:
+        f["x"] = 1
+    trunc = tmp_path / "trunc.h5"
+    trunc.write_bytes(b"\x89HDF\r\n\x1a\n" + bytes(100))
+    for proc in (missing, script(name, foreign), script(name, trunc)):
+        assert proc.returncode == 2, (name, proc.stdout, proc.stderr)
+        assert len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr
+
+
+def test_emulated_1gbe_slows_bgd_steps_by_the_modelled_amount(tmp_path):
+    """With an emulated 1 GbE network the measured BGD step time grows by the modelled cost (within 20%)."""
+    args = ["train", "--data", "synthetic:4000", "--hidden", "1024", "--batch", "400", "--epochs", "3",
+            "--lr", "0.5", "--no-eval-train"]
+    med = {}
+    for name, extra in (("local", []), ("1gbe", ["--emulate-net", "1gbe"])):
+        out = tmp_path / f"{name}.h5"
+        proc = run_cli([*args, *extra, "--out", out])
+        assert proc.returncode == 0, proc.stderr
+        with h5py.File(out, "r") as f:
+            med[name] = float(np.median(f["iterations/step_s"][()].max(axis=1)))
+            p = int(f["environment"].attrs["param_count"])
+            if name == "1gbe":
+                assert f["environment"].attrs["emulated_network"] == "1gbe"
+    _, alpha, beta = parse_network("1gbe")
+    modelled = collective_time("allreduce", 4 * p, 2, alpha, beta)
+    assert modelled > 5 * med["local"] / 10  # the emulated cost is not lost in the noise
+    assert med["1gbe"] - med["local"] == pytest.approx(modelled, rel=0.2)
+    s = json.loads(run_cli(["summary", tmp_path / "1gbe.h5", "--json"], n=None).stdout)
+    assert s["emulated_network"] == "1gbe"
+
+
+def test_bad_emulation_spec():
+    proc = run_cli(["train", *SYN, "--emulate-net", "carrier-pigeon"])
+    assert proc.returncode == 2 and "carrier-pigeon" in proc.stderr
