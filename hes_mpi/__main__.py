@@ -71,6 +71,12 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     a("--emulate-net", default=None, metavar="PRESET|ALPHA,BETA", help="hold every MPI call for its modelled "
       "cost on this network (presets: 1gbe, 10gbe, 100gbe, ib-hdr; or latency in s and inverse bandwidth in "
       "s/byte), so time-to-accuracy on a slower cluster is measured end to end")
+    a("--checkpoint-every", type=int, default=0, metavar="N", help="write a checkpoint every N iterations and at "
+      "every epoch end (0: only when stopped by SIGTERM/SIGUSR1; default %(default)s)")
+    a("--checkpoint", default=None, metavar="FILE", help="checkpoint file (default: OUT.ckpt, or hes_mpi.ckpt "
+      "without --out)")
+    a("--resume", action="store_true", help="continue from the checkpoint when there is one (else start afresh); "
+      "the run log is cut back to the checkpoint and continued")
     a("--no-eval-train", dest="eval_train", action="store_false", help="skip the per-epoch pass over the whole "
       "training set (train loss/accuracy are then NaN)")
 
@@ -214,7 +220,8 @@ def cmd_train(args, argv=None) -> int:
                     hidden=args.hidden, seed=args.seed, data=args.data, data_dir=args.data_dir,
                     dev_size=args.dev_size, out=args.out, force=args.force, check_every=args.check_every,
                     threads=args.threads, eval_train=args.eval_train, sync_barrier=args.sync_barrier,
-                    emulate_net=args.emulate_net)
+                    emulate_net=args.emulate_net, checkpoint_every=args.checkpoint_every,
+                    checkpoint=args.checkpoint, resume=args.resume)
 
     def body(comm):
         comm.sync_barrier = cfg.sync_barrier
@@ -233,12 +240,19 @@ def _mpi_command(body) -> int:
     comm = InstrumentedComm()
     setup_logging(comm.rank, comm.size)
     where = f" (rank {comm.rank}/{comm.size})" if comm.size > 1 else ""
+    from .trainer import Stopped
+
     try:
         return body(comm)
     except SilentExit as e:
         return e.exit_code
+    except Stopped as e:  # every rank stops at the same iteration: rank 0 says so
+        if comm.rank == 0:
+            _err(str(e))
+        return e.exit_code
     except (UsageError, RunError) as e:
         _err(str(e), where)
+        _exit_now_if_hdf5_damaged(comm, e.exit_code)
         return e.exit_code
     except BaseException as e:  # noqa: BLE001  anything else: say it here, then take every rank down
         import traceback
@@ -248,6 +262,18 @@ def _mpi_command(body) -> int:
         if comm.size > 1:
             comm.Abort(1)
         return 1
+
+
+def _exit_now_if_hdf5_damaged(comm, code: int) -> None:
+    """After a failed write (disk full), HDF5's teardown at exit can crash on the damaged file handle:
+    finalise MPI and leave without it, so the exit status stays the one we chose."""
+    from .runlog import damaged_handles
+
+    if damaged_handles():
+        sys.stdout.flush()
+        sys.stderr.flush()
+        comm.finalize()
+        os._exit(code)
 
 
 def cmd_bench_osu(args) -> int:

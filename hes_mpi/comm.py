@@ -295,6 +295,10 @@ class InstrumentedComm:
         """The same collectives straight to mpi4py, with no timing or records (for overhead benchmarks)."""
         return RawComm(self)
 
+    def finalize(self) -> None:
+        if not self.MPI.Is_finalized():
+            self.MPI.Finalize()
+
     def Abort(self, code: int = 1) -> None:
         self.comm.Abort(code)
 

@@ -42,6 +42,9 @@ class RunConfig:
     eval_train: bool = True
     sync_barrier: bool = False
     emulate_net: str | None = None
+    checkpoint_every: int = 0
+    checkpoint: str | None = None
+    resume: bool = False
 
     def validate(self) -> RunConfig:
         """Check every field that does not depend on the data or the rank count."""
@@ -75,6 +78,8 @@ class RunConfig:
             from .netmodel import parse_network
 
             parse_network(self.emulate_net)
+        if self.checkpoint_every < 0:
+            raise UsageError(f"--checkpoint-every must be >= 0, got {self.checkpoint_every}")
         if self.threads < 0:
             raise UsageError(f"--threads must be >= 0, got {self.threads}")
         return self

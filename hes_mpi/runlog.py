@@ -48,10 +48,15 @@ Schema (``format = "hes_mpi.runlog"``, ``format_version = 1``); growable dataset
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
+import gc
+import io
 import json
 import math
 import os
+import re
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -103,6 +108,15 @@ def _h5py():
     return h5py
 
 
+_STATE = {"damaged_handles": False}
+
+
+def damaged_handles() -> bool:
+    """True after a failed write left HDF5 objects that the library cannot close cleanly; the process
+    should then end without HDF5's own teardown (see ``hes_mpi.__main__``)."""
+    return _STATE["damaged_handles"]
+
+
 def check_writable(path: str, force: bool) -> None:
     """Raise UsageError when ``path`` exists (without force) or cannot be created."""
     p = Path(path)
@@ -126,14 +140,18 @@ def _attr(v):
 class RunLogWriter:
     """Rank 0's writer. Creates the file at once, appends at each :meth:`flush`."""
 
-    def __init__(self, path: str, force: bool, config: dict, environment: dict, command: list[str]):
-        check_writable(path, force)
+    def __init__(self, path: str, force: bool, config: dict, environment: dict, command: list[str],
+                 resume_rows: dict | None = None):
         self.path = str(path)
         self.n_ranks = int(environment.get("ranks", 1))
         self._pending_epochs: list[dict] = []
         self._pending_iters: list[dict] = []
         self._pending_records: list[tuple[np.ndarray, np.ndarray]] = []
         self._clock: dict | None = None
+        if resume_rows is not None:
+            self._reopen(resume_rows, command)
+            return
+        check_writable(path, force)
         h5py = _h5py()
         try:
             f = h5py.File(self.path, "w", locking=False)
@@ -180,6 +198,36 @@ class RunLogWriter:
                 d = rec.create_dataset(name, shape=(0,), maxshape=(None,), dtype=dt, chunks=(4096,))
                 d.attrs["units"] = RECORD_UNITS.get(name, "1")
 
+    def _reopen(self, rows: dict, command: list[str]) -> None:
+        """Continue an existing log from a checkpoint: cut every table back to ``rows``."""
+        h5py = _h5py()
+        try:
+            f = h5py.File(self.path, "a", locking=False)
+        except OSError as e:
+            raise UsageError(f"--out {self.path}: cannot reopen the run log to resume ({e})") from None
+        with f:
+            if f.attrs.get("format") != FORMAT:
+                raise UsageError(f"--out {self.path}: not a hes_mpi run log; cannot resume into it")
+            for group, n in (("epochs", rows["epochs"]), ("iterations", rows["iterations"]),
+                             ("comm/records", rows["records"])):
+                for name in f[group]:
+                    d = f[group][name]
+                    if d.shape[0] < n:
+                        raise UsageError(f"--out {self.path} has fewer rows than the checkpoint; cannot resume")
+                    d.resize(n, axis=0)
+            if "final" in f:
+                del f["final"]
+            f.attrs["complete"] = False
+            f.attrs["resumed"] = int(f.attrs.get("resumed", 0)) + 1
+            f.attrs["command"] = str(f.attrs["command"]) + " ; resumed: " + " ".join(command)
+
+    def rows(self) -> dict:
+        """Row counts of the flushed tables (the position a checkpoint records)."""
+        h5py = _h5py()
+        with h5py.File(self.path, "r", locking=False) as f:
+            return {"epochs": f["epochs/epoch"].shape[0], "iterations": f["iterations/iteration"].shape[0],
+                    "records": f["comm/records/seq"].shape[0]}
+
     def add_epoch(self, row: dict) -> None:
         self._pending_epochs.append(row)
 
@@ -201,7 +249,29 @@ class RunLogWriter:
         d[n:] = values
 
     def flush(self, final: dict | None = None) -> None:
-        """Append everything pending, then close the file. ``final`` marks the run complete."""
+        """Append everything pending, then close the file. ``final`` marks the run complete.
+
+        Raises OSError when the file cannot be written (disk full, gone, unwritable)."""
+        # When a write fails, h5py prints a traceback for every half-closed object it releases; keep
+        # them out of the user's terminal and report the failure once, as OSError.
+        captured = io.StringIO()
+        failed = None
+        with contextlib.redirect_stderr(captured):
+            try:
+                self._flush(final)
+            except (OSError, RuntimeError) as e:  # h5py reports ENOSPC at close as RuntimeError
+                failed = str(e)
+            gc.collect()  # release every object of the file here, so that late write errors are seen now
+        text = captured.getvalue()
+        if failed is None and "write failed" in text:  # a dataset's cached chunks failed on release
+            failed = text
+        if failed is not None:
+            _STATE["damaged_handles"] = True
+            m = re.search(r"error message = '([^']*)'", failed)
+            raise OSError(m.group(1) if m else (failed.strip().splitlines() or ["write failed"])[0])
+        sys.stderr.write(text)
+
+    def _flush(self, final: dict | None) -> None:
         h5py = _h5py()
         with h5py.File(self.path, "a", locking=False) as f:
             for row in self._pending_epochs:
@@ -234,6 +304,7 @@ class RunLogWriter:
                 for k, v in final.items():
                     g.attrs[k] = v
                 f.attrs["complete"] = True
+            f.flush()  # write failures (a full disk) surface here, as an exception, not at deallocation
         self._pending_epochs.clear()
         self._pending_iters.clear()
         self._pending_records.clear()

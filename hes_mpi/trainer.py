@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import platform
+import signal
 import socket
 import sys
 import time
@@ -12,9 +14,9 @@ import zlib
 
 import numpy as np
 
-from . import __version__, kernels
+from . import __version__, checkpoint, kernels
 from .algorithms import make_algorithm
-from .algorithms.bgd import KIND_ES
+from .algorithms.bgd import KIND_ES, KIND_GRAD
 from .comm import RECORD_DTYPE, cpu_count
 from .config import RunConfig
 from .data import Shard, global_batches, load_shard, local_rows
@@ -70,13 +72,17 @@ def environment(comm, threads: int, shard: Shard, model: MLP) -> dict:
     }
 
 
-def _fault_from_env(rank: int) -> int | None:
-    """``HES_MPI_INJECT_FAULT=RANK:ITERATION`` raises an exception on that rank (for fault tests)."""
+def _fault_from_env(rank: int) -> tuple[str, int] | None:
+    """Faults for the fault tests, from ``HES_MPI_INJECT_FAULT``: ``RANK:ITERATION`` raises an exception
+    on that rank at that iteration; ``nan:ITERATION`` turns the parameters into NaN on every rank (a
+    diverging run)."""
     spec = os.environ.get("HES_MPI_INJECT_FAULT")
     if not spec:
         return None
-    r, it = (int(v) for v in spec.split(":"))
-    return it if r == rank else None
+    who, it = spec.split(":")
+    if who == "nan":
+        return ("nan", int(it))
+    return ("raise", int(it)) if int(who) == rank else None
 
 
 class Trainer:
@@ -97,7 +103,9 @@ class Trainer:
         self.shard: Shard = comm.agree(load_shard, cfg.data, comm.rank, comm.size, cfg.data_dir, cfg.dev_size)
         comm.agree(cfg.validate_for, comm.size, self.shard.n_train)
         self.model = MLP(self.shard.n_features, cfg.hidden, self.shard.n_classes)
-        self.writer = comm.agree(self._open_writer)
+        self.ckpt_path = cfg.checkpoint or checkpoint.default_path(cfg.out)
+        state = comm.agree(self._resume_state)
+        self.writer = comm.agree(self._open_writer, state)
         # Compile (or load cached) kernels on rank 0 first: concurrent cache writes race.
         if comm.rank == 0:
             kernels.warm_up()
@@ -115,13 +123,21 @@ class Trainer:
         self.iteration = 0
         self._fault = _fault_from_env(comm.rank)
         self.checks = 0
+        self._checkbuf = np.zeros(3, dtype=np.int64)
+        self.start = (0, 0)
+        self.ckpt_written = False
+        if state is not None:
+            self._restore(state)
 
-    def _open_writer(self):
+    def _open_writer(self, state: dict | None):
         cfg = self.cfg
         if self.comm.rank != 0 or not cfg.out:
             return None
         env = environment(self.comm, self.threads, self.shard, self.model)
-        return RunLogWriter(cfg.out, cfg.force, cfg.to_dict(), env, self.argv)
+        rows = None
+        if state is not None:
+            rows = {k: int(state[f"rows_{k}"]) for k in ("epochs", "iterations", "records")}
+        return RunLogWriter(cfg.out, cfg.force or state is not None, cfg.to_dict(), env, self.argv, rows)
 
     # ------------------------------------------------------------------ pieces
     def evaluate(self, epoch: int) -> dict:
@@ -145,11 +161,20 @@ class Trainer:
             "dev_acc": buf[3] / n_dv if n_dv else nan,
         }
 
-    def check_consistency(self) -> None:
-        self.comm.set_phase("check", self.iteration)
-        if not self.comm.same_everywhere(int(kernels.checksum(self.theta))):
+    def check_consistency(self) -> bool:
+        """Compare a checksum of theta across ranks (one Allreduce); the same call carries the stop
+        flag, so that a signal seen by any rank stops every rank at the same iteration. Returns
+        True when the run must stop."""
+        comm = self.comm
+        comm.set_phase("check", self.iteration)
+        c = int(kernels.checksum(self.theta))
+        buf = self._checkbuf
+        buf[0], buf[1], buf[2] = c, -c, int(_STOP["signal"] is not None)
+        comm.Allreduce(buf, op="max")
+        if buf[0] != -buf[1]:
             raise RunError(f"parameters differ between ranks after iteration {self.iteration}; stopping")
         self.checks += 1
+        return bool(buf[2])
 
     def _batch(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         rows = local_rows(indices, self.shard.lo, self.shard.hi)
@@ -159,30 +184,30 @@ class Trainer:
         return X, y
 
     # ------------------------------------------------------------------ telemetry to rank 0
-    def _gather_epoch(self, cols: dict, epoch: int, m: int) -> tuple[dict, np.ndarray, np.ndarray] | None:
-        """Per-iteration figures and call records of every rank, gathered to rank 0 (phase ``telemetry``).
-
-        Returns (iteration columns, records, their ranks) on rank 0, None elsewhere.
-        """
+    def _gather_iterations(self, cols: dict, epoch: int, a: int, b: int) -> tuple[dict, np.ndarray, np.ndarray] | None:
+        """Rows a..b-1 of the per-iteration figures and the call records of every rank, gathered to
+        rank 0 (phase ``telemetry``). Returns (iteration columns, records, their ranks) on rank 0."""
         comm = self.comm
         records = comm.drain()
         comm.set_phase("telemetry", self.iteration)
-        local = np.concatenate([cols[k][:m].astype(np.float64) for k in PER_RANK_GATHERED])
+        cols = {k: v[a:b] for k, v in cols.items()}
+        m = b - a
+        local = np.concatenate([cols[k].astype(np.float64) for k in PER_RANK_GATHERED])
         allv = comm.Gatherv(local)
         recs, rec_ranks = self._gather_records(records)
         if comm.rank != 0:
             return None
         per = allv.reshape(comm.size, len(PER_RANK_GATHERED), m)
         get = {k: per[:, j, :].T for j, k in enumerate(PER_RANK_GATHERED)}
-        kind = cols["kind"][:m]
-        iters = cols["iteration"][:m]
+        kind = cols["kind"]
+        iters = cols["iteration"]
         loss_sum = get["loss_sum"].sum(axis=1)
         comm_s, wait_s = split_times(recs, rec_ranks, self.offsets_start, iters, comm.size)
         rows = {
             "iteration": iters, "epoch": np.full(m, epoch), "kind": kind,
             "batch_loss": np.where(kind == KIND_ES, np.nan, loss_sum / self.cfg.batch),
-            "grad_norm": cols["grad_norm"][:m], "grad_var": cols["grad_var"][:m], "sigma": cols["sigma"][:m],
-            "es_cost": cols["es_cost"][:m], "es_rank": cols["es_rank"][:m], "es_k": cols["es_k"][:m],
+            "grad_norm": cols["grad_norm"], "grad_var": cols["grad_var"], "sigma": cols["sigma"],
+            "es_cost": cols["es_cost"], "es_rank": cols["es_rank"], "es_k": cols["es_k"],
             "step_s": get["step_s"], "comm_s": comm_s, "wait_s": wait_s,
             "compute_s": np.maximum(get["step_s"] - comm_s - wait_s, 0.0),
             "local_n": get["local_n"], "rss_hwm_bytes": get["rss_hwm_bytes"], "step_bytes": get["step_bytes"],
@@ -222,6 +247,73 @@ class Trainer:
             algo.comm = saved
         return out
 
+    # ------------------------------------------------------------------ flushing and checkpoints
+    def flush(self, cols: dict, epoch: int, a: int, b: int, epoch_row: dict | None = None) -> None:
+        """Gather rows a..b-1 of this epoch (and the records) to rank 0 and append them to the run log.
+        Every rank learns whether rank 0's write failed (disk full, unwritable), so none is left waiting."""
+        gathered = self._gather_iterations(cols, epoch, a, b)
+
+        def write():
+            if self.writer is None:
+                return
+            rows, recs, rec_ranks = gathered
+            if epoch_row is not None:
+                self.writer.add_epoch(epoch_row)
+            if b > a:
+                self.writer.add_iterations(rows)
+            self.writer.add_records(recs, rec_ranks)
+            try:
+                self.writer.flush()
+            except OSError as e:
+                raise RunError(f"cannot write the run log {self.cfg.out}: {e}") from None
+
+        self.comm.agree(write)
+
+    def save_checkpoint(self, epoch: int, batch: int) -> None:
+        """Rank 0 writes the checkpoint (theta and g are equal on all ranks); every rank learns the outcome."""
+
+        def write():
+            if self.comm.rank != 0:
+                return
+            rows = self.writer.rows() if self.writer is not None else {}
+            state = {"theta": self.theta, "g": self.algo.g, "has_grad": bool(self.algo.has_grad),
+                     "grad_var": float(getattr(self.algo, "grad_var", 0.0)), "epoch": epoch, "batch": batch,
+                     "iteration": self.iteration, "checks": self.checks, "ranks": self.comm.size,
+                     **{f"rows_{k}": v for k, v in rows.items()}}
+            try:
+                checkpoint.save(self.ckpt_path, state, self.cfg.to_dict())
+            except OSError as e:
+                kept = "the previous checkpoint is kept" if os.path.exists(self.ckpt_path) else "no checkpoint"
+                raise RunError(f"{e}; {kept}") from None
+
+        self.comm.set_phase("telemetry", self.iteration)
+        self.comm.agree(write)
+        log.info("checkpoint at iteration %d -> %s", self.iteration, self.ckpt_path)
+
+    def _resume_state(self) -> dict | None:
+        cfg = self.cfg
+        if not (cfg.resume and os.path.exists(self.ckpt_path)):
+            if cfg.resume:
+                log.info("no checkpoint at %s: starting afresh", self.ckpt_path)
+            return None
+        state = checkpoint.load(self.ckpt_path, cfg.to_dict())
+        if int(state["ranks"]) != self.comm.size:
+            raise UsageError(f"{self.ckpt_path} was written by {state['ranks']} ranks, not {self.comm.size}")
+        if cfg.out and not os.path.exists(cfg.out):
+            raise UsageError(f"{self.ckpt_path} continues run log {cfg.out}, which is missing")
+        return state
+
+    def _restore(self, state: dict) -> None:
+        self.theta[:] = state["theta"]
+        self.algo.g[:] = state["g"]
+        self.algo.has_grad = bool(state["has_grad"])
+        if hasattr(self.algo, "grad_var"):
+            self.algo.grad_var = float(state["grad_var"])
+        self.iteration = int(state["iteration"])
+        self.checks = int(state["checks"])
+        self.start = (int(state["epoch"]), int(state["batch"]))
+        log.info("resuming from %s at epoch %d, iteration %d", self.ckpt_path, self.start[0] + 1, self.iteration)
+
     # ------------------------------------------------------------------ the loop
     def run(self) -> dict:
         cfg, comm = self.cfg, self.comm
@@ -237,51 +329,71 @@ class Trainer:
         t_start = comm.wtime()
         metrics: dict = {}
         epoch_times = []
-        for epoch in range(cfg.epochs):
-            t_epoch = comm.wtime()
-            batches = global_batches(self.shard.n_train, cfg.batch, cfg.seed, epoch)
-            for j in range(m):
-                i = self.iteration
-                if self._fault is not None and i == self._fault:
-                    raise RuntimeError(f"fault injected by HES_MPI_INJECT_FAULT at iteration {i}")
-                X, y = self._batch(batches[j])
-                t0 = comm.wtime()
-                info = self.algo.step(i, self.theta, X, y)
-                cols["step_s"][j] = comm.wtime() - t0
-                cols["rss_hwm_bytes"][j] = rss_hwm_bytes()
-                cols["step_bytes"][j] = self.algo.work_bytes(info.kind, X.shape[0])
-                cols["local_n"][j] = X.shape[0]
-                cols["loss_sum"][j] = info.loss_sum if info.kind != KIND_ES else 0.0
-                cols["iteration"][j] = i
-                cols["kind"][j] = info.kind
-                cols["grad_norm"][j] = info.grad_norm
-                cols["grad_var"][j] = info.grad_var
-                cols["sigma"][j] = info.sigma
-                cols["es_cost"][j] = info.es_cost
-                cols["es_rank"][j] = info.es_rank
-                cols["es_k"][j] = info.es_k
-                self.iteration += 1
-                if cfg.check_every and self.iteration % cfg.check_every == 0:
-                    self.check_consistency()
-            epoch_s = comm.wtime() - t_epoch
-            epoch_times.append(epoch_s)
-            t_eval = comm.wtime()
-            metrics = self.evaluate(epoch)
-            eval_s = comm.wtime() - t_eval
-            if not math.isfinite(metrics["dev_loss"] if self.shard.n_dev else metrics["train_loss"]):
-                raise RunError(f"loss is not finite after epoch {epoch + 1} (learning rate too large?)")
-            gathered = self._gather_epoch(cols, epoch, m)
-            wall = comm.wtime() - t_start
-            if self.writer is not None:
-                rows, recs, rec_ranks = gathered
-                self.writer.add_epoch({"epoch": epoch + 1, "iteration": self.iteration, **metrics,
-                                       "epoch_s": epoch_s, "eval_s": eval_s, "wall_s": wall})
-                self.writer.add_iterations(rows)
-                self.writer.add_records(recs, rec_ranks)
-                self.writer.flush()
-            log.info("epoch %*d/%d  loss %.4f  train %.2f%%  dev %.2f%%  %.2f s (+%.2f s eval)",
-                     len(str(cfg.epochs)), epoch + 1, cfg.epochs, metrics["train_loss"],
-                     100 * metrics["train_acc"], 100 * metrics["dev_acc"], epoch_s, eval_s)
+        start_epoch, start_batch = self.start
+        with _stop_on_signals():
+            for epoch in range(start_epoch, cfg.epochs):
+                t_epoch = comm.wtime()
+                batches = global_batches(self.shard.n_train, cfg.batch, cfg.seed, epoch)
+                flushed = j0 = start_batch if epoch == start_epoch else 0
+                for j in range(j0, m):
+                    i = self.iteration
+                    if self._fault is not None and i == self._fault[1]:
+                        if self._fault[0] == "raise":
+                            raise RuntimeError(f"fault injected by HES_MPI_INJECT_FAULT at iteration {i}")
+                        self.theta[:] = np.nan
+                    X, y = self._batch(batches[j])
+                    t0 = comm.wtime()
+                    info = self.algo.step(i, self.theta, X, y)
+                    cols["step_s"][j] = comm.wtime() - t0
+                    if not (math.isfinite(info.grad_norm) or info.kind == KIND_ES) or (
+                            info.kind != KIND_GRAD and not math.isfinite(info.es_cost)):
+                        raise RunError(f"loss or gradient is not finite at iteration {i} (learning rate too large?)"
+                                       + (f"; the last checkpoint is {self.ckpt_path}" if self.ckpt_written else ""))
+                    cols["rss_hwm_bytes"][j] = rss_hwm_bytes()
+                    cols["step_bytes"][j] = self.algo.work_bytes(info.kind, X.shape[0])
+                    cols["local_n"][j] = X.shape[0]
+                    cols["loss_sum"][j] = info.loss_sum if info.kind != KIND_ES else 0.0
+                    cols["iteration"][j] = i
+                    cols["kind"][j] = info.kind
+                    cols["grad_norm"][j] = info.grad_norm
+                    cols["grad_var"][j] = info.grad_var
+                    cols["sigma"][j] = info.sigma
+                    cols["es_cost"][j] = info.es_cost
+                    cols["es_rank"][j] = info.es_rank
+                    cols["es_k"][j] = info.es_k
+                    self.iteration += 1
+                    stop = False
+                    if cfg.check_every and self.iteration % cfg.check_every == 0:
+                        stop = self.check_consistency()
+                    due = cfg.checkpoint_every and self.iteration % cfg.checkpoint_every == 0
+                    if (due or stop) and j + 1 < m:
+                        self.flush(cols, epoch, flushed, j + 1)
+                        flushed = j + 1
+                        self.save_checkpoint(epoch, j + 1)
+                        self.ckpt_written = True
+                    if stop:
+                        raise Stopped(self.iteration)
+                epoch_s = comm.wtime() - t_epoch
+                epoch_times.append(epoch_s)
+                t_eval = comm.wtime()
+                metrics = self.evaluate(epoch)
+                eval_s = comm.wtime() - t_eval
+                if not math.isfinite(metrics["dev_loss"] if self.shard.n_dev else metrics["train_loss"]):
+                    raise RunError(f"loss is not finite after epoch {epoch + 1} (learning rate too large?)")
+                wall = comm.wtime() - t_start
+                self.flush(cols, epoch, flushed, m, {"epoch": epoch + 1, "iteration": self.iteration, **metrics,
+                                                     "epoch_s": epoch_s, "eval_s": eval_s, "wall_s": wall})
+                log.info("epoch %*d/%d  loss %.4f  train %.2f%%  dev %.2f%%  %.2f s (+%.2f s eval)",
+                         len(str(cfg.epochs)), epoch + 1, cfg.epochs, metrics["train_loss"],
+                         100 * metrics["train_acc"], 100 * metrics["dev_acc"], epoch_s, eval_s)
+                stop = self.check_consistency() and epoch + 1 < cfg.epochs
+                if cfg.checkpoint_every or stop:
+                    self.save_checkpoint(epoch + 1, 0)
+                    self.ckpt_written = True
+                if stop:
+                    raise Stopped(self.iteration)
+        if not metrics:  # resumed after the last epoch: nothing left to train
+            metrics = self.evaluate(cfg.epochs - 1)
         self.check_consistency()
         wall = comm.wtime() - t_start
         checksum = int(kernels.checksum(self.theta))
@@ -293,23 +405,60 @@ class Trainer:
         transient[1] = memory.get("step_transient_bytes_es", 0)
         comm.Allreduce(transient, op="max")
         recs, rec_ranks = self._gather_records(comm.drain())
-        if self.writer is not None:
+
+        def final_write():
+            if self.writer is None:
+                return
             self.writer.add_records(recs, rec_ranks)
             self.writer.set_clock(self.offsets_start, self.rtt_start, offsets_end, rtt_end, comm.wtick(),
                                   comm.wtime_is_global())
-            self.writer.flush(final={"theta": self.theta.copy(), "iterations": self.iteration, "wall_s": wall,
-                                     "theta_checksum": checksum, "theta_consistent": True,
-                                     "consistency_checks": self.checks,
-                                     "step_transient_bytes_grad": int(transient[0]),
-                                     "step_transient_bytes_es": int(transient[1])})
+            try:
+                self.writer.flush(final={"theta": self.theta.copy(), "iterations": self.iteration, "wall_s": wall,
+                                         "theta_checksum": checksum, "theta_consistent": True,
+                                         "consistency_checks": self.checks,
+                                         "step_transient_bytes_grad": int(transient[0]),
+                                         "step_transient_bytes_es": int(transient[1])})
+            except OSError as e:
+                raise RunError(f"cannot write the run log {cfg.out}: {e}") from None
+
+        comm.agree(final_write)
         summary = {"algo": cfg.algo, "ranks": comm.size, "epochs": cfg.epochs, "iterations": self.iteration,
-                   **metrics, "wall_s": wall, "median_epoch_s": float(np.median(epoch_times)),
+                   **metrics, "wall_s": wall, "median_epoch_s": float(np.median(epoch_times)) if epoch_times else 0.0,
                    "theta_checksum": checksum}
         log.info("done: %s%s, %d ranks, %d epochs (%d iterations): train %.2f%%, dev %.2f%%, wall %.1f s, "
                  "median epoch %.2f s%s", cfg.algo, " (assisted)" if cfg.algo == "hes" and cfg.assisted else "",
                  comm.size, cfg.epochs, self.iteration, 100 * metrics["train_acc"], 100 * metrics["dev_acc"], wall,
                  summary["median_epoch_s"], f" -> {cfg.out}" if cfg.out else "")
         return summary
+
+
+class Stopped(Exception):
+    """SIGTERM or SIGUSR1 reached a rank: the run checkpointed and stops (exit status 3)."""
+
+    exit_code = 3
+
+    def __init__(self, iteration: int):
+        super().__init__(f"stopped by {_STOP['signal'] or 'a signal on another rank'} after iteration {iteration}; "
+                         "checkpoint written: run again with --resume to continue")
+
+
+_STOP: dict = {"signal": None}
+
+
+@contextlib.contextmanager
+def _stop_on_signals():
+    """SIGTERM and SIGUSR1 (what Slurm sends before a time limit, or with --signal) set a flag that the
+    next consistency check shares with every rank; the run then checkpoints and exits."""
+    def handler(signum, frame):
+        _STOP["signal"] = signal.Signals(signum).name
+
+    _STOP["signal"] = None
+    old = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGUSR1)}
+    try:
+        yield
+    finally:
+        for sig, h in old.items():
+            signal.signal(sig, h)
 
 
 def train(cfg: RunConfig, comm, argv=None) -> dict:

@@ -99,22 +99,24 @@ def test_scripts_help_and_bad_files(name, tmp_path):
 
 def test_emulated_1gbe_slows_bgd_steps_by_the_modelled_amount(tmp_path):
     """With an emulated 1 GbE network the measured BGD step time grows by the modelled cost (within 20%)."""
-    args = ["train", "--data", "synthetic:4000", "--hidden", "1024", "--batch", "400", "--epochs", "3",
+    args = ["train", "--data", "synthetic:4000", "--hidden", "4096", "--batch", "400", "--epochs", "3",
             "--lr", "0.5", "--no-eval-train"]
-    med = {}
+    step, comm = {}, {}
     for name, extra in (("local", []), ("1gbe", ["--emulate-net", "1gbe"])):
         out = tmp_path / f"{name}.h5"
         proc = run_cli([*args, *extra, "--out", out])
         assert proc.returncode == 0, proc.stderr
         with h5py.File(out, "r") as f:
-            med[name] = float(np.median(f["iterations/step_s"][()].max(axis=1)))
+            # a low quantile of the slowest rank's step: robust to other load on a shared machine
+            step[name] = float(np.percentile(f["iterations/step_s"][()].max(axis=1), 20))
+            comm[name] = float(np.median(f["iterations/comm_s"][()].max(axis=1)))
             p = int(f["environment"].attrs["param_count"])
             if name == "1gbe":
                 assert f["environment"].attrs["emulated_network"] == "1gbe"
     _, alpha, beta = parse_network("1gbe")
     modelled = collective_time("allreduce", 4 * p, 2, alpha, beta)
-    assert modelled > 5 * med["local"] / 10  # the emulated cost is not lost in the noise
-    assert med["1gbe"] - med["local"] == pytest.approx(modelled, rel=0.2)
+    assert comm["1gbe"] - comm["local"] == pytest.approx(modelled, rel=0.2)
+    assert step["1gbe"] - step["local"] == pytest.approx(modelled, rel=0.2)
     s = json.loads(run_cli(["summary", tmp_path / "1gbe.h5", "--json"], n=None).stdout)
     assert s["emulated_network"] == "1gbe"
 

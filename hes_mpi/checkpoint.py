@@ -1,0 +1,76 @@
+"""Checkpoints: everything a run needs to continue bitwise-identically, written atomically.
+
+A checkpoint is a small HDF5 file written by rank 0 (parameters and optimizer state are bitwise equal on
+all ranks): ``theta``, the last full gradient ``g`` (H-ES perturbs it), ``grad_var``, ``has_grad``, the
+position (``epoch``, ``batch`` within the epoch, ``iteration``), the run log's row counts at that point,
+and the run's configuration. There is no random-generator state to save: minibatches come from
+``(seed, epoch)`` and perturbations from ``(seed, iteration, rank, k)``, so the position is enough.
+
+It is written to ``PATH.tmp``, flushed to disk, then renamed over ``PATH``: a crash, a full disk or a
+kill at any moment leaves either the previous checkpoint or the new one, never a torn file.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from .errors import UsageError
+
+FORMAT = "hes_mpi.checkpoint"
+
+#: Options that may differ between the interrupted run and its resumption.
+MAY_CHANGE = {"epochs", "out", "force", "resume", "checkpoint", "checkpoint_every", "check_every", "threads",
+              "eval_train", "sync_barrier", "data_dir"}
+
+
+def default_path(out: str | None) -> str:
+    return f"{out}.ckpt" if out else "hes_mpi.ckpt"
+
+
+def save(path: str, state: dict, config: dict) -> None:
+    """Write ``state`` (arrays and scalars) atomically to ``path``."""
+    import h5py
+
+    image = io.BytesIO()  # built in memory, so that only plain file writes can fail on disk
+    with h5py.File(image, "w") as f:
+        f.attrs["format"] = FORMAT
+        f.attrs["config"] = json.dumps(config, sort_keys=True)
+        for k, v in state.items():
+            if isinstance(v, np.ndarray):
+                f.create_dataset(k, data=v)
+            else:
+                f.attrs[k] = v
+    tmp = f"{path}.tmp"
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(image.getbuffer())
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        Path(tmp).unlink(missing_ok=True)
+        raise OSError(e.errno, f"cannot write checkpoint {path}: {e.strerror or e}") from None
+
+
+def load(path: str, config: dict) -> dict:
+    """Read a checkpoint and check that it belongs to a run with the same essential options."""
+    import h5py
+
+    try:
+        with h5py.File(path, "r", locking=False) as f:
+            if f.attrs.get("format") != FORMAT:
+                raise UsageError(f"{path}: not a hes_mpi checkpoint")
+            saved = json.loads(f.attrs["config"])
+            state = {k: f[k][()] for k in f}
+            state.update({k: (v.item() if isinstance(v, np.generic) else v) for k, v in f.attrs.items()})
+    except OSError:
+        raise UsageError(f"{path}: unreadable checkpoint") from None
+    diff = sorted(k for k in set(saved) | set(config) if k not in MAY_CHANGE and saved.get(k) != config.get(k))
+    if diff:
+        raise UsageError(f"{path} was written with other options ({', '.join(diff)}); cannot resume with these")
+    return state

@@ -1,0 +1,192 @@
+"""Checkpoint/restart and faults, with real processes, real signals and a real full disk."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+from conftest import MPIEXEC, mpi_size, run_cli
+
+from hes_mpi.runlog import RunLog
+
+SYN = ["--data", "synthetic:4000", "--hidden", "32", "--batch", "100", "--lr", "1", "--algo", "hes", "--r", "2",
+       "--K", "4"]
+
+pytestmark = pytest.mark.skipif(MPIEXEC is None or mpi_size() > 1, reason="launches mpiexec itself: run serially")
+
+
+def launch(args, env=None):
+    cmd = [MPIEXEC, "-n", "2", sys.executable, "-m", "hes_mpi", "train", *map(str, args)]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            env={**os.environ, **(env or {})})
+
+
+def rank_pids(marker: str) -> list[int]:
+    """PIDs of the Python ranks whose command line contains ``marker`` (not mpiexec's own)."""
+    pids = []
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            argv = (d / "cmdline").read_bytes().split(b"\0")
+            if any(marker.encode() in a for a in argv) and b"hes_mpi" in argv and b"mpiexec" not in argv[0]:
+                pids.append(int(d.name))
+    return sorted(pids)
+
+
+def wait_for_epochs(path: Path, n: int, timeout: float = 120) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        with contextlib.suppress(Exception), RunLog(str(path)) as rl:
+            if rl.table("epochs")["epoch"].size >= n:
+                return
+        time.sleep(0.2)
+    raise AssertionError(f"{path} did not reach {n} epochs")
+
+
+def final(path: Path) -> tuple[bytes, dict]:
+    with h5py.File(path, "r") as f:
+        return f["final/theta"][()].tobytes(), {k: f["epochs"][k][()] for k in ("train_loss", "dev_loss", "dev_acc")}
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ref") / "ref.h5"
+    proc = run_cli(["train", *SYN, "--epochs", "6", "--out", out])
+    assert proc.returncode == 0, proc.stderr
+    return final(out)
+
+
+def assert_same_as_reference(out: Path, reference):
+    theta, metrics = final(out)
+    assert theta == reference[0]  # bitwise
+    for k, v in metrics.items():
+        assert np.array_equal(v, reference[1][k]), k
+    s = json.loads(run_cli(["summary", out, "--json"], n=None).stdout)
+    assert s["complete"] and s["iterations"] == 6 * 40 and s["epochs"] == 6
+
+
+def test_killed_and_resumed_run_is_bitwise_identical(tmp_path, reference):
+    out = tmp_path / "run.h5"
+    args = [*SYN, "--epochs", "6", "--checkpoint-every", "15", "--out", out]
+    proc = launch(args)
+    wait_for_epochs(out, 2)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert (tmp_path / "run.h5.ckpt").exists()
+    done = run_cli(["train", *args, "--resume"])
+    assert done.returncode == 0, done.stderr
+    assert "resuming from" in done.stdout
+    assert_same_as_reference(out, reference)
+
+
+@pytest.mark.parametrize(("sig", "ranks"), [(signal.SIGTERM, "one"), (signal.SIGUSR1, "all")])
+def test_signal_checkpoints_exits_and_resumes(tmp_path, reference, sig, ranks):
+    out = tmp_path / "run.h5"
+    args = [*SYN, "--epochs", "6", "--out", out]
+    proc = launch(args)
+    wait_for_epochs(out, 1)
+    pids = rank_pids(str(out))
+    assert len(pids) == 2, pids
+    for pid in pids[:1] if ranks == "one" else pids:
+        os.kill(pid, sig)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 3, err
+    assert "checkpoint written" in err and err.count("error") == 1
+    with RunLog(str(out)) as rl:
+        assert rl.complete is False
+    done = run_cli(["train", *args, "--resume"])
+    assert done.returncode == 0, done.stderr
+    assert_same_as_reference(out, reference)
+
+
+def test_kill_9_of_one_rank_ends_the_job(tmp_path):
+    out = tmp_path / "run.h5"
+    proc = launch([*SYN, "--epochs", "10000", "--out", out])
+    try:
+        wait_for_epochs(out, 1)
+        pids = rank_pids(str(out))
+        t0 = time.time()
+        os.kill(pids[-1], signal.SIGKILL)
+        proc.communicate(timeout=30)
+        assert time.time() - t0 < 30
+        assert proc.returncode != 0
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+    with RunLog(str(out)) as rl:
+        assert rl.complete is False and rl.table("epochs")["epoch"].size >= 1
+
+
+def test_exception_on_one_rank_ends_all_within_10_s(tmp_path):
+    proc = launch([*SYN, "--epochs", "10000"], env={"HES_MPI_INJECT_FAULT": "1:30"})
+    err = []
+    try:
+        for line in proc.stderr:  # the failing rank's message arrives first ...
+            err.append(line)
+            if "fault injected" in line:
+                break
+        t_fault = time.time()
+        err.append(proc.stderr.read())
+        proc.wait(timeout=30)
+        assert time.time() - t_fault < 10  # ... and every rank has ended 10 s later
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+    text = "".join(err)
+    assert proc.returncode != 0
+    assert "rank 1/2" in text and "fault injected" in text and "at iteration 30" in text
+
+
+def test_nan_is_a_clear_error_and_keeps_the_checkpoint(tmp_path):
+    out = tmp_path / "run.h5"
+    proc = run_cli(["train", *SYN, "--epochs", "6", "--checkpoint-every", "20", "--out", out],
+                   env={"HES_MPI_INJECT_FAULT": "nan:50"})
+    assert proc.returncode == 1
+    assert "not finite at iteration 50" in proc.stderr and "Traceback" not in proc.stderr
+    assert "last checkpoint" in proc.stderr
+    with h5py.File(tmp_path / "run.h5.ckpt", "r") as f:
+        assert int(f.attrs["iteration"]) == 40 and np.all(np.isfinite(f["theta"][()]))
+
+
+@pytest.fixture
+def tiny_disk(tmp_path):
+    d = tmp_path / "disk"
+    d.mkdir()
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("needs root to mount a small tmpfs")
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(d)], capture_output=True, check=False)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {r.stderr.decode().strip()}")
+    yield d
+    subprocess.run(["umount", "-l", str(d)], check=False)
+
+
+def test_disk_full_at_a_flush(tiny_disk):
+    out = tiny_disk / "run.h5"
+    proc = run_cli(["train", *SYN, "--epochs", "10000", "--checkpoint-every", "40", "--out", out], timeout=300)
+    assert proc.returncode == 1, proc.stderr
+    assert "cannot write" in proc.stderr and "Traceback" not in proc.stderr
+    assert len([ln for ln in proc.stderr.splitlines() if "error" in ln]) == 1
+    ckpt = tiny_disk / "run.h5.ckpt"
+    assert ckpt.exists(), "a checkpoint was written before the disk filled up"
+    with h5py.File(ckpt, "r") as f:  # the last good checkpoint, whole
+        assert np.all(np.isfinite(f["theta"][()])) and int(f.attrs["iteration"]) % 40 == 0
+    assert not (tiny_disk / "run.h5.ckpt.tmp").exists()
+
+
+def test_resume_refuses_other_options(tmp_path):
+    out = tmp_path / "run.h5"
+    assert run_cli(["train", *SYN, "--epochs", "1", "--checkpoint-every", "20", "--out", out]).returncode == 0
+    proc = run_cli(["train", *SYN, "--epochs", "2", "--lr", "0.5", "--out", out, "--resume"])
+    assert proc.returncode == 2 and "lr" in proc.stderr
