@@ -1,0 +1,288 @@
+"""A real one-node Slurm cluster for the tests: MUNGE, slurmctld and slurmd, started here and stopped again.
+
+Not a test file. ``tests/test_slurm.py`` uses it through a session fixture::
+
+    with SlurmCluster() as cluster:
+        subprocess.run(["sbatch", "--wait", ...], env=cluster.env(...))
+
+Everything lives in one temporary folder: a private MUNGE key and socket (the host's ``/etc/munge`` and any
+munged or slurmd already running are left alone), ``slurm.conf`` for this host, the controller's state and
+slurmd's spool folders, the pid and log files. The daemons run in the foreground as children of this
+process, on free TCP ports, with ``SLURM_CONF`` pointing at that configuration; clients (``sbatch``,
+``sinfo``, ``srun`` inside jobs) find the cluster through the same variable, which ``env()`` sets.
+
+Configuration for a container: ``proctrack/linuxproc`` and ``task/none`` (no cgroups), no accounting, no
+job-completion log; ``select/cons_tres`` with ``CR_Core``; partition ``debug`` is the default. The node
+declares at least 2 CPUs (``SlurmdParameters=config_overrides`` keeps a 1-core machine from being drained),
+so the 2-rank jobs of the tests fit. ``MinJobAge=5`` keeps ``sbatch --wait`` polling every 2 s (it backs
+off up to 32 s otherwise); ``DependencyParameters=kill_invalid_depend`` cancels a job whose dependency
+failed instead of leaving it pending, so a test waiting on it ends. Needs root (slurmd starts jobs as
+their submitting user).
+
+``stop()`` cancels the jobs left, stops the three daemons it started (by their pid), then kills any process
+still carrying this cluster's ``SLURM_CONF`` in its environment (slurmstepd and job processes that outlived
+slurmd), and removes the folder.
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # typing.Self is Python >= 3.11
+    from typing import Self
+
+#: Debian packages that provide the binaries (installed by .ci/install-slurm.sh).
+PACKAGES = ("slurmctld", "slurmd", "slurm-client", "munge")
+BINARIES = ("munged", "slurmctld", "slurmd", "sbatch", "sinfo", "squeue", "scancel", "srun")
+
+
+class SlurmClusterError(RuntimeError):
+    """The cluster could not be started; the message includes the daemons' logs."""
+
+
+def missing_binaries() -> list[str]:
+    return [b for b in BINARIES if shutil.which(b) is None and not Path("/usr/sbin", b).exists()]
+
+
+def _which(name: str) -> str:
+    return shutil.which(name) or str(Path("/usr/sbin", name))
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+def _mem_mb() -> int:
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemTotal:"):
+            return int(line.split()[1]) // 1024
+    return 1024  # pragma: no cover
+
+
+def _tail(path: Path, lines: int = 40) -> str:
+    try:
+        text = path.read_text(errors="replace").splitlines()
+    except OSError as e:
+        return f"({path}: {e})"
+    return "\n".join(text[-lines:]) or "(empty)"
+
+
+class SlurmCluster:
+    """One controller and one compute node on this host (see the module docstring)."""
+
+    def __init__(self, cluster_name: str = "hestest", start_timeout: float = 60.0):
+        self.cluster_name = cluster_name
+        self.start_timeout = start_timeout
+        self.host = socket.gethostname().split(".")[0]
+        self.cpus = max(2, _cpus())
+        self.real_memory_mb = max(256, int(_mem_mb() * 0.9))
+        self.dir: Path | None = None
+        self.conf: Path | None = None
+        self._procs: dict[str, subprocess.Popen] = {}
+        self._logs: dict[str, tuple[Path | None, Path]] = {}  # daemon: (log file, stdout and stderr)
+
+    # ------------------------------------------------------------------ public
+
+    def env(self, **extra: str) -> dict[str, str]:
+        """The environment for client commands: os.environ plus SLURM_CONF (and ``extra``), minus the
+        variables of any Slurm job or MPI launcher this process itself runs under."""
+        env = {k: v for k, v in os.environ.items()
+               if not k.startswith(("SLURM_", "SBATCH_", "SRUN_", "SALLOC_", "PMI_", "PMIX_", "HYDRA_",
+                                    "MPIR_", "OMPI_"))}
+        env["SLURM_CONF"] = str(self.conf)
+        env.update(extra)
+        return env
+
+    def start(self) -> Self:
+        missing = missing_binaries()
+        if missing:
+            raise SlurmClusterError(f"Slurm binaries missing: {', '.join(missing)} "
+                                    f"(apt-get install {' '.join(PACKAGES)})")
+        self.dir = Path(tempfile.mkdtemp(prefix="hes_mpi-slurm-"))
+        self.dir.chmod(0o755)  # munged wants every folder above its socket searchable by all
+        try:
+            self._start_munge()
+            self._write_conf()
+            self._spawn("slurmctld", [_which("slurmctld"), "-D", "-f", str(self.conf)], self.dir / "slurmctld.log")
+            self._spawn("slurmd", [_which("slurmd"), "-D", "-f", str(self.conf), "-N", self.host],
+                        self.dir / "slurmd.log")
+            self._wait_idle()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def stop(self) -> None:
+        if self.dir is None:
+            return
+        if self._procs.get("slurmctld") and self._procs["slurmctld"].poll() is None:
+            subprocess.run([_which("scancel"), "--full", "--quiet", "--user", getpass.getuser()],
+                           env=self.env(), capture_output=True, timeout=30, check=False)
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline and self.squeue():
+                time.sleep(0.5)
+        for name in ("slurmd", "slurmctld", "munged"):  # reverse order of start
+            proc = self._procs.pop(name, None)
+            if proc is None or proc.poll() is not None:
+                continue
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=10)
+        self._kill_leftovers()
+        shutil.rmtree(self.dir, ignore_errors=True)
+        self.dir = None
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def squeue(self) -> list[str]:
+        """Job ids still known to the controller (pending, running or completing)."""
+        p = subprocess.run([_which("squeue"), "-h", "-o", "%i %T"], env=self.env(), capture_output=True,
+                           text=True, timeout=30, check=False)
+        return p.stdout.split("\n") if p.returncode == 0 and p.stdout.strip() else []
+
+    def logs(self) -> str:
+        """The last lines of every daemon's log (its log file, or its output when that is empty)."""
+        parts = []
+        for name, (log, out) in self._logs.items():
+            path = log if log is not None and log.exists() and log.stat().st_size else out
+            parts.append(f"--- {name} ({path}) ---\n{_tail(path)}")
+        return "\n".join(parts)
+
+    # ---------------------------------------------------------------- internal
+
+    def _spawn(self, name: str, cmd: list[str], log: Path | None, env: dict | None = None) -> None:
+        out = self.dir / f"{name}.stdout"
+        self._logs[name] = (log, out)
+        with open(out, "wb") as fh:
+            self._procs[name] = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                                 env=env or self.env(), start_new_session=True)
+
+    def _start_munge(self) -> None:
+        munge = self.dir / "munge"
+        munge.mkdir()
+        munge.chmod(0o755)  # munged wants its socket folder reachable by all; the key stays 0400
+        key = munge / "munge.key"
+        if not key.exists():
+            mungekey = shutil.which("mungekey") or "/usr/sbin/mungekey"
+            if Path(mungekey).exists():
+                subprocess.run([mungekey, "--create", f"--keyfile={key}"], check=True, capture_output=True,
+                               timeout=30)
+            else:  # older MUNGE: 1 KiB of random bytes is a valid key
+                key.write_bytes(os.urandom(1024))
+            key.chmod(0o400)
+        self.munge_socket = munge / "munge.socket"
+        self._spawn("munged", [_which("munged"), "--foreground", "--force", f"--key-file={key}",
+                               f"--socket={self.munge_socket}", f"--pid-file={munge / 'munged.pid'}",
+                               f"--seed-file={munge / 'munged.seed'}"],
+                    None, env=os.environ.copy())  # logs to stderr in the foreground
+        deadline = time.monotonic() + 15
+        while not self.munge_socket.exists():
+            if self._procs["munged"].poll() is not None or time.monotonic() > deadline:
+                raise SlurmClusterError(f"munged did not start\n{self.logs()}")
+            time.sleep(0.1)
+
+    def _write_conf(self) -> None:
+        d = self.dir
+        for sub in ("state", "spool"):
+            (d / sub).mkdir()
+        self.conf = d / "slurm.conf"
+        user = getpass.getuser()
+        self.conf.write_text(f"""\
+# Written by tests/slurm_cluster.py: a one-node cluster for the tests, in {d}
+ClusterName={self.cluster_name}
+SlurmctldHost={self.host}(127.0.0.1)
+SlurmctldPort={_free_port()}
+SlurmdPort={_free_port()}
+SlurmUser={user}
+SlurmdUser={user}
+AuthType=auth/munge
+CredType=cred/munge
+AuthInfo=socket={self.munge_socket}
+StateSaveLocation={d / 'state'}
+SlurmdSpoolDir={d / 'spool'}
+SlurmctldPidFile={d / 'slurmctld.pid'}
+SlurmdPidFile={d / 'slurmd.pid'}
+SlurmctldLogFile={d / 'slurmctld.log'}
+SlurmdLogFile={d / 'slurmd.log'}
+SlurmctldDebug=info
+SlurmdDebug=info
+ProctrackType=proctrack/linuxproc
+TaskPlugin=task/none
+MpiDefault=none
+SwitchType=switch/none
+SelectType=select/cons_tres
+SelectTypeParameters=CR_Core
+SchedulerType=sched/backfill
+SchedulerParameters=sched_min_interval=0
+DependencyParameters=kill_invalid_depend
+ReturnToService=2
+SlurmdParameters=config_overrides
+JobAcctGatherType=jobacct_gather/none
+AccountingStorageType=accounting_storage/none
+JobCompType=jobcomp/none
+MailProg=/bin/true
+MinJobAge=5
+KillWait=5
+InactiveLimit=0
+NodeName={self.host} NodeAddr=127.0.0.1 CPUs={self.cpus} RealMemory={self.real_memory_mb} State=UNKNOWN
+PartitionName=debug Nodes={self.host} Default=YES MaxTime=INFINITE State=UP OverSubscribe=YES
+""")
+
+    def _wait_idle(self) -> None:
+        deadline = time.monotonic() + self.start_timeout
+        last = ""
+        while time.monotonic() < deadline:
+            for name in ("munged", "slurmctld", "slurmd"):
+                if self._procs[name].poll() is not None:
+                    raise SlurmClusterError(f"{name} exited with status {self._procs[name].returncode}\n"
+                                            f"{self.logs()}")
+            p = subprocess.run([_which("sinfo"), "-h", "-N", "-o", "%N %T"], env=self.env(), capture_output=True,
+                               text=True, timeout=30, check=False)
+            last = (p.stdout + p.stderr).strip()
+            if p.returncode == 0 and p.stdout.split() == [self.host, "idle"]:
+                return
+            time.sleep(0.25)
+        raise SlurmClusterError(f"node {self.host} not idle after {self.start_timeout:.0f} s "
+                                f"(last sinfo: {last!r})\n{self.logs()}")
+
+    def _kill_leftovers(self) -> None:
+        """SIGKILL processes whose environment holds this cluster's SLURM_CONF (slurmstepd, job steps)."""
+        marker = f"SLURM_CONF={self.conf}".encode()
+        me = os.getpid()
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit() or int(entry.name) == me:
+                continue
+            try:
+                environ = (entry / "environ").read_bytes()
+            except OSError:
+                continue
+            if marker in environ.split(b"\0"):
+                try:
+                    os.kill(int(entry.name), signal.SIGKILL)
+                except OSError:
+                    pass
