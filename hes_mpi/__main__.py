@@ -50,6 +50,9 @@ def _train_args(p: argparse.ArgumentParser) -> None:
       "gradient's per-component variance, or absolute (default %(default)s)")
     a("--assisted", action="store_true", help="H-ES: refresh the gradient every iteration and select among K "
       "perturbations of it (the poster's 'Assisted H-ES, r = 1')")
+    a("--noise", choices=("philox", "table"), default=d.noise, help="H-ES perturbation source: a Philox stream per "
+      "(seed, iteration, rank, k), or a slice of a shared table of normals at an offset hashed from the same key "
+      "(no generation cost; default %(default)s)")
     a("--lr", type=float, default=d.lr, help="learning rate (default %(default)s)")
     a("--batch", type=int, default=d.batch, help="global minibatch, split across ranks (default %(default)s)")
     a("--epochs", type=int, default=d.epochs, help="passes over the training set (default %(default)s)")
@@ -93,6 +96,8 @@ def _compare_args(p: argparse.ArgumentParser) -> None:
     a("--sigma2", type=float, default=d.sigma2, help="H-ES perturbation variance (default %(default)s)")
     a("--sigma-scale", choices=SIGMA_SCALES, default=d.sigma_scale, help="how --sigma2 is read "
       "(default %(default)s)")
+    a("--noise", choices=("philox", "table"), default=d.noise, help="H-ES perturbation source (see train --help; "
+      "default %(default)s)")
     a("--lr", type=float, default=d.lr, help="learning rate (default %(default)s)")
     a("--batch", type=int, default=d.batch, help="global minibatch (default %(default)s)")
     a("--hidden", type=int, default=d.hidden, help="hidden units (default %(default)s)")
@@ -200,7 +205,8 @@ def cmd_compare(args, argv=None) -> int:
 
     if not args.r_values or min(args.r_values) < 1:
         raise UsageError("--r values must be >= 1")
-    base = RunConfig(K=args.K, sigma2=args.sigma2, sigma_scale=args.sigma_scale, lr=args.lr, batch=args.batch,
+    base = RunConfig(K=args.K, sigma2=args.sigma2, sigma_scale=args.sigma_scale, noise=args.noise, lr=args.lr,
+                     batch=args.batch,
                      epochs=args.epochs, hidden=args.hidden, seed=args.seed, data=args.data, data_dir=args.data_dir,
                      threads=args.threads, emulate_net=args.emulate_net)
 
@@ -221,7 +227,7 @@ def cmd_train(args, argv=None) -> int:
                     dev_size=args.dev_size, out=args.out, force=args.force, check_every=args.check_every,
                     threads=args.threads, eval_train=args.eval_train, sync_barrier=args.sync_barrier,
                     emulate_net=args.emulate_net, checkpoint_every=args.checkpoint_every,
-                    checkpoint=args.checkpoint, resume=args.resume)
+                    checkpoint=args.checkpoint, resume=args.resume, noise=args.noise)
 
     def body(comm):
         comm.sync_barrier = cfg.sync_barrier

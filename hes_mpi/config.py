@@ -45,6 +45,7 @@ class RunConfig:
     checkpoint_every: int = 0
     checkpoint: str | None = None
     resume: bool = False
+    noise: str = "table"
 
     def validate(self) -> RunConfig:
         """Check every field that does not depend on the data or the rank count."""
@@ -78,6 +79,8 @@ class RunConfig:
             from .netmodel import parse_network
 
             parse_network(self.emulate_net)
+        if self.noise not in ("philox", "table"):
+            raise UsageError(f"--noise must be philox or table, not {self.noise!r}")
         if self.checkpoint_every < 0:
             raise UsageError(f"--checkpoint-every must be >= 0, got {self.checkpoint_every}")
         if self.threads < 0:

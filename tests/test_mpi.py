@@ -65,8 +65,9 @@ def test_bgd_step_sends_exactly_the_flat_gradient(comm):
     assert all_equal(comm, theta)
 
 
-def test_es_step_exchanges_at_most_32_bytes_and_rebuilds_the_winner(comm):
-    cfg, model, algo, theta, X, y = setup_algo(comm, HybridES, algo="hes", r=2)
+@pytest.mark.parametrize("source", ["philox", "table"])
+def test_es_step_exchanges_at_most_32_bytes_and_rebuilds_the_winner(comm, source):
+    cfg, model, algo, theta, X, y = setup_algo(comm, HybridES, algo="hes", r=2, noise=source)
     algo.step(0, theta, X, y)  # gradient step: g is now the last full gradient
     g = algo.g.copy()
     before = theta.copy()
@@ -78,7 +79,7 @@ def test_es_step_exchanges_at_most_32_bytes_and_rebuilds_the_winner(comm):
     assert rec["bytes_sent"].sum() > 0 or comm.size == 1
     # The update applied is exactly the one rebuilt from the winning key, on every rank.
     assert 0 <= info.es_rank < comm.size and 0 <= info.es_k < cfg.K
-    z = noise.standard_normal(cfg.seed, 1, info.es_rank, info.es_k, model.param_count)
+    z = noise.Perturbations(cfg.noise, cfg.seed, model.param_count).get(1, info.es_rank, info.es_k)
     expected = before - np.float32(cfg.lr) * (g + np.float32(info.sigma) * z)
     assert np.array_equal(theta.view(np.uint32), expected.view(np.uint32))
     assert all_equal(comm, theta)

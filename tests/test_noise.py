@@ -87,3 +87,30 @@ def test_perturbation_key():
     # numpy integer keys draw the same stream as Python ints
     np.testing.assert_array_equal(noise.standard_normal(np.int64(1), np.int32(2), np.int16(3), np.uint8(4), 50),
                                   noise.standard_normal(1, 2, 3, 4, 50))
+
+
+def test_table_offsets_are_reproducible_and_spread():
+    offs = [noise.table_offset(0, i, r, k, 1000, 1 << 40) for i in range(50) for r in range(4) for k in range(8)]
+    assert len(set(offs)) == 50 * 4 * 8  # distinct keys, distinct offsets (no collision in 2**40)
+    small = np.array([noise.table_offset(0, i, r, k, 1000, 1 << 20) for i in range(50) for r in range(4)
+                      for k in range(8)])
+    assert small.min() >= 0 and small.max() <= (1 << 20) - 1000
+    assert 0.4 < small.mean() / ((1 << 20) - 1000) < 0.6  # spread over the table
+    assert noise.table_offset(3, 4, 5, 6, 1000, 1 << 20) == noise.table_offset(3, 4, 5, 6, 1000, 1 << 20)
+    assert noise.table_offset(3, 4, 5, 6, 1000, 1 << 20) != noise.table_offset(4, 4, 5, 6, 1000, 1 << 20)
+
+
+def test_table_perturbations_are_standard_normal_views():
+    p = noise.Perturbations("table", 0, 5000)
+    z = p.get(1, 0, 2)
+    assert z.dtype == np.float32 and z.shape == (5000,)
+    assert np.shares_memory(z, p._table.table)  # no copy
+    assert np.array_equal(z, noise.Perturbations("table", 0, 5000).get(1, 0, 2))  # same on every rank
+    t = p._table.table
+    assert abs(float(t.mean())) < 0.01 and abs(float(t.std()) - 1) < 0.01
+    assert not np.array_equal(z, p.get(1, 0, 3))
+
+
+def test_philox_source_matches_standard_normal():
+    p = noise.Perturbations("philox", 7, 300)
+    np.testing.assert_array_equal(p.get(2, 1, 0), noise.standard_normal(7, 2, 1, 0, 300))

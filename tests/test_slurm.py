@@ -8,17 +8,23 @@ broken cluster fails the test instead of hanging the suite. Skipped when Slurm i
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import h5py
+import numpy as np
 import pytest
 from conftest import mpi_size
 from slurm_cluster import PACKAGES, SlurmCluster, SlurmClusterError, missing_binaries
+
+from hes_mpi.runlog import RunLog
 
 ROOT = Path(__file__).resolve().parents[1]
 JOBS = ROOT / "jobs"
@@ -203,3 +209,48 @@ def test_compare_job_without_a_folder_fails_clearly(slurm, tmp_path):
     assert proc.returncode != 0
     text = (tmp_path / f"hes_mpi-compare-{job}.out").read_text()
     assert "compare.sbatch: error: set HES_MPI_SWEEP_DIR" in text
+
+
+RESUME_ARGS = "--data synthetic:4000 --hidden 32 --batch 100 --lr 1 --algo hes --r 2 --K 4 --epochs 150"
+
+
+def _wait(predicate, timeout: float, what: str, cluster: SlurmCluster, submit_dir: Path):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.5)
+    pytest.fail(f"timed out waiting for {what}\nsqueue: {cluster.squeue()}\n{job_outputs(submit_dir)}",
+                pytrace=False)
+
+
+def _epochs(log: Path) -> int:
+    with contextlib.suppress(Exception), RunLog(str(log)) as rl:
+        return rl.table("epochs")["epoch"].size
+    return 0
+
+
+def test_signal_before_time_limit_checkpoints_requeues_and_resumes_bitwise(slurm, tmp_path):
+    """USR1 (what --signal=USR1@120 sends before the time limit) -> checkpoint, exit 3, the script requeues
+    the job, the next start resumes: the result is bitwise the uninterrupted run's."""
+    ref = tmp_path / "ref.h5"
+    mpiexec = shutil.which("mpiexec", path=os.path.dirname(sys.executable))
+    r = subprocess.run([mpiexec, "-n", "2", sys.executable, "-m", "hes_mpi", "train", *RESUME_ARGS.split(),
+                        "--threads", "1", "--out", str(ref)], capture_output=True, text=True, timeout=600, check=False)
+    assert r.returncode == 0, r.stderr
+    proc, job = sbatch(slurm, "train.sbatch", submit_dir=tmp_path, wait=False, HES_MPI_ARGS=RESUME_ARGS)
+    assert proc.returncode == 0, proc.stderr
+    log = tmp_path / "runs" / f"train_{job}.h5"
+    _wait(lambda: _epochs(log) >= 2, 300, "two epochs", slurm, tmp_path)
+    scancel = shutil.which("scancel", path=job_env(slurm)["PATH"]) or "scancel"
+    subprocess.run([scancel, "--signal=USR1", job], env=job_env(slurm), check=True, timeout=30)
+    _wait(lambda: "requeueing job" in job_outputs(tmp_path), 120, "the requeue", slurm, tmp_path)
+    done = _wait(lambda: summary(log)["complete"] if _epochs(log) == 150 else False, 400, "the resumed run",
+                 slurm, tmp_path)
+    assert done
+    text = job_outputs(tmp_path)
+    assert "resuming from" in text and "stopped by SIGUSR1" in text
+    with h5py.File(ref, "r") as a, h5py.File(log, "r") as b:
+        assert a["final/theta"][()].tobytes() == b["final/theta"][()].tobytes()
+        assert np.array_equal(a["epochs/dev_loss"][()], b["epochs/dev_loss"][()])

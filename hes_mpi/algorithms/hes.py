@@ -11,6 +11,9 @@ sigma^2 scale: with ``--sigma-scale relative`` (default) the noise variance is
 gradient (the poster's "optimal sigma^2"); ``absolute`` uses ``sigma2`` as is.
 
 ``--assisted``: a gradient refresh on every iteration, followed by an ES selection around it.
+
+``--noise``: where z comes from (a Philox stream per key, or a slice of a shared table); see
+:mod:`hes_mpi.noise`.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from .bgd import BGD, KIND_ASSISTED, KIND_ES, KIND_GRAD, StepInfo
 class HybridES(BGD):
     def __init__(self, cfg, model, comm, max_rows: int, global_batch: int):
         super().__init__(cfg, model, comm, max_rows, global_batch)
-        self.z = np.empty(model.param_count, dtype=np.float32)
+        self.noise = noise.Perturbations(cfg.noise, cfg.seed, model.param_count)
         self.cand = np.empty(model.param_count, dtype=np.float32)
         self.cand_views = model.views(self.cand)
         self.grad_var = 0.0
@@ -36,12 +39,13 @@ class HybridES(BGD):
         and the forward pass only (rows x hidden + rows x classes): no backward pass is kept.
         Assisted steps touch both sets."""
         m = self.model
-        es = self._batch_bytes(rows) + self.g.nbytes + self.z.nbytes + self.cand.nbytes
+        z = self.noise.buffer_bytes
+        es = self._batch_bytes(rows) + self.g.nbytes + z + self.cand.nbytes
         es += rows * (m.hidden + m.n_out) * 4
         if kind == KIND_ES:
             return es
         grad = super().work_bytes(KIND_GRAD, rows)
-        return grad if kind == KIND_GRAD else grad + self.z.nbytes + self.cand.nbytes
+        return grad if kind == KIND_GRAD else grad + z + self.cand.nbytes
 
     def sigma(self) -> float:
         s2 = self.cfg.sigma2 * (self.grad_var if self.cfg.sigma_scale == "relative" else 1.0)
@@ -71,10 +75,9 @@ class HybridES(BGD):
         if n == 0:
             return costs
         rank = self.comm.rank
-        P = self.model.param_count
         for k in range(cfg.K):
-            noise.standard_normal(cfg.seed, i, rank, k, P, out=self.z)
-            sq = kernels.make_candidate(theta, self.g, self.z, cfg.lr, sigma, self.cand, self.segments)
+            z = self.noise.get(i, rank, k)
+            sq = kernels.make_candidate(theta, self.g, z, cfg.lr, sigma, self.cand, self.segments)
             loss, _ = kernels.forward_loss(X, y, *self.cand_views, self.ws.H, self.ws.Z)
             costs[k] = loss / n + 0.5 * cfg.l2 * sq
         return costs
@@ -87,8 +90,8 @@ class HybridES(BGD):
         k_best = int(np.argmin(costs))
         value, index = self.comm.minloc(float(costs[k_best]), self.comm.rank * cfg.K + k_best)
         win_rank, win_k = divmod(index, cfg.K)
-        noise.standard_normal(cfg.seed, i, win_rank, win_k, self.model.param_count, out=self.z)
-        kernels.make_candidate(theta, self.g, self.z, cfg.lr, sigma, self.cand, self.segments)
+        z = self.noise.get(i, win_rank, win_k)
+        kernels.make_candidate(theta, self.g, z, cfg.lr, sigma, self.cand, self.segments)
         theta[:] = self.cand
         info.sigma = sigma
         info.es_cost = value
