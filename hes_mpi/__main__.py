@@ -175,6 +175,16 @@ def build_parser() -> argparse.ArgumentParser:
     ov.add_argument("--batch", type=int, default=1000, help="global minibatch (default %(default)s)")
     ov.add_argument("--steps", type=int, default=50, help="timed steps of each kind (default %(default)s)")
     ov.set_defaults(func=cmd_bench_overhead)
+    em = bsub.add_parser("emulation", help="BGD step growth under --emulate-net against the cost model",
+                         description="BGD steps with and without network emulation, interleaved on the same batch; "
+                         "prints one JSON object with the median step growth and the modelled Allreduce cost.")
+    em.add_argument("--network", default="1gbe", help="preset or ALPHA,BETA (default %(default)s)")
+    em.add_argument("--data", default="mnist", help="dataset (default %(default)s)")
+    em.add_argument("--data-dir", default=None, help="data folder (default $HES_MPI_DATA or ~/.cache/hes_mpi)")
+    em.add_argument("--hidden", type=int, default=300, help="hidden units (default %(default)s)")
+    em.add_argument("--batch", type=int, default=1000, help="global minibatch (default %(default)s)")
+    em.add_argument("--steps", type=int, default=50, help="timed steps of each kind (default %(default)s)")
+    em.set_defaults(func=cmd_bench_emulation)
     b.set_defaults(func=lambda a: _help(b))
 
     s = sub.add_parser("summary", help="summarise a run log", description="Summarise an HDF5 run log.")
@@ -312,6 +322,23 @@ def cmd_bench_overhead(args) -> int:
 
     def body(comm):
         result = overhead(comm, cfg, steps=args.steps)
+        if comm.rank == 0:
+            print(dumps(result), flush=True)
+        return 0
+
+    return _mpi_command(body)
+
+
+def cmd_bench_emulation(args) -> int:
+    from .bench import dumps, emulation
+
+    cfg = RunConfig(data=args.data, data_dir=args.data_dir, hidden=args.hidden, batch=args.batch,
+                    emulate_net=args.network).validate()
+    if args.steps < 1:
+        raise UsageError("--steps must be >= 1")
+
+    def body(comm):
+        result = emulation(comm, cfg, args.network, steps=args.steps)
         if comm.rank == 0:
             print(dumps(result), flush=True)
         return 0

@@ -7,6 +7,9 @@ bytes of the per-rank buffer (float32 elements for allreduce). ``--raw`` runs th
 bare mpi4py communicator, so the two tables side by side show the instrumentation's cost, and either
 can be held against ``osu_allreduce`` of the OSU suite on the same nodes.
 
+``emulation``: the same interleaving with and without ``--emulate-net``: how much an emulated network
+lengthens a BGD step, next to the cost model's figure for the step's Allreduce.
+
 ``overhead``: BGD steps of the default network, alternately with the instrumented and the raw
 communicator, on the same batch; reports the median step time of each, and the overhead as the
 median ratio of adjacent (instrumented, raw) step pairs minus one, plus the measured cost of one
@@ -96,8 +99,8 @@ def record_cost_us(comm: InstrumentedComm, n: int = 200_000) -> float:
     return (t1 - t0) * 1e6 / n
 
 
-def overhead(comm: InstrumentedComm, cfg, steps: int = 50, warmup: int = 5) -> dict:
-    """Median BGD step time with the instrumented vs the raw communicator (interleaved, same batch)."""
+def _bgd_setup(comm: InstrumentedComm, cfg):
+    """A BGD step on this rank's part of the first global batch (threads as in training)."""
     from .algorithms import BGD
     from .data import global_batches, load_shard, local_rows
     from .model import MLP
@@ -110,12 +113,17 @@ def overhead(comm: InstrumentedComm, cfg, steps: int = 50, warmup: int = 5) -> d
     rows = local_rows(global_batches(shard.n_train, cfg.batch, cfg.seed, 0)[0], shard.lo, shard.hi)
     X, y = shard.x_train[rows], shard.y_train[rows]
     algo = BGD(cfg, model, comm, max(1, X.shape[0]), cfg.batch)
-    theta = model.init_params(cfg.seed)
-    raw = comm.raw()
-    times = {"instrumented": [], "raw": []}
+    return algo, model, model.init_params(cfg.seed), X, y
+
+
+def _paired_steps(comm: InstrumentedComm, algo, theta, X, y, variants: dict, steps: int, warmup: int) -> dict:
+    """Step times of each variant (a function that prepares the algorithm), in adjacent pairs whose
+    order alternates, so that slow drifts of the machine's load cancel in paired statistics."""
+    names = list(variants)
+    times = {n: [] for n in names}
     for i in range(warmup + steps):
-        for name, c in (("instrumented", comm), ("raw", raw)) if i % 2 == 0 else (("raw", raw), ("instrumented", comm)):
-            algo.comm = c
+        for name in names if i % 2 == 0 else names[::-1]:
+            variants[name]()
             comm.Barrier()
             t0 = comm.wtime()
             algo.step(i, theta, X, y)
@@ -123,9 +131,18 @@ def overhead(comm: InstrumentedComm, cfg, steps: int = 50, warmup: int = 5) -> d
             if i >= warmup:
                 times[name].append(dt)
     comm.drain()
+    return {n: np.array(t) for n, t in times.items()}
+
+
+def overhead(comm: InstrumentedComm, cfg, steps: int = 50, warmup: int = 5) -> dict:
+    """Median BGD step time with the instrumented vs the raw communicator (interleaved, same batch)."""
+    algo, model, theta, X, y = _bgd_setup(comm, cfg)
+    raw = comm.raw()
+    times = _paired_steps(comm, algo, theta, X, y, {"instrumented": lambda: setattr(algo, "comm", comm),
+                                                    "raw": lambda: setattr(algo, "comm", raw)}, steps, warmup)
     # every rank's step ends with the same Allreduce: take the slowest rank's figures. The overhead is
     # the median of the ratios of adjacent (instrumented, raw) pairs, which cancels slow drifts of load.
-    ratio = np.median(np.array(times["instrumented"]) / np.array(times["raw"]))
+    ratio = np.median(times["instrumented"] / times["raw"])
     med = np.array([np.median(times["instrumented"]), np.median(times["raw"]), ratio])
     comm.set_phase("telemetry", -1)
     comm.Allreduce(med, op="max")
@@ -142,6 +159,39 @@ def overhead(comm: InstrumentedComm, cfg, steps: int = 50, warmup: int = 5) -> d
         "instrumentation_overhead": float(med[2] - 1.0),
         "record_cost_us": per_call,
         "record_cost_share": float(per_call * 1e-6 / med[1]),  # one recorded call per BGD step
+    }
+
+
+def emulation(comm: InstrumentedComm, cfg, network: str, steps: int = 50, warmup: int = 5) -> dict:
+    """How much an emulated network lengthens a BGD step, against the cost model's figure for its
+    Allreduce: steps with and without emulation, interleaved on the same batch, median paired difference."""
+    from .netmodel import collective_time, parse_network
+
+    name, alpha, beta = parse_network(network)
+    algo, model, theta, X, y = _bgd_setup(comm, cfg)
+
+    def on():
+        comm.emulate_network(name, alpha, beta)
+
+    def off():
+        comm.emulation = None
+
+    times = _paired_steps(comm, algo, theta, X, y, {"emulated": on, "local": off}, steps, warmup)
+    off()
+    stats = np.array([np.median(times["emulated"] - times["local"]), np.median(times["local"])])
+    comm.set_phase("telemetry", -1)
+    comm.Allreduce(stats, op="max")
+    modelled = collective_time("allreduce", 4 * model.param_count, comm.size, alpha, beta)
+    return {
+        "bench": "emulation",
+        "network": name,
+        "ranks": comm.size,
+        "layers": f"{model.n_in}-{model.hidden}-{model.n_out}",
+        "gradient_bytes": 4 * model.param_count,
+        "median_step_s_local": float(stats[1]),
+        "step_growth_s": float(stats[0]),
+        "modelled_s": float(modelled),
+        "growth_over_modelled": float(stats[0] / modelled) if modelled else float("nan"),
     }
 
 
