@@ -183,6 +183,13 @@ def _plt():
     return plt
 
 
+def _save(plt, fig, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def cumulative_bytes_at_epochs(run: Run) -> np.ndarray:
     """Algorithm payload bytes sent per rank, cumulated up to the end of each epoch."""
     rec = run.records
@@ -213,10 +220,7 @@ def plot_training(runs: list[Run], path: Path) -> Path:
     a2.set(xlabel="iteration", ylabel="accuracy (%)", title="Accuracy")
     a1.legend(fontsize=7)
     a2.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def plot_budget(runs: list[Run], path: Path) -> Path:
@@ -233,10 +237,7 @@ def plot_budget(runs: list[Run], path: Path) -> Path:
     for a in (a1, a2):
         a.legend(fontsize=7)
         a.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def plot_time_split(runs: list[Run], path: Path) -> Path:
@@ -259,10 +260,7 @@ def plot_time_split(runs: list[Run], path: Path) -> Path:
     ax.set_xticks(ticks, labels, fontsize=7)
     ax.set(ylabel="seconds (sum over the run's steps)", title="Time split per rank")
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def plot_memory(runs: list[Run], path: Path) -> Path:
@@ -281,10 +279,7 @@ def plot_memory(runs: list[Run], path: Path) -> Path:
     a2.bar(xs, [r.summary.get("peak_rss_bytes", 0) / 1e6 for r in runs])
     a2.set_xticks(xs, names, fontsize=7, rotation=15)
     a2.set(ylabel="MB", title="Peak resident set (any rank)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def gradient_variance(run: Run) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -310,10 +305,7 @@ def plot_gradient(runs: list[Run], path: Path) -> Path:
            title="Gradient component variance = suggested absolute sigma^2")
     a1.legend(fontsize=7)
     a2.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 FIGURES = {

@@ -51,6 +51,7 @@ from __future__ import annotations
 import contextlib
 import datetime as _dt
 import gc
+import hashlib
 import io
 import json
 import math
@@ -117,18 +118,20 @@ def damaged_handles() -> bool:
     return _STATE["damaged_handles"]
 
 
-def check_writable(path: str, force: bool) -> None:
-    """Raise UsageError when ``path`` exists (without force) or cannot be created."""
+def check_writable(path, force: bool, option: str = "--out") -> None:
+    """Raise UsageError when the output ``path`` exists (without force) or cannot be created; messages
+    name ``option`` (the command-line option that gave the path, or nothing)."""
     p = Path(path)
+    name = f"{option} {path}" if option else str(path)
     if p.is_dir():
-        raise UsageError(f"--out {path} is a folder")
+        raise UsageError(f"{name} is a folder")
     if p.exists() and not force:
-        raise UsageError(f"--out {path} exists; pass --force to overwrite it")
+        raise UsageError(f"{name} exists; pass --force to overwrite it")
     parent = p.parent if str(p.parent) else Path(".")
     if not parent.is_dir():
-        raise UsageError(f"--out {path}: folder {parent} does not exist")
+        raise UsageError(f"{name}: folder {parent} does not exist")
     if not os.access(parent, os.W_OK) or (p.exists() and not os.access(p, os.W_OK)):
-        raise UsageError(f"--out {path}: not writable")
+        raise UsageError(f"{name}: not writable")
 
 
 def _attr(v):
@@ -387,6 +390,8 @@ class RunLog:
         }
         if "theta_checksum" in final_attrs:
             out["theta_checksum"] = int(final_attrs["theta_checksum"])
+        theta = self.theta()
+        out["theta_sha256"] = hashlib.sha256(theta.tobytes()).hexdigest() if theta is not None else None
         out.update(self.cost_summary(kinds, it, final_attrs, int(env["ranks"])))
         return out
 

@@ -36,7 +36,7 @@ import numpy as np
 
 from .comm import OPS, PHASES
 from .errors import UsageError
-from .runlog import RunLog
+from .runlog import RunLog, check_writable
 
 #: Thread ids within each rank's process.
 TID_MPI = 1
@@ -220,16 +220,7 @@ def default_output(runlog_path) -> Path:
 
 def check_output(out_path, force: bool) -> None:
     """UsageError when ``out_path`` exists (without force) or cannot be written."""
-    p = Path(out_path)
-    if p.is_dir():
-        raise UsageError(f"{out_path}: is a folder")
-    if p.exists() and not force:
-        raise UsageError(f"{out_path} exists; pass --force to overwrite it")
-    parent = p.parent if str(p.parent) else Path(".")
-    if not parent.is_dir():
-        raise UsageError(f"{out_path}: folder {parent} does not exist")
-    if not os.access(parent, os.W_OK):
-        raise UsageError(f"{out_path}: folder {parent} is not writable")
+    check_writable(out_path, force, option="")
 
 
 def write_trace(runlog_path, out_path=None, max_events: int | None = None,

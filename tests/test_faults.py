@@ -64,7 +64,8 @@ def reference(tmp_path_factory):
     out = tmp_path_factory.mktemp("ref") / "ref.h5"
     proc = run_cli(["train", *SYN, "--epochs", "6", "--out", out])
     assert proc.returncode == 0, proc.stderr
-    return final(out)
+    sha = json.loads(run_cli(["summary", out, "--json"], n=None).stdout)["theta_sha256"]
+    return (*final(out), sha)
 
 
 def assert_same_as_reference(out: Path, reference):
@@ -74,6 +75,7 @@ def assert_same_as_reference(out: Path, reference):
         assert np.array_equal(v, reference[1][k]), k
     s = json.loads(run_cli(["summary", out, "--json"], n=None).stdout)
     assert s["complete"] and s["iterations"] == 6 * 40 and s["epochs"] == 6
+    assert s["theta_sha256"] == reference[2]
 
 
 def test_killed_and_resumed_run_is_bitwise_identical(tmp_path, reference):
