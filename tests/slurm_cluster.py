@@ -105,8 +105,9 @@ class SlurmCluster:
         """The environment for client commands: os.environ plus SLURM_CONF (and ``extra``), minus the
         variables of any Slurm job or MPI launcher this process itself runs under."""
         env = {k: v for k, v in os.environ.items()
-               if not k.startswith(("SLURM_", "SBATCH_", "SRUN_", "SALLOC_", "PMI_", "PMIX_", "HYDRA_",
-                                    "MPIR_", "OMPI_"))}
+               if k.startswith(("MPIR_CVAR_", "FI_")) or  # MPICH/libfabric settings (see tests/conftest.py)
+               not k.startswith(("SLURM_", "SBATCH_", "SRUN_", "SALLOC_", "PMI_", "PMIX_", "HYDRA_",
+                                 "MPIR_", "OMPI_"))}
         env["SLURM_CONF"] = str(self.conf)
         env.update(extra)
         return env

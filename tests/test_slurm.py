@@ -132,7 +132,7 @@ def test_train_job(slurm, tmp_path):
     out = tmp_path / f"hes_mpi-train-{job}.out"
     assert proc.returncode == 0, f"{proc.stderr}\n{job_outputs(tmp_path)}"
     text = out.read_text()
-    assert "+ srun --mpi=pmi2 --cpus-per-task=1 python3 -m hes_mpi train --data synthetic:800" in text
+    assert "+ srun --mpi=pmi2 --kill-on-bad-exit=1 --cpus-per-task=1 python3 -m hes_mpi train --data synthetic:800" in text
     log = tmp_path / "runs" / f"train_{job}.h5"
     assert log.is_file(), text
     s = summary(log)
@@ -173,7 +173,7 @@ def test_sweep_job_writes_one_log_per_task(sweep_then_compare):
     assert sorted(p.name for p in run_dir.glob("*.h5")) == sorted(EXPECTED), outputs
     for task in range(3):
         text = (submit_dir / f"hes_mpi-sweep-{sweep_job}_{task}.out").read_text()
-        assert f"+ srun --mpi=pmi2 --cpus-per-task=1 {sys.executable} -m hes_mpi train --algo " in text
+        assert f"+ srun --mpi=pmi2 --kill-on-bad-exit=1 --cpus-per-task=1 {sys.executable} -m hes_mpi train --algo " in text
     for name, want in EXPECTED.items():
         s = summary(run_dir / name)
         assert s["ranks"] == 2 and s["complete"] is True, name
