@@ -12,9 +12,13 @@ mpi4py is imported lazily so that commands that need no MPI (``summary``, ``data
 
 from __future__ import annotations
 
+import contextlib
+import faulthandler
 import functools
 import math
 import os
+import signal
+import sys
 
 import numpy as np
 
@@ -84,7 +88,8 @@ class InstrumentedComm:
     """
 
     def __init__(self, comm=None, capacity: int = 4096, instrument: bool = True, sync_barrier: bool = False):
-        from mpi4py import MPI
+        with _init_watchdog():
+            from mpi4py import MPI
 
         self.MPI = MPI
         self.comm = MPI.COMM_WORLD if comm is None else comm
@@ -363,6 +368,40 @@ class InstrumentedComm:
 
     def wtick(self) -> float:
         return self.MPI.Wtick()
+
+
+#: Exit status of a process whose MPI_Init did not return in time: killed by SIGALRM (128 + 14), as srun
+#: and mpiexec report it. The job scripts start such a step again.
+INIT_TIMEOUT_EXIT = 142
+
+
+@contextlib.contextmanager
+def _init_watchdog():
+    """Kill the process if MPI_Init does not return within ``$HES_MPI_INIT_TIMEOUT`` seconds (default 300;
+    0: wait for ever). Seen with the MPICH wheel under srun: now and then both ranks spin in MPI_Init for
+    ever, holding Python's lock, so no Python code can run. Two mechanisms that need no Python: faulthandler's
+    watchdog thread prints where the process is stuck, then SIGALRM with its default action ends it (exit
+    status 142); ``srun --kill-on-bad-exit`` ends the step, and the job scripts start it again."""
+    if "mpi4py.MPI" in sys.modules:  # already started in this process
+        yield
+        return
+    try:
+        timeout = float(os.environ.get("HES_MPI_INIT_TIMEOUT", "300"))
+    except ValueError:
+        timeout = 300.0
+    if timeout <= 0:
+        yield
+        return
+    sys.stderr.write("")  # make sure stderr exists before faulthandler needs it
+    faulthandler.dump_traceback_later(timeout, exit=False)
+    previous = signal.signal(signal.SIGALRM, signal.SIG_DFL)
+    signal.alarm(max(1, math.ceil(timeout)) + 1)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+        faulthandler.cancel_dump_traceback_later()
 
 
 class SilentExit(Exception):

@@ -12,10 +12,8 @@ import pytest
 
 # The MPICH wheel's UCX netmod fails now and then in MPI_Init's address exchange on a single host
 # ("failed to unpack address, invalid bandwidth 0.00", pmodels/mpich#7417); its OFI netmod does not.
-# Intra-node traffic goes through shared memory either way. Every job the tests start inherits this, and
-# libfabric's shared-memory provider: the tests run on one host, so nothing probes network interfaces.
+# Intra-node traffic goes through shared memory either way. Every job the tests start inherits this.
 os.environ.setdefault("MPIR_CVAR_CH4_NETMOD", "ofi")
-os.environ.setdefault("FI_PROVIDER", "shm")
 
 MPIEXEC = shutil.which("mpiexec", path=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))
 

@@ -192,3 +192,16 @@ def test_resume_refuses_other_options(tmp_path):
     assert run_cli(["train", *SYN, "--epochs", "1", "--checkpoint-every", "20", "--out", out]).returncode == 0
     proc = run_cli(["train", *SYN, "--epochs", "2", "--lr", "0.5", "--out", out, "--resume"])
     assert proc.returncode == 2 and "lr" in proc.stderr
+
+
+def test_mpi_start_watchdog(tmp_path):
+    """A process whose MPI_Init does not return in time ends with status 75 and says why (never a hang)."""
+    # MPI_Init cannot be made to hang on purpose here: a stand-in that holds Python's lock the same way
+    code = ("import time, hes_mpi.comm as c\n"
+            "with c._init_watchdog():\n"
+            "    t = time.time()\n"
+            "    while time.time() - t < 30: pass\n")
+    proc = subprocess.run([sys.executable, "-c", code], env={**os.environ, "HES_MPI_INIT_TIMEOUT": "1"},
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert proc.returncode == -signal.SIGALRM  # the same process, seen from outside: 128 + 14 = 142 in a shell
+    assert "Timeout" in proc.stderr and "most recent call first" in proc.stderr  # where it was stuck

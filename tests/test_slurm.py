@@ -95,6 +95,7 @@ def job_env(cluster: SlurmCluster, **extra: str) -> dict[str, str]:
     path = os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "/usr/bin:/bin")
     env = {k: v for k, v in cluster.env(PATH=path, **extra).items()
            if not k.startswith("HES_MPI_") or k == "HES_MPI_DATA" or k in extra}
+    env.setdefault("HES_MPI_INIT_TIMEOUT", "30")  # a hung MPI start is retried by the scripts after 30 s
     return env
 
 
