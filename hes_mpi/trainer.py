@@ -371,8 +371,10 @@ class Trainer:
                         flushed = j + 1
                         self.save_checkpoint(epoch, j + 1)
                         self.ckpt_written = True
-                    if stop:
-                        raise Stopped(self.iteration)
+                        if stop:
+                            raise Stopped(self.iteration)
+                    # a stop seen at the epoch's last iteration: the epoch ends first (evaluation, log), and
+                    # the check at its end, which sees the same signal, checkpoints and stops
                 epoch_s = comm.wtime() - t_epoch
                 epoch_times.append(epoch_s)
                 t_eval = comm.wtime()
