@@ -147,11 +147,16 @@ def chrome_trace(runlog, max_events: int | None = None,
 
     origin = float(t0.min()) if t0.size else 0.0
 
+    def us_array(t: np.ndarray) -> np.ndarray:
+        return np.round((t - origin) * 1e6, 3)
+
     def us(t: np.ndarray) -> list[float]:
-        return np.round((t - origin) * 1e6, 3).tolist()
+        return us_array(t).tolist()
 
     def dur_us(a: np.ndarray, b: np.ndarray) -> list[float]:
-        return np.round(np.maximum(b - a, 0.0) * 1e6, 3).tolist()
+        # The difference of the rounded ends, so that ts + dur lands on the rounded time of the end
+        # (a compute span ends exactly where the next call begins, to the nanosecond shown).
+        return np.round(np.maximum(us_array(b) - us_array(a), 0.0), 3).tolist()
 
     events: list[dict] = []
     for r, ts, dur, op, phase, iteration, sent, recv, wire, seq in zip(
