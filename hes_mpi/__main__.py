@@ -14,7 +14,7 @@ import os
 import sys
 
 from . import __version__
-from .config import ALGOS, SIGMA_SCALES, RunConfig
+from .config import ALGOS, DISTS, PERTURB, PLAIN, RECOMBINE, SIGMA_SCALES, RunConfig
 from .errors import RunError, UsageError
 
 
@@ -34,6 +34,46 @@ def _launcher_rank() -> int | None:
         if v and v.isdigit():
             return int(v)
     return None
+
+
+def _es_method_args(p: argparse.ArgumentParser) -> None:
+    """The H-ES method options (train and compare). Their defaults are resolved by :func:`_es_methods`."""
+    d = RunConfig()
+    g = p.add_argument_group("H-ES methods", "how ES steps perturb, compare and select candidates; defaults are "
+                             "the measured best (README, 'Results'); --plain gives the poster's algorithm")
+    a = g.add_argument
+    a("--plain", action="store_true", help="the poster's plain H-ES: every option below at its plain value "
+      f"({', '.join(f'{k}={v}' for k, v in PLAIN.items())}); options given explicitly still apply")
+    a("--perturb", choices=PERTURB, default=None, help="perturb every parameter, or only the output layer (the "
+      f"hidden layer is then computed once and shared by the K candidates; default {d.perturb})")
+    a("--baseline", action=argparse.BooleanOptionalAction, default=None, help="cost candidates relative to the "
+      f"unperturbed one on the same rows, so that ranks compare fairly (default {_on(d.baseline)})")
+    a("--antithetic", action=argparse.BooleanOptionalAction, default=None, help="candidates in +z/-z pairs "
+      f"(K even; default {_on(d.antithetic)})")
+    a("--recombine", choices=RECOMBINE, default=None, help="apply the single best perturbation, or the log-rank "
+      f"weighted mean of the best half of all ranks' candidates (8 bytes per candidate; default {d.recombine})")
+    a("--carry", action=argparse.BooleanOptionalAction, default=None, help="keep the chosen perturbation in the "
+      f"direction of the next ES steps until the next gradient (default {_on(d.carry)})")
+    a("--adapt-sigma", action=argparse.BooleanOptionalAction, default=None, help="grow sigma after an ES step "
+      "that beat the unperturbed candidate, shrink it otherwise (needs --baseline; default "
+      f"{_on(d.adapt_sigma)})")
+    a("--dist", choices=DISTS, default=None, help=f"perturbation components: normal or +-1 (default {d.dist})")
+    a("--es-rows", type=float, default=None, metavar="F", help="cost the candidates on this fraction of the rank's "
+      f"batch rows (default {d.es_rows:g})")
+
+
+def _on(flag: bool) -> str:
+    return "on" if flag else "off"
+
+
+def _es_methods(args) -> dict:
+    """The H-ES method fields of a RunConfig from parsed options: given > --plain > defaults."""
+    d = RunConfig()
+    out = {}
+    for k in PLAIN:
+        v = getattr(args, k)
+        out[k] = v if v is not None else PLAIN[k] if args.plain else getattr(d, k)
+    return out
 
 
 def _train_args(p: argparse.ArgumentParser) -> None:
@@ -82,6 +122,7 @@ def _train_args(p: argparse.ArgumentParser) -> None:
       "the run log is cut back to the checkpoint and continued")
     a("--no-eval-train", dest="eval_train", action="store_false", help="skip the per-epoch pass over the whole "
       "training set (train loss/accuracy are then NaN)")
+    _es_method_args(p)
 
 
 def _compare_args(p: argparse.ArgumentParser) -> None:
@@ -107,6 +148,7 @@ def _compare_args(p: argparse.ArgumentParser) -> None:
     a("--emulate-net", default=None, metavar="PRESET|ALPHA,BETA", help="emulate a slower network for every run "
       "(see train --help)")
     a("--threads", type=int, default=d.threads, help="BLAS threads per rank (default: cores / ranks on the node)")
+    _es_method_args(p)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -185,6 +227,40 @@ def build_parser() -> argparse.ArgumentParser:
     em.add_argument("--batch", type=int, default=1000, help="global minibatch (default %(default)s)")
     em.add_argument("--steps", type=int, default=50, help="timed steps of each kind (default %(default)s)")
     em.set_defaults(func=cmd_bench_emulation)
+    speed_help = {
+        "steps": ("gradient vs ES step time, noise share, step memory and bytes (H-ES, r = 2)",
+                  ("Gradient and ES steps alternating on the same batches: median step times and their ratio "
+                   "(es_over_grad_step), the share of the ES step spent producing perturbations (noise_share), "
+                   "bytes sent per rank per step, and step memory (mem_es_over_grad). Prints one JSON object.")),
+        "forward": ("K-candidate forward passes vs the bare matrix products (forward_vs_blas)",
+                    ("One rank's K-candidate evaluation of an ES step against the matrix products of the same "
+                     "shapes timed alone. Prints one JSON object.")),
+        "torch": ("BGD epoch time vs PyTorch DDP (gloo) on the same rows and ranks (bgd_epoch_vs_torch)",
+                  ("hes_mpi BGD epochs and torch DistributedDataParallel epochs (same MLP, rows, ranks and "
+                   "threads) alternating; skipped with a message when torch is missing. Prints one JSON object.")),
+        "all": ("every speed goal in one JSON object (benchmarks/README.md)",
+                ("forward, steps, overhead and torch in one MPI job; prints one JSON object whose top-level keys "
+                 "are the goals: forward_vs_blas, bgd_epoch_vs_torch, es_over_grad_step, noise_share, "
+                 "mem_es_over_grad, instrumentation_overhead, plus goals_met and the details of each bench.")),
+    }
+    for name, (short, long) in speed_help.items():
+        sp = bsub.add_parser(name, help=short, description=long)
+        sp.add_argument("--data", default="mnist", help="dataset (default %(default)s)")
+        sp.add_argument("--data-dir", default=None, help="data folder (default $HES_MPI_DATA or ~/.cache/hes_mpi)")
+        sp.add_argument("--hidden", type=int, default=300, help="hidden units (default %(default)s)")
+        sp.add_argument("--batch", type=int, default=1000, help="global minibatch (default %(default)s)")
+        sp.add_argument("--K", type=int, default=RunConfig().K, help="ES candidates per rank (default %(default)s)")
+        sp.add_argument("--threads", type=int, default=0, help="BLAS threads per rank (default: cores / ranks)")
+        if name in ("steps", "forward"):
+            sp.add_argument("--reps", type=int, default=40, help="timed repetitions (default %(default)s)")
+        if name == "torch":
+            sp.add_argument("--epochs", type=int, default=5, help="timed epochs of each (default %(default)s)")
+        if name == "all":
+            sp.add_argument("--smoke", action="store_true", help="a few repetitions only (CI: checks that it runs)")
+            sp.add_argument("--json", action="store_true", help="print the JSON object (the default; for symmetry "
+                            "with the other commands)")
+        _es_method_args(sp)
+        sp.set_defaults(func=cmd_bench_speed, bench_name=name)
     b.set_defaults(func=lambda a: _help(b))
 
     s = sub.add_parser("summary", help="summarise a run log", description="Summarise an HDF5 run log.")
@@ -218,7 +294,7 @@ def cmd_compare(args, argv=None) -> int:
     base = RunConfig(K=args.K, sigma2=args.sigma2, sigma_scale=args.sigma_scale, noise=args.noise, lr=args.lr,
                      batch=args.batch,
                      epochs=args.epochs, hidden=args.hidden, seed=args.seed, data=args.data, data_dir=args.data_dir,
-                     threads=args.threads, emulate_net=args.emulate_net)
+                     threads=args.threads, emulate_net=args.emulate_net, **_es_methods(args))
 
     def body(comm):
         comm.agree(base.validate)
@@ -237,7 +313,7 @@ def cmd_train(args, argv=None) -> int:
                     dev_size=args.dev_size, out=args.out, force=args.force, check_every=args.check_every,
                     threads=args.threads, eval_train=args.eval_train, sync_barrier=args.sync_barrier,
                     emulate_net=args.emulate_net, checkpoint_every=args.checkpoint_every,
-                    checkpoint=args.checkpoint, resume=args.resume, noise=args.noise)
+                    checkpoint=args.checkpoint, resume=args.resume, noise=args.noise, **_es_methods(args))
 
     def body(comm):
         comm.sync_barrier = cfg.sync_barrier
@@ -339,6 +415,33 @@ def cmd_bench_emulation(args) -> int:
 
     def body(comm):
         result = emulation(comm, cfg, args.network, steps=args.steps)
+        if comm.rank == 0:
+            print(dumps(result), flush=True)
+        return 0
+
+    return _mpi_command(body)
+
+
+def cmd_bench_speed(args) -> int:
+    from . import speed
+    from .bench import dumps
+
+    cfg = RunConfig(algo="hes", data=args.data, data_dir=args.data_dir, hidden=args.hidden, batch=args.batch,
+                    K=args.K, threads=args.threads, **_es_methods(args)).validate()
+    reps = getattr(args, "reps", 40)
+    if reps < 1 or getattr(args, "epochs", 1) < 1:
+        raise UsageError("--reps and --epochs must be >= 1")
+
+    def body(comm):
+        name = args.bench_name
+        if name == "steps":
+            result = speed.steps(comm, cfg, reps=reps)
+        elif name == "forward":
+            result = speed.forward(comm, cfg, reps=reps)
+        elif name == "torch":
+            result = speed.torch_vs_bgd(comm, cfg, epochs=args.epochs)
+        else:
+            result = speed.run_all(comm, cfg, smoke=args.smoke)
         if comm.rank == 0:
             print(dumps(result), flush=True)
         return 0

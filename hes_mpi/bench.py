@@ -119,6 +119,9 @@ def _bgd_setup(comm: InstrumentedComm, cfg):
 def _paired_steps(comm: InstrumentedComm, algo, theta, X, y, variants: dict, steps: int, warmup: int) -> dict:
     """Step times of each variant (a function that prepares the algorithm), in adjacent pairs whose
     order alternates, so that slow drifts of the machine's load cancel in paired statistics."""
+    from .data import Batch
+
+    batch = Batch(X, y)
     names = list(variants)
     times = {n: [] for n in names}
     for i in range(warmup + steps):
@@ -126,7 +129,7 @@ def _paired_steps(comm: InstrumentedComm, algo, theta, X, y, variants: dict, ste
             variants[name]()
             comm.Barrier()
             t0 = comm.wtime()
-            algo.step(i, theta, X, y)
+            algo.step(i, theta, batch)
             dt = comm.wtime() - t0
             if i >= warmup:
                 times[name].append(dt)

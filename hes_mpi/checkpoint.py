@@ -1,7 +1,8 @@
 """Checkpoints: everything a run needs to continue bitwise-identically, written atomically.
 
 A checkpoint is a small HDF5 file written by rank 0 (parameters and optimizer state are bitwise equal on
-all ranks): ``theta``, the last full gradient ``g`` (H-ES perturbs it), ``grad_var``, ``has_grad``, the
+all ranks): ``theta``, the last full gradient ``g`` (H-ES perturbs it), ``has_grad``, the algorithm's scalars
+(H-ES: ``grad_var`` and the ``--adapt-sigma`` multiplier ``sigma_mult``), the
 position (``epoch``, ``batch`` within the epoch, ``iteration``), the run log's row counts at that point,
 and the run's configuration. There is no random-generator state to save: minibatches come from
 ``(seed, epoch)`` and perturbations from ``(seed, iteration, rank, k)``, so the position is enough.

@@ -16,6 +16,14 @@ from .errors import UsageError
 
 ALGOS = ("bgd", "hes")
 SIGMA_SCALES = ("relative", "absolute")
+PERTURB = ("all", "output")
+RECOMBINE = ("best", "weighted")
+DISTS = ("normal", "rademacher")
+
+#: The poster's plain H-ES (``train --plain``): every parameter perturbed with normal noise, raw costs,
+#: the single best candidate, nothing carried or adapted.
+PLAIN = {"perturb": "all", "baseline": False, "antithetic": False, "recombine": "best", "carry": False,
+         "adapt_sigma": False, "dist": "normal", "es_rows": 1.0}
 
 
 @dataclass
@@ -46,6 +54,15 @@ class RunConfig:
     checkpoint: str | None = None
     resume: bool = False
     noise: str = "table"
+    # H-ES methods (see hes_mpi.algorithms.hes); PLAIN gives the poster's algorithm.
+    perturb: str = "all"
+    baseline: bool = False
+    antithetic: bool = False
+    recombine: str = "best"
+    carry: bool = False
+    adapt_sigma: bool = False
+    dist: str = "normal"
+    es_rows: float = 1.0
 
     def validate(self) -> RunConfig:
         """Check every field that does not depend on the data or the rank count."""
@@ -81,6 +98,15 @@ class RunConfig:
             parse_network(self.emulate_net)
         if self.noise not in ("philox", "table"):
             raise UsageError(f"--noise must be philox or table, not {self.noise!r}")
+        for name, allowed in (("perturb", PERTURB), ("recombine", RECOMBINE), ("dist", DISTS)):
+            if getattr(self, name) not in allowed:
+                raise UsageError(f"--{name} must be one of {', '.join(allowed)}, not {getattr(self, name)!r}")
+        if not (0.0 < self.es_rows <= 1.0):
+            raise UsageError(f"--es-rows must be a fraction in (0, 1], got {self.es_rows}")
+        if self.antithetic and self.K % 2:
+            raise UsageError(f"--antithetic needs an even --K (pairs of +z and -z), got {self.K}")
+        if self.adapt_sigma and not self.baseline:
+            raise UsageError("--adapt-sigma needs --baseline (success means beating the unperturbed candidate)")
         if self.checkpoint_every < 0:
             raise UsageError(f"--checkpoint-every must be >= 0, got {self.checkpoint_every}")
         if self.threads < 0:
@@ -115,6 +141,11 @@ class RunConfig:
         if self.algo == "bgd":
             return False
         return self.assisted or iteration % self.r != 0
+
+    @property
+    def is_plain(self) -> bool:
+        """True when every H-ES method option is the poster's."""
+        return all(getattr(self, k) == v for k, v in PLAIN.items())
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

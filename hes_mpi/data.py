@@ -31,6 +31,7 @@ import gzip
 import hashlib
 import io
 import json
+import math
 import os
 import pickle
 import shutil
@@ -119,6 +120,61 @@ def local_rows(batch_indices: np.ndarray, lo: int, hi: int) -> np.ndarray:
     mine = batch_indices[(batch_indices >= lo) & (batch_indices < hi)]
     mine.sort()
     return mine - lo
+
+
+class Batch:
+    """This rank's examples of one global batch, read from its shard as a whole or in chunks.
+
+    ``Batch(x, y)`` is every row of ``x``/``y``; ``Batch(x, y, rows, xbuf, ybuf)`` is the given rows
+    (relative to the shard), copied into ``xbuf``/``ybuf`` only when a step asks for them:
+    :meth:`full` copies them all (a gradient step needs the whole batch for its backward pass),
+    :meth:`chunks` a few at a time into the head of the buffers (a forward-only ES evaluation touches
+    ``chunk`` rows at once, whatever the batch size).
+    """
+
+    def __init__(self, x: np.ndarray, y: np.ndarray, rows: np.ndarray | None = None,
+                 xbuf: np.ndarray | None = None, ybuf: np.ndarray | None = None):
+        self.x, self.y, self.rows = x, y, rows
+        self.xbuf, self.ybuf = xbuf, ybuf
+        self.n = x.shape[0] if rows is None else rows.shape[0]
+        self._full: tuple[np.ndarray, np.ndarray] | None = None
+
+    def head(self, fraction: float) -> Batch:
+        """The first ``ceil(fraction * n)`` rows (the rows are a random sample of the data in any order)."""
+        if fraction >= 1.0:
+            return self
+        m = min(self.n, math.ceil(fraction * self.n))
+        if self.rows is None:
+            return Batch(self.x[:m], self.y[:m])
+        sub = Batch(self.x, self.y, self.rows[:m], self.xbuf, self.ybuf)
+        if self._full is not None:
+            sub._full = (self._full[0][:m], self._full[1][:m])
+        return sub
+
+    def full(self) -> tuple[np.ndarray, np.ndarray]:
+        """(X, y) of every row of the batch."""
+        if self._full is None:
+            if self.rows is None:
+                self._full = (self.x, self.y)
+            else:
+                m = self.n
+                # mode="clip": with the default "raise", numpy buffers ``out`` (a hidden copy of the batch)
+                self._full = (np.take(self.x, self.rows, axis=0, out=self.xbuf[:m], mode="clip"),
+                              np.take(self.y, self.rows, out=self.ybuf[:m], mode="clip"))
+        return self._full
+
+    def chunks(self, size: int):
+        """(X, y) of at most ``size`` rows at a time, in order. A chunk is valid until the next one."""
+        size = max(1, size)
+        for a in range(0, self.n, size):
+            b = min(a + size, self.n)
+            if self._full is not None or self.rows is None:
+                X, y = self.full()
+                yield X[a:b], y[a:b]
+            else:
+                idx = self.rows[a:b]
+                yield (np.take(self.x, idx, axis=0, out=self.xbuf[: b - a], mode="clip"),
+                       np.take(self.y, idx, out=self.ybuf[: b - a], mode="clip"))
 
 
 def _to_float(images: np.ndarray, scale: float) -> np.ndarray:

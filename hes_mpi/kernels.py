@@ -78,6 +78,64 @@ def forward_loss(X, y, W1, b1, W2, b2, H, Z):
 
 
 @jit
+def head_losses(X, y, W1, b1, W2, b2, Zcat, zb, a, H, Z, Zp, losses):
+    """Forward passes of K candidates that differ from (W1, b1, W2, b2) in the output layer only.
+
+    Candidate k has output layer ``W2 - a * Zcat[:, k*classes:(k+1)*classes]`` and bias ``b2 - a * zb[k]``.
+    The hidden layer is computed once and shared, and the K perturbed layers are applied in one matrix
+    product: logits_k = H @ W2 + b2 - a * (H @ Zcat_k + zb[k]). ``losses[k] +=`` the cross-entropy summed
+    over the rows of X for k < K, and ``losses[K] +=`` that of the unperturbed network.
+    Work buffers: H (rows x hidden), Z (rows x classes), Zp (rows x K*classes).
+    """
+    rows = X.shape[0]
+    Hr = H[:rows]
+    Zr = Z[:rows]
+    K = zb.shape[0]
+    c = W2.shape[1]
+    Zpr = Zp[:rows]  # K*classes columns exactly (a column slice would not be contiguous)
+    _hidden(X, W1, b1, Hr)
+    np.dot(Hr, W2, Zr)
+    np.dot(Hr, Zcat, Zpr)
+    s = np.float64(a)
+    v = np.empty(c)
+    for i in range(rows):
+        t = y[i]
+        for k in range(K + 1):
+            m = -np.inf
+            for j in range(c):
+                x = np.float64(Zr[i, j]) + b2[j]
+                if k < K:
+                    x -= s * (np.float64(Zpr[i, k * c + j]) + zb[k, j])
+                v[j] = x
+                m = max(m, x)
+            e = 0.0
+            for j in range(c):
+                e += math.exp(v[j] - m)
+            losses[k] += math.log(e) - (v[t] - m)
+
+
+def head_perturbations(zs, hidden: int, n_out: int, Zcat=None):
+    """Split K output-layer perturbations ``zs`` (K x (hidden*n_out + n_out), laid out as W2|b2 in theta)
+    into ``Zcat`` (hidden x K*n_out: the K weight perturbations side by side, one matrix product for
+    all of them) and ``zb`` (K x n_out, a view of the bias parts)."""
+    K = zs.shape[0]
+    if Zcat is None:
+        Zcat = np.empty((hidden, K * n_out), dtype=np.float32)
+    Zcat.reshape(hidden, K, n_out)[:] = zs[:, : hidden * n_out].reshape(K, hidden, n_out).transpose(1, 0, 2)
+    return Zcat, zs[:, hidden * n_out :]
+
+
+@jit
+def sum_squares(v):
+    """sum of v_i^2 in float64."""
+    s = 0.0
+    for i in range(v.shape[0]):
+        x = np.float64(v[i])
+        s += x * x
+    return s
+
+
+@jit
 def forward_backward(X, y, W1, b1, W2, b2, gW1, gb1, gW2, gb2, H, Z, D):
     """Loss summed over the rows of X and its gradient, summed (not averaged), into gW1..gb2.
 
@@ -219,5 +277,9 @@ def warm_up() -> None:
     finish_gradient(t.copy(), t, 0.5, 0.1, seg)
     sgd_update(t.copy(), t, 0.1)
     make_candidate(t, t, t, 0.1, 0.2, t.copy(), seg)
+    Zcat = rng.random((5, 2 * 3), dtype=np.float32)
+    head_losses(X, y, W1, b1, W2, b2, Zcat, Zcat[:2, :3], 0.1, ws.H, ws.Z, np.zeros((3, 6), np.float32),
+                np.zeros(3))
     component_stats(t)
+    sum_squares(t)
     checksum(t)

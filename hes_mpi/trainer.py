@@ -19,7 +19,7 @@ from .algorithms import make_algorithm
 from .algorithms.bgd import KIND_ES, KIND_GRAD
 from .comm import RECORD_DTYPE, cpu_count
 from .config import RunConfig
-from .data import Shard, global_batches, load_shard, local_rows
+from .data import Batch, Shard, global_batches, load_shard, local_rows
 from .errors import RunError, UsageError
 from .log import get_logger
 from .model import MLP
@@ -176,12 +176,10 @@ class Trainer:
         self.checks += 1
         return bool(buf[2])
 
-    def _batch(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _batch(self, indices: np.ndarray) -> Batch:
+        """This rank's rows of a global batch; a step copies them out of the shard when it needs them."""
         rows = local_rows(indices, self.shard.lo, self.shard.hi)
-        m = rows.shape[0]
-        X = np.take(self.shard.x_train, rows, axis=0, out=self.xbuf[:m])
-        y = np.take(self.shard.y_train, rows, out=self.ybuf[:m])
-        return X, y
+        return Batch(self.shard.x_train, self.shard.y_train, rows, self.xbuf, self.ybuf)
 
     # ------------------------------------------------------------------ telemetry to rank 0
     def _gather_iterations(self, cols: dict, epoch: int, a: int, b: int) -> tuple[dict, np.ndarray, np.ndarray] | None:
@@ -235,13 +233,13 @@ class Trainer:
         saved = algo.comm
         algo.comm = self.comm.raw()
         try:
-            X, y = self._batch(global_batches(self.shard.n_train, cfg.batch, cfg.seed, 0)[0])
+            indices = global_batches(self.shard.n_train, cfg.batch, cfg.seed, 0)[0]
             theta = self.theta.copy()
             probes = [("grad", 0)]
             if cfg.algo == "hes":
                 probes = [("es", 0)] if cfg.assisted else [("grad", 0), ("es", 1)] if cfg.r > 1 else [("grad", 0)]
             for name, i in probes:
-                peak, _ = traced_peak(algo.step, i, theta, X, y)
+                peak, _ = traced_peak(algo.step, i, theta, self._batch(indices))
                 out[f"step_transient_bytes_{name}"] = peak
         finally:
             algo.comm = saved
@@ -277,7 +275,7 @@ class Trainer:
                 return
             rows = self.writer.rows() if self.writer is not None else {}
             state = {"theta": self.theta, "g": self.algo.g, "has_grad": bool(self.algo.has_grad),
-                     "grad_var": float(getattr(self.algo, "grad_var", 0.0)), "epoch": epoch, "batch": batch,
+                     **self.algo.extra_state(), "epoch": epoch, "batch": batch,
                      "iteration": self.iteration, "checks": self.checks, "ranks": self.comm.size,
                      **{f"rows_{k}": v for k, v in rows.items()}}
             try:
@@ -307,8 +305,7 @@ class Trainer:
         self.theta[:] = state["theta"]
         self.algo.g[:] = state["g"]
         self.algo.has_grad = bool(state["has_grad"])
-        if hasattr(self.algo, "grad_var"):
-            self.algo.grad_var = float(state["grad_var"])
+        self.algo.load_extra_state(state)
         self.iteration = int(state["iteration"])
         self.checks = int(state["checks"])
         self.start = (int(state["epoch"]), int(state["batch"]))
@@ -341,17 +338,17 @@ class Trainer:
                         if self._fault[0] == "raise":
                             raise RuntimeError(f"fault injected by HES_MPI_INJECT_FAULT at iteration {i}")
                         self.theta[:] = np.nan
-                    X, y = self._batch(batches[j])
+                    batch = self._batch(batches[j])
                     t0 = comm.wtime()
-                    info = self.algo.step(i, self.theta, X, y)
+                    info = self.algo.step(i, self.theta, batch)
                     cols["step_s"][j] = comm.wtime() - t0
                     if not (math.isfinite(info.grad_norm) or info.kind == KIND_ES) or (
                             info.kind != KIND_GRAD and not math.isfinite(info.es_cost)):
                         raise RunError(f"loss or gradient is not finite at iteration {i} (learning rate too large?)"
                                        + (f"; the last checkpoint is {self.ckpt_path}" if self.ckpt_written else ""))
                     cols["rss_hwm_bytes"][j] = rss_hwm_bytes()
-                    cols["step_bytes"][j] = self.algo.work_bytes(info.kind, X.shape[0])
-                    cols["local_n"][j] = X.shape[0]
+                    cols["step_bytes"][j] = self.algo.work_bytes(info.kind, batch.n)
+                    cols["local_n"][j] = batch.n
                     cols["loss_sum"][j] = info.loss_sum if info.kind != KIND_ES else 0.0
                     cols["iteration"][j] = i
                     cols["kind"][j] = info.kind

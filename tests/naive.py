@@ -64,6 +64,24 @@ def forward_backward(X, y, W1, b1, W2, b2):
     return loss, correct, (gW1, gb1, gW2, gb2)
 
 
+def head_losses(X, y, W1, b1, W2, b2, zs, a):
+    """Summed cross-entropy of each candidate whose output layer is (W2, b2) - a * zs[k] (flattened as in
+    theta), then of the unperturbed network: K + 1 values, float64."""
+    c = W2.shape[1]
+    out = []
+    for z in zs:
+        W2k = W2 - a * z[: W2.size].reshape(W2.shape)
+        b2k = b2 - a * z[W2.size : W2.size + c]
+        out.append(forward_loss(X, y, W1, b1, W2k, b2k)[0])
+    out.append(forward_loss(X, y, W1, b1, W2, b2)[0])
+    return np.array(out)
+
+
+def sum_squares(v):
+    v = np.asarray(v, dtype=np.float64)
+    return float(v @ v)
+
+
 def weight_mask(n, weight_segments):
     mask = np.zeros(n, dtype=bool)
     for a, b in np.asarray(weight_segments):

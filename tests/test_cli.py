@@ -42,11 +42,27 @@ def write_idx(d, n=60, magic_images=0x00000803, n_labels=None, truncate=0, gz=Fa
 
 
 # ------------------------------------------------------------------------------------------ happy paths
+def test_plain_switch_and_explicit_method_options():
+    """--plain sets every H-ES method option to the poster's; options given explicitly still apply."""
+    from hes_mpi.__main__ import _es_methods, build_parser
+    from hes_mpi.config import PLAIN, RunConfig
+
+    p = build_parser()
+    assert _es_methods(p.parse_args(["train"])) == {k: getattr(RunConfig(), k) for k in PLAIN}
+    assert _es_methods(p.parse_args(["train", "--plain"])) == PLAIN
+    mixed = _es_methods(p.parse_args(["train", "--plain", "--carry", "--es-rows", "0.5"]))
+    assert mixed == {**PLAIN, "carry": True, "es_rows": 0.5}
+    assert _es_methods(p.parse_args(["compare", "--plain"])) == PLAIN
+    off = _es_methods(p.parse_args(["train", "--no-baseline", "--no-antithetic"]))
+    assert off["baseline"] is False and off["antithetic"] is False
+
+
 def test_help_documents_every_option():
     proc = run_cli(["train", "--help"], n=None)
     assert proc.returncode == 0
     for opt in ("--algo", "--K", "--r", "--sigma2", "--assisted", "--lr", "--batch", "--epochs", "--l2", "--hidden",
-                "--seed", "--data", "--out", "--force", "--data-dir"):
+                "--seed", "--data", "--out", "--force", "--data-dir", "--plain", "--perturb", "--baseline",
+                "--antithetic", "--recombine", "--carry", "--adapt-sigma", "--dist", "--es-rows"):
         assert opt in proc.stdout
 
 
@@ -130,6 +146,10 @@ def test_summary_errors_are_one_line(tmp_path):
         (["--data", "synthetic:1"], "ranks but only 1 training"),
         (["--algo", "sgd"], "invalid choice"),
         (["--K", "two"], "invalid int"),
+        (["--algo", "hes", "--antithetic", "--K", "3"], "even --K"),
+        (["--algo", "hes", "--es-rows", "0"], "--es-rows"),
+        (["--algo", "hes", "--adapt-sigma", "--no-baseline"], "needs --baseline"),
+        (["--algo", "hes", "--perturb", "middle"], "invalid choice"),
     ],
 )
 def test_bad_options(args, fragment):

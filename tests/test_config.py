@@ -44,6 +44,12 @@ def test_defaults_validate():
         ("dev_size", -1, "--dev-size"),
         ("check_every", -1, "--check-every"),
         ("threads", -2, "--threads"),
+        ("perturb", "hidden", "--perturb"),
+        ("recombine", "mean", "--recombine"),
+        ("dist", "cauchy", "--dist"),
+        ("es_rows", 0.0, "--es-rows"),
+        ("es_rows", 1.5, "--es-rows"),
+        ("es_rows", math.nan, "--es-rows"),
     ],
 )
 def test_bad_values_raise_usage_error(field, value, words):
@@ -147,3 +153,21 @@ def test_dict_and_json_round_trip():
     assert RunConfig.from_dict(json.loads(cfg.to_json())) == cfg
     # unknown keys (e.g. from a newer run log) are ignored
     assert RunConfig.from_dict({**cfg.to_dict(), "not_a_field": 1}) == cfg
+
+
+def test_antithetic_needs_even_k_and_adapt_sigma_needs_baseline():
+    with pytest.raises(UsageError, match="even"):
+        RunConfig(algo="hes", K=3, antithetic=True).validate()
+    RunConfig(algo="hes", K=4, antithetic=True).validate()
+    with pytest.raises(UsageError, match="--baseline"):
+        RunConfig(algo="hes", adapt_sigma=True, baseline=False).validate()
+    RunConfig(algo="hes", adapt_sigma=True, baseline=True).validate()
+
+
+def test_plain_is_the_poster_algorithm():
+    from hes_mpi.config import PLAIN
+
+    cfg = RunConfig(**PLAIN)
+    assert cfg.is_plain
+    assert not dataclasses.replace(cfg, carry=True).is_plain
+    assert PLAIN["perturb"] == "all" and PLAIN["recombine"] == "best" and PLAIN["es_rows"] == 1.0

@@ -205,3 +205,19 @@ def test_mpi_start_watchdog(tmp_path):
                           capture_output=True, text=True, timeout=60, check=False)
     assert proc.returncode == -signal.SIGALRM  # the same process, seen from outside: 128 + 14 = 142 in a shell
     assert "Timeout" in proc.stderr and "most recent call first" in proc.stderr  # where it was stuck
+
+
+def test_resume_restores_es_state_sigma_multiplier_and_carried_direction(tmp_path):
+    """--adapt-sigma's multiplier and --carry's direction are state: a run continued from its
+    checkpoint (here: extended from 2 to 4 epochs) ends bitwise equal to a straight 4-epoch run."""
+    opts = [*SYN, "--r", "3", "--perturb", "output", "--baseline", "--adapt-sigma", "--carry"]
+    straight = tmp_path / "straight.h5"
+    assert run_cli(["train", *opts, "--epochs", "4", "--out", straight]).returncode == 0
+    out = tmp_path / "run.h5"
+    first = run_cli(["train", *opts, "--epochs", "2", "--checkpoint-every", "1000", "--out", out])
+    assert first.returncode == 0, first.stderr
+    with h5py.File(tmp_path / "run.h5.ckpt", "r") as f:
+        assert f.attrs["sigma_mult"] != 1.0  # the multiplier moved, so restoring it matters
+    more = run_cli(["train", *opts, "--epochs", "4", "--checkpoint-every", "1000", "--out", out, "--resume"])
+    assert more.returncode == 0, more.stderr
+    assert final(out)[0] == final(straight)[0]

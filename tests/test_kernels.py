@@ -85,6 +85,44 @@ def test_forward_loss_workspace_larger_than_batch(shape):
     assert a[0] == pytest.approx(b[0], rel=1e-6, abs=0)
 
 
+@pytest.mark.parametrize("shape", SHAPES, ids=SHAPE_IDS)
+@pytest.mark.parametrize("K", [1, 5])
+def test_head_losses(shape, K):
+    """Shared hidden layer, K perturbed output layers (+ the unperturbed one), accumulated over chunks."""
+    rows, _, hidden, classes = shape
+    net, theta, X, y = make_problem(*shape)
+    W1, b1, W2, b2 = net.views(theta)
+    rng = np.random.default_rng(K)
+    zs = rng.standard_normal((K, W2.size + b2.size), dtype=np.float32)
+    ws = kernels.Workspace(hidden, classes, rows)
+    Zcat, zb = kernels.head_perturbations(zs, hidden, classes)
+    losses = np.zeros(K + 1)
+    half = max(1, rows // 2)
+    Zp = np.full((rows, K * classes), np.nan, np.float32)
+    for a, b in ((0, half), (half, rows)):
+        kernels.head_losses(X[a:b], y[a:b], W1, b1, W2, b2, Zcat, zb, 0.3, ws.H, ws.Z, Zp, losses)
+    ref = naive.head_losses(X, y, W1, b1, W2, b2, zs, 0.3)
+    np.testing.assert_allclose(losses, ref, rtol=LOSS_RTOL, atol=0)
+    assert losses[K] == pytest.approx(kernels.forward_loss(X, y, W1, b1, W2, b2, ws.H, ws.Z)[0], rel=1e-6)
+
+
+def test_head_perturbations_layout():
+    rng = np.random.default_rng(3)
+    hidden, classes, K = 4, 3, 2
+    zs = rng.standard_normal((K, hidden * classes + classes), dtype=np.float32)
+    Zcat, zb = kernels.head_perturbations(zs, hidden, classes)
+    for k in range(K):
+        np.testing.assert_array_equal(Zcat[:, k * classes:(k + 1) * classes],
+                                      zs[k, :hidden * classes].reshape(hidden, classes))
+        np.testing.assert_array_equal(zb[k], zs[k, hidden * classes:])
+
+
+@pytest.mark.parametrize("n", [1, 7, 238510])
+def test_sum_squares(n):
+    v = np.random.default_rng(n).standard_normal(n, dtype=np.float32)
+    assert kernels.sum_squares(v) == pytest.approx(naive.sum_squares(v), rel=1e-12)
+
+
 @pytest.mark.parametrize("which", ["forward_loss", "forward_backward", "evaluate"])
 def test_loss_value_matches_reference(which):
     """The summed cross-entropy of every loss-returning kernel against the float64 reference.

@@ -11,13 +11,14 @@ from __future__ import annotations
 import os
 import tempfile
 
+import naive
 import numpy as np
 import pytest
 
 from hes_mpi import kernels, noise
 from hes_mpi.algorithms import BGD, HybridES
 from hes_mpi.config import RunConfig
-from hes_mpi.data import global_batches, load_shard, local_rows
+from hes_mpi.data import Batch, global_batches, load_shard, local_rows
 from hes_mpi.errors import UsageError
 from hes_mpi.model import MLP
 
@@ -39,7 +40,10 @@ def setup_algo(comm, cls, **kw):
     theta = model.init_params(cfg.seed)
     idx = global_batches(shard.n_train, cfg.batch, cfg.seed, 0)[0]
     rows = local_rows(idx, shard.lo, shard.hi)
-    return cfg, model, algo, theta, shard.x_train[rows], shard.y_train[rows]
+    m = rows.shape[0]
+    batch = Batch(shard.x_train, shard.y_train, rows, np.empty((m, shard.n_features), np.float32),
+                  np.empty(m, np.int32))
+    return cfg, model, algo, theta, batch
 
 
 def all_equal(comm, theta) -> bool:
@@ -54,9 +58,9 @@ def algorithm_records(comm, phase):
 
 
 def test_bgd_step_sends_exactly_the_flat_gradient(comm):
-    _cfg, model, algo, theta, X, y = setup_algo(comm, BGD)
+    _cfg, model, algo, theta, batch = setup_algo(comm, BGD)
     comm.drain()
-    algo.step(0, theta, X, y)
+    algo.step(0, theta, batch)
     rec = algorithm_records(comm, "grad")
     assert rec.shape[0] == 1  # one Allreduce per gradient step
     assert rec["bytes_sent"][0] == 4 * model.param_count
@@ -67,12 +71,12 @@ def test_bgd_step_sends_exactly_the_flat_gradient(comm):
 
 @pytest.mark.parametrize("source", ["philox", "table"])
 def test_es_step_exchanges_at_most_32_bytes_and_rebuilds_the_winner(comm, source):
-    cfg, model, algo, theta, X, y = setup_algo(comm, HybridES, algo="hes", r=2, noise=source)
-    algo.step(0, theta, X, y)  # gradient step: g is now the last full gradient
+    cfg, model, algo, theta, batch = setup_algo(comm, HybridES, algo="hes", r=2, noise=source)
+    algo.step(0, theta, batch)  # gradient step: g is now the last full gradient
     g = algo.g.copy()
     before = theta.copy()
     comm.drain()
-    info = algo.step(1, theta, X, y)  # ES step
+    info = algo.step(1, theta, batch)  # ES step
     rec = algorithm_records(comm, "es")
     assert rec.shape[0] == 1
     assert rec["bytes_sent"].sum() <= 32
@@ -84,18 +88,119 @@ def test_es_step_exchanges_at_most_32_bytes_and_rebuilds_the_winner(comm, source
     assert np.array_equal(theta.view(np.uint32), expected.view(np.uint32))
     assert all_equal(comm, theta)
     # and the winner really is the cheapest candidate across ranks
-    costs = algo.candidate_costs(1, before, X, y, info.sigma)
+    costs, _ = algo.candidate_costs(1, before, batch, info.sigma)
     glob = np.empty(comm.size * cfg.K)
     comm.Allgather(costs, glob)
     assert info.es_rank * cfg.K + info.es_k == int(np.argmin(glob))
     assert info.es_cost == glob.min()
 
 
+METHODS = [
+    {"perturb": "output"},
+    {"perturb": "output", "baseline": True},
+    {"perturb": "output", "antithetic": True, "noise": "philox"},
+    {"perturb": "output", "dist": "rademacher"},
+    {"perturb": "all", "baseline": True, "antithetic": True},
+    {"perturb": "output", "baseline": True, "recombine": "weighted"},
+    {"perturb": "all", "recombine": "weighted", "noise": "philox"},
+]
+
+
+def expected_update(algo, cfg, model, before, g, sigma, z):
+    """theta after an ES step whose applied perturbation is z, built with plain NumPy float32."""
+    f32 = np.float32
+    if cfg.perturb == "output":
+        out = before - f32(cfg.lr) * g
+        o = model.offsets
+        out[o[2]:o[4]] = out[o[2]:o[4]] - f32(cfg.lr * sigma) * z
+        return out
+    return before - f32(cfg.lr) * (g + f32(sigma) * z)
+
+
+@pytest.mark.parametrize("methods", METHODS, ids=lambda m: ",".join(f"{k}={v}" for k, v in m.items()))
+def test_es_methods_exchange_little_and_rebuild_the_same_update_everywhere(comm, methods):
+    cfg, model, algo, theta, batch = setup_algo(comm, HybridES, algo="hes", r=2, **methods)
+    algo.step(0, theta, batch)
+    g = algo.g.copy()
+    before = theta.copy()
+    comm.drain()
+    info = algo.step(1, theta, batch)
+    rec = algorithm_records(comm, "es")
+    assert rec.shape[0] == 1
+    limit = 8 * cfg.K if cfg.recombine == "weighted" else 12
+    assert 0 < rec["bytes_sent"].sum() <= limit or comm.size == 1
+    assert all_equal(comm, theta)
+    # Every rank's costs, gathered: the winner(s) are the cheapest candidates across ranks.
+    costs, base = algo.candidate_costs(1, before, batch, info.sigma)
+    values = costs - base if cfg.baseline else costs
+    glob = np.empty(comm.size * cfg.K)
+    comm.Allgather(np.ascontiguousarray(values), glob)
+    order = np.argsort(glob, kind="stable")
+    assert info.es_rank * cfg.K + info.es_k == order[0]
+    assert info.es_cost == glob.min()
+    # The update is the one rebuilt from the winners' keys, bitwise.
+    if cfg.recombine == "best":
+        z = algo.perturbation(1, info.es_rank, info.es_k, np.empty(algo.zsum.shape, np.float32)).copy()
+    else:
+        mu = glob.size // 2 or 1
+        w = np.log(mu + 0.5) - np.log(np.arange(1, mu + 1))
+        w /= w.sum()
+        z = np.zeros(algo.zsum.shape, np.float32)
+        for j in range(mu):
+            z += np.float32(w[j]) * algo.perturbation(1, *divmod(int(order[j]), cfg.K),
+                                                      np.empty(z.shape, np.float32))
+    expected = expected_update(algo, cfg, model, before, g, info.sigma, z)
+    assert np.array_equal(theta.view(np.uint32), expected.view(np.uint32))
+
+
+def test_head_only_perturbation_costs_match_whole_vector_candidates(comm):
+    """--perturb output's shared-hidden-layer costs equal those of the explicit candidate vectors."""
+    cfg, model, algo, theta, batch = setup_algo(comm, HybridES, algo="hes", r=2, perturb="output", baseline=True)
+    algo.step(0, theta, batch)
+    sigma = algo.sigma()
+    costs, base = algo.candidate_costs(1, theta, batch, sigma)
+    X, y = batch.full()
+    o = model.offsets
+    want = []
+    for k in range(cfg.K + 1):
+        cand = theta - np.float32(cfg.lr) * algo.g
+        if k < cfg.K:
+            z = algo.perturbation(1, comm.rank, k, np.empty(o[4] - o[2], np.float32))
+            cand[o[2]:o[4]] = cand[o[2]:o[4]] - np.float32(cfg.lr * sigma) * z
+        loss, _ = naive.forward_loss(X, y, *model.views(cand))
+        want.append(loss / X.shape[0] + model.l2_term(cand, cfg.l2))
+    np.testing.assert_allclose(np.append(costs, base), want, rtol=2e-5)
+
+
+def test_carry_moves_the_stored_direction_by_the_chosen_perturbation(comm):
+    _cfg, _model, algo, theta, batch = setup_algo(comm, HybridES, algo="hes", r=3, perturb="output", carry=True)
+    algo.step(0, theta, batch)
+    g = algo.g.copy()
+    info = algo.step(1, theta, batch)
+    z = algo.perturbation(1, info.es_rank, info.es_k, np.empty(algo.zsum.shape, np.float32))
+    expected = g.copy()
+    expected[algo.seg] = g[algo.seg] + np.float32(info.sigma) * z
+    assert np.array_equal(algo.g, expected)
+    assert all_equal(comm, algo.g)
+
+
+def test_adapt_sigma_grows_on_success_and_shrinks_on_failure(comm):
+    _cfg, _model, algo, theta, batch = setup_algo(comm, HybridES, algo="hes", r=5, perturb="output", baseline=True,
+                                                 adapt_sigma=True)
+    algo.step(0, theta, batch)
+    for i in range(1, 5):
+        before = algo.sigma_mult
+        info = algo.step(i, theta, batch)
+        factor = algo.sigma_mult / before
+        assert np.isclose(factor, np.exp(0.05) if info.es_cost < 0 else np.exp(-0.2))
+        assert comm.same_everywhere(int(np.float64(algo.sigma_mult).view(np.int64)))
+
+
 def test_assisted_does_both_every_iteration(comm):
-    _cfg, _model, algo, theta, X, y = setup_algo(comm, HybridES, algo="hes", assisted=True)
+    _cfg, _model, algo, theta, batch = setup_algo(comm, HybridES, algo="hes", assisted=True)
     comm.drain()
     for i in range(3):
-        info = algo.step(i, theta, X, y)
+        info = algo.step(i, theta, batch)
         assert info.kind == 2
     rec = comm.drain()
     from hes_mpi.comm import PHASES

@@ -1,4 +1,4 @@
-"""Training algorithms: one step each, same interface (``step(i, theta, X, y) -> StepInfo``)."""
+"""Training algorithms: one step each, same interface (``step(i, theta, batch) -> StepInfo``)."""
 
 from .bgd import BGD, StepInfo
 from .hes import HybridES

@@ -75,8 +75,17 @@ class BGD:
         m = self.model
         return self._batch_bytes(rows) + self.g.nbytes + rows * (2 * m.hidden + m.n_out) * 4
 
-    def step(self, i: int, theta: np.ndarray, X: np.ndarray, y: np.ndarray) -> StepInfo:
+    def extra_state(self) -> dict:
+        """Scalars a checkpoint keeps besides theta and g (none for BGD)."""
+        return {}
+
+    def load_extra_state(self, state: dict) -> None:
+        pass
+
+    def step(self, i: int, theta: np.ndarray, batch) -> StepInfo:
+        """One iteration on this rank's rows of the global batch (a :class:`hes_mpi.data.Batch`)."""
         info = StepInfo(kind=KIND_GRAD)
+        X, y = batch.full()
         self.gradient(i, theta, X, y, info)
         kernels.sgd_update(theta, self.g, self.cfg.lr)
         return info

@@ -1,14 +1,41 @@
 """Hybrid-ES: full gradient steps every r-th iteration, seeded-perturbation selection in between.
 
-ES step at iteration i (rank n of p): for k in 0..K-1 draw z ~ N(0, I) from the key
-(seed, i, n, k), form the candidate theta - lr * (g + sigma * z) around the last full gradient g,
-and cost it with a forward pass on this rank's rows. One MINLOC Allreduce over
-(cost, n*K + k) picks the global winner (lowest index on ties); every rank regenerates the winner's
-z from its key and applies the same update. Only 12 bytes per rank cross the network.
+ES step at iteration i (rank n of p), the poster's plain algorithm (``train --plain``): for k in
+0..K-1 draw z ~ N(0, I) from the key (seed, i, n, k), form the candidate theta - lr * (g + sigma * z)
+around the last full gradient g, and cost it with a forward pass on this rank's rows. One MINLOC
+Allreduce over (cost, n*K + k) picks the global winner (lowest index on ties); every rank regenerates
+the winner's z from its key and applies the same update. Only 12 bytes per rank cross the network.
+
+Methods on top of it, each a ``train`` option (the README's ablation table measures each one):
+
+``--perturb output``
+    Perturb the output layer (W2, b2) only. The base step theta - lr * g is applied in place first, so
+    the hidden layer is the same for every candidate: it is computed once per chunk of rows and shared,
+    and each candidate costs one small (rows x hidden) @ (hidden x classes) product. The rows are read
+    from the shard in chunks of :data:`CHUNK_ROWS`, so an ES step never holds the whole batch.
+``--baseline``
+    Costs are measured against the unperturbed candidate (theta - lr * g) on the same rows, so that
+    ranks with an easier or harder shard of the batch compare fairly in the MINLOC.
+``--antithetic``
+    Candidates come in pairs +z, -z (K/2 draws).
+``--recombine weighted``
+    Every rank gathers all p*K costs (8 bytes each) and applies the weighted mean of the best half of
+    the perturbations (log-rank weights, as in CMA-ES), instead of the single best.
+``--carry``
+    After an ES step the chosen perturbation stays in the direction: g <- g + sigma * z, so the next ES
+    step before a gradient refresh starts from it.
+``--adapt-sigma``
+    sigma is multiplied by exp(0.05) after an ES step whose winner beat the unperturbed candidate and
+    by exp(-0.2) otherwise (a success rule aiming at 80% successes); needs ``--baseline``.
+``--es-rows F``
+    Candidates are costed on the first ceil(F * n) of this rank's n rows of the batch (a random sample
+    of it: batch membership is random), which cuts the ES step's forward work by 1 - F.
+``--dist rademacher``
+    Perturbation components are +-1 (the signs of the normal draws) instead of normal.
 
 sigma^2 scale: with ``--sigma-scale relative`` (default) the noise variance is
-``sigma2 * var(g)``, where var(g) is the empirical per-component variance of the last full
-gradient (the poster's "optimal sigma^2"); ``absolute`` uses ``sigma2`` as is.
+``sigma2 * var(g_S)``, where var(g_S) is the empirical per-component variance of the perturbed
+components S of the last full gradient (the poster's "optimal sigma^2"); ``absolute`` uses ``sigma2``.
 
 ``--assisted``: a gradient refresh on every iteration, followed by an ES selection around it.
 
@@ -25,38 +52,97 @@ import numpy as np
 from .. import kernels, noise
 from .bgd import BGD, KIND_ASSISTED, KIND_ES, KIND_GRAD, StepInfo
 
+#: Rows per chunk when ``--perturb output`` evaluates candidates (bounds the ES step's working set).
+CHUNK_ROWS = 128
+_ADAPT_UP, _ADAPT_DOWN = math.exp(0.05), math.exp(-0.2)
+_SIGMA_MULT_RANGE = (1e-3, 1e3)
+
 
 class HybridES(BGD):
     def __init__(self, cfg, model, comm, max_rows: int, global_batch: int):
         super().__init__(cfg, model, comm, max_rows, global_batch)
-        self.noise = noise.Perturbations(cfg.noise, cfg.seed, model.param_count)
-        self.cand = np.empty(model.param_count, dtype=np.float32)
-        self.cand_views = model.views(self.cand)
+        o = model.offsets
+        self.head_only = cfg.perturb == "output"
+        self.seg = slice(o[2], o[4]) if self.head_only else slice(0, o[4])
+        n = self.seg.stop - self.seg.start
+        self.noise = noise.Perturbations(cfg.noise, cfg.seed, n)
+        self.draws = cfg.K // 2 if cfg.antithetic else cfg.K
+        if self.head_only:
+            chunk = min(CHUNK_ROWS, max_rows)
+            self.zs = np.empty((cfg.K, n), dtype=np.float32)
+            self.H = np.empty((chunk, model.hidden), dtype=np.float32)
+            self.Z = np.empty((chunk, model.n_out), dtype=np.float32)
+            self.Zp = np.empty((chunk, cfg.K * model.n_out), dtype=np.float32)
+            self.Zcat = np.empty((model.hidden, cfg.K * model.n_out), dtype=np.float32)
+            self.cand = None
+        else:
+            self.zs = np.empty((1, n), dtype=np.float32)
+            self.cand = np.empty(model.param_count, dtype=np.float32)
+            self.cand_views = model.views(self.cand)
+        self.zsum = np.empty(n, dtype=np.float32)
         self.grad_var = 0.0
+        self.sigma_mult = 1.0
+        self._allcosts = np.empty(comm.size * cfg.K, dtype=np.float64)
+
+    # ------------------------------------------------------------------ state and accounting
+    def extra_state(self) -> dict:
+        return {"grad_var": float(self.grad_var), "sigma_mult": float(self.sigma_mult)}
+
+    def load_extra_state(self, state: dict) -> None:
+        self.grad_var = float(state.get("grad_var", 0.0))
+        self.sigma_mult = float(state.get("sigma_mult", 1.0))
 
     def work_bytes(self, kind: int, rows: int) -> int:
-        """ES step: the batch, the last gradient (read), one noise vector and one candidate vector,
-        and the forward pass only (rows x hidden + rows x classes): no backward pass is kept.
-        Assisted steps touch both sets."""
+        """Bytes of the buffers an ES step writes: with ``--perturb output`` one chunk of rows, its hidden
+        layer and logits, the K perturbations of the output layer and one candidate output layer; else
+        the whole batch, its forward pass, one noise vector and one candidate parameter vector. The
+        parameters and the stored last gradient (state kept between steps) are not counted; no
+        backward pass is kept. Assisted steps add the gradient step's buffers."""
         m = self.model
-        z = self.noise.buffer_bytes
-        es = self._batch_bytes(rows) + self.g.nbytes + z + self.cand.nbytes
-        es += rows * (m.hidden + m.n_out) * 4
+        es_rows = math.ceil(self.cfg.es_rows * rows)
+        zbytes = self.zs.nbytes if self.head_only or self.noise.source == "philox" or self.cfg.dist != "normal" \
+            or self.cfg.antithetic else 0
+        if self.head_only:
+            r = min(es_rows, self.H.shape[0])
+            es = self._batch_bytes(r) + self.H[:r].nbytes + self.Z[:r].nbytes + self.Zp[:r].nbytes + zbytes
+            es += self.Zcat.nbytes
+        else:
+            es = self._batch_bytes(es_rows) + zbytes + self.cand.nbytes + es_rows * (m.hidden + m.n_out) * 4
+        if self.cfg.recombine == "weighted":
+            es += self.zsum.nbytes + self._allcosts.nbytes
         if kind == KIND_ES:
             return es
         grad = super().work_bytes(KIND_GRAD, rows)
-        return grad if kind == KIND_GRAD else grad + z + self.cand.nbytes
+        return grad if kind == KIND_GRAD else grad + es
 
     def sigma(self) -> float:
         s2 = self.cfg.sigma2 * (self.grad_var if self.cfg.sigma_scale == "relative" else 1.0)
-        return math.sqrt(s2)
+        return math.sqrt(s2) * self.sigma_mult
 
-    def step(self, i: int, theta: np.ndarray, X: np.ndarray, y: np.ndarray) -> StepInfo:
+    # ------------------------------------------------------------------ perturbations
+    def perturbation(self, i: int, rank: int, k: int, out: np.ndarray) -> np.ndarray:
+        """z of candidate k of ``rank`` at iteration i, written into ``out`` (float32, exact)."""
+        cfg = self.cfg
+        kk, neg = (k // 2, k % 2 == 1) if cfg.antithetic else (k, False)
+        z = self.noise.get(i, rank, kk)
+        if cfg.dist == "rademacher":
+            np.copysign(np.float32(1.0), z, out=out)
+            if neg:
+                np.negative(out, out=out)
+        elif neg:
+            np.negative(z, out=out)
+        else:
+            out[:] = z
+        return out
+
+    # ------------------------------------------------------------------ the step
+    def step(self, i: int, theta: np.ndarray, batch) -> StepInfo:
         cfg = self.cfg
         info = StepInfo()
         if cfg.is_grad_step(i) or not self.has_grad:
+            X, y = batch.full()
             self.gradient(i, theta, X, y, info)
-            self.grad_var = info.grad_var
+            self.grad_var = info.grad_var if not self.head_only else kernels.component_stats(self.g[self.seg])[1]
             if not cfg.is_es_step(i):
                 info.kind = KIND_GRAD
                 kernels.sgd_update(theta, self.g, cfg.lr)
@@ -64,41 +150,129 @@ class HybridES(BGD):
             info.kind = KIND_ASSISTED
         else:
             info.kind = KIND_ES
-        self.es_select(i, theta, X, y, info)
+        self.es_select(i, theta, batch, info)
         return info
 
-    def candidate_costs(self, i: int, theta: np.ndarray, X: np.ndarray, y: np.ndarray, sigma: float) -> np.ndarray:
-        """Cost (mean cross-entropy on this rank's rows + L2) of each of this rank's K candidates."""
+    def _l2(self, sq: float) -> float:
+        return 0.5 * self.cfg.l2 * sq
+
+    def _head_costs(self, i: int, base: np.ndarray, batch, sigma: float) -> tuple[np.ndarray, float]:
+        """Costs of the K output-layer candidates around ``base`` (= theta - lr * g), and of ``base``."""
         cfg = self.cfg
+        rank = self.comm.rank
+        for k in range(cfg.K):
+            self.perturbation(i, rank, k, self.zs[k])
+        a = cfg.lr * sigma
+        m = self.model
+        W1, b1, W2, b2 = m.views(base)
+        Zcat, zb = kernels.head_perturbations(self.zs, m.hidden, m.n_out, self.Zcat)
+        losses = np.zeros(cfg.K + 1)
+        for X, y in batch.chunks(self.H.shape[0]):
+            kernels.head_losses(X, y, W1, b1, W2, b2, Zcat, zb, a, self.H, self.Z, self.Zp, losses)
+        # L2 of each candidate: ||W1||^2 is shared; ||W2 - a z_W2||^2 = ||W2||^2 - 2a <W2, z> + a^2 ||z||^2.
+        zw = self.zs[:, : W2.size]
+        w2 = W2.reshape(-1)
+        sq1 = kernels.sum_squares(W1.reshape(-1))
+        sq2 = kernels.sum_squares(w2)
+        sq = sq1 + sq2 - 2.0 * a * (zw @ w2).astype(np.float64) + a * a * np.einsum("kj,kj->k", zw, zw, dtype=np.float64)
+        n = max(batch.n, 1)
+        costs = losses[: cfg.K] / n + self._l2(sq)
+        base_cost = losses[cfg.K] / n + self._l2(sq1 + sq2)
+        return costs, base_cost
+
+    def _full_costs(self, i: int, theta: np.ndarray, batch, sigma: float, with_base: bool) -> tuple[np.ndarray, float]:
+        """Costs of the K whole-vector candidates theta - lr * (g + sigma * z_k), and of theta - lr * g."""
+        cfg = self.cfg
+        X, y = batch.full()
         n = X.shape[0]
         costs = np.full(cfg.K, np.inf)
         if n == 0:
-            return costs
+            return costs, math.inf
         rank = self.comm.rank
+        z = self.zs[0]
         for k in range(cfg.K):
-            z = self.noise.get(i, rank, k)
+            self.perturbation(i, rank, k, z)
             sq = kernels.make_candidate(theta, self.g, z, cfg.lr, sigma, self.cand, self.segments)
             loss, _ = kernels.forward_loss(X, y, *self.cand_views, self.ws.H, self.ws.Z)
-            costs[k] = loss / n + 0.5 * cfg.l2 * sq
-        return costs
+            costs[k] = loss / n + self._l2(sq)
+        base_cost = math.nan
+        if with_base:
+            sq = kernels.make_candidate(theta, self.g, z, cfg.lr, 0.0, self.cand, self.segments)
+            loss, _ = kernels.forward_loss(X, y, *self.cand_views, self.ws.H, self.ws.Z)
+            base_cost = loss / n + self._l2(sq)
+        return costs, base_cost
 
-    def es_select(self, i: int, theta: np.ndarray, X: np.ndarray, y: np.ndarray, info: StepInfo) -> None:
+    def candidate_costs(self, i: int, theta: np.ndarray, batch, sigma: float) -> tuple[np.ndarray, float]:
+        """(costs of this rank's K candidates around ``theta``, cost of the unperturbed one), as the ES step
+        at iteration i would compute them; ``theta`` is not changed. (The unperturbed cost is NaN with
+        whole-vector perturbations and no ``--baseline``: it is not computed then.)"""
+        batch = batch.head(self.cfg.es_rows)
+        if self.head_only:
+            base = theta.copy()
+            kernels.sgd_update(base, self.g, self.cfg.lr)
+            if batch.n == 0:
+                return np.full(self.cfg.K, np.inf), math.inf
+            return self._head_costs(i, base, batch, sigma)
+        return self._full_costs(i, theta, batch, sigma, self.cfg.baseline or self.cfg.adapt_sigma)
+
+    def _select(self, values: np.ndarray) -> tuple[float, list[tuple[int, float]]]:
+        """The agreed winner(s): (value of the best, [(global index, weight), ...])."""
+        cfg, comm = self.cfg, self.comm
+        if cfg.recombine == "best":
+            k = int(np.argmin(values))
+            value, index = comm.minloc(float(values[k]), comm.rank * cfg.K + k)
+            return value, [(index, 1.0)]
+        allc = comm.Allgather(np.ascontiguousarray(values, dtype=np.float64), self._allcosts)
+        order = np.argsort(allc, kind="stable")
+        mu = max(1, allc.size // 2)
+        w = np.log(mu + 0.5) - np.log(np.arange(1, mu + 1))
+        w /= w.sum()
+        return float(allc[order[0]]), [(int(order[j]), float(w[j])) for j in range(mu)]
+
+    def es_select(self, i: int, theta: np.ndarray, batch, info: StepInfo) -> None:
         cfg = self.cfg
         self.comm.set_phase("es", i)
         sigma = self.sigma()
-        costs = self.candidate_costs(i, theta, X, y, sigma)
-        k_best = int(np.argmin(costs))
-        value, index = self.comm.minloc(float(costs[k_best]), self.comm.rank * cfg.K + k_best)
-        win_rank, win_k = divmod(index, cfg.K)
-        z = self.noise.get(i, win_rank, win_k)
-        kernels.make_candidate(theta, self.g, z, cfg.lr, sigma, self.cand, self.segments)
-        theta[:] = self.cand
+        rows = batch.head(cfg.es_rows)
+        if self.head_only:
+            kernels.sgd_update(theta, self.g, cfg.lr)  # the base step: shared by every candidate
+            if rows.n:
+                costs, base_cost = self._head_costs(i, theta, rows, sigma)
+            else:
+                costs, base_cost = np.full(cfg.K, np.inf), math.inf
+        else:
+            costs, base_cost = self._full_costs(i, theta, rows, sigma, cfg.baseline or cfg.adapt_sigma)
+        values = costs - base_cost if cfg.baseline else costs
+        values = np.where(np.isnan(values), np.inf, values)  # a rank with no rows (inf - inf) never wins
+        value, winners = self._select(values)
+        # The applied perturbation: the winner's z, or the weighted mean of the winners' (same order everywhere).
+        if len(winners) == 1:
+            index, _ = winners[0]
+            z = self.perturbation(i, *divmod(index, cfg.K), self.zsum)
+        else:
+            z = self.zsum
+            z[:] = 0.0
+            tmp = self.zs[0]
+            for index, w in winners:
+                self.perturbation(i, *divmod(index, cfg.K), tmp)
+                z += np.float32(w) * tmp
+        if self.head_only:
+            kernels.sgd_update(theta[self.seg], z, cfg.lr * sigma)
+        else:
+            kernels.make_candidate(theta, self.g, z, cfg.lr, sigma, theta, self.segments)
+        if cfg.carry:
+            kernels.sgd_update(self.g[self.seg], z, -sigma)  # g <- g + sigma * z
+        if cfg.adapt_sigma:
+            up = value < 0.0
+            lo, hi = _SIGMA_MULT_RANGE
+            self.sigma_mult = min(hi, max(lo, self.sigma_mult * (_ADAPT_UP if up else _ADAPT_DOWN)))
+        win_rank, win_k = divmod(winners[0][0], cfg.K)
         info.sigma = sigma
         info.es_cost = value
         info.es_rank = win_rank
         info.es_k = win_k
         if info.n_local == 0:
-            info.n_local = X.shape[0]
+            info.n_local = batch.n
 
 
 __all__ = ["KIND_ASSISTED", "KIND_ES", "KIND_GRAD", "HybridES"]

@@ -1,0 +1,374 @@
+"""The speed goals of hes_mpi, measured (``hes-mpi bench steps|forward|torch|all``).
+
+Every figure is a ratio of two medians measured in the same process, in interleaved repetitions after
+a warm-up, because the machines these run on are shared and noisy:
+
+``forward``: ``forward_vs_blas``
+    One rank's K-candidate evaluation of an ES step (the forward passes of the default ``train --algo
+    hes``, or of ``--plain``), against the bare matrix products of the same shapes timed alone (the BLAS
+    bound); 1.0 means the element-wise work (sigmoid, softmax, perturbations) costs nothing.
+``steps``: ``es_over_grad_step``, ``noise_share``, ``mem_es_over_grad`` and the step table
+    Gradient and ES steps of H-ES (r = 2) alternating on the same batches, through the instrumented
+    communicator: median step times, their ratio, the share of the ES step spent producing
+    perturbations, bytes sent per rank per step, and the step memory of each kind: the bytes of the
+    buffers the step writes plus the transient peak tracemalloc sees while it runs.
+``torch``: ``bgd_epoch_vs_torch``
+    BGD epochs of hes_mpi against PyTorch DistributedDataParallel (gloo, CPU) training the same MLP
+    (sigmoid hidden layer, softmax cross-entropy, L2 on the weights, plain SGD) on the same rows of the
+    same global batches, with the same ranks and threads; epochs alternate between the two.
+``all``
+    Everything above plus ``instrumentation_overhead`` (:func:`hes_mpi.bench.overhead`), as one JSON
+    object.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+
+import numpy as np
+
+from . import kernels
+from .log import get_logger
+
+log = get_logger("speed")
+
+#: The goals of the performance issue (benchmarks/README.md): key -> (comparison, bound).
+GOALS = {
+    "forward_vs_blas": (">=", 0.8),
+    "bgd_epoch_vs_torch": ("<=", 1.0),
+    "es_over_grad_step": ("<=", 0.6),
+    "noise_share": ("<=", 0.10),
+    "mem_es_over_grad": ("<=", 0.33),
+    "instrumentation_overhead": ("<=", 0.03),
+}
+
+
+def goals_met(result: dict) -> dict:
+    """{key: True/False} for every goal key present (and finite) in ``result``."""
+    out = {}
+    for key, (cmp, bound) in GOALS.items():
+        v = result.get(key)
+        if isinstance(v, (int, float)) and np.isfinite(v):
+            out[key] = bool(v >= bound) if cmp == ">=" else bool(v <= bound)
+    return out
+
+
+def _median(ts) -> float:
+    return float(np.median(np.asarray(ts))) if len(ts) else float("nan")
+
+
+class _Setup:
+    """This rank's shard, the network, and its rows of the first global batches."""
+
+    def __init__(self, comm, cfg):
+        from .config import RunConfig  # noqa: F401  (cfg is a RunConfig)
+        from .data import Batch, global_batches, load_shard, local_rows
+        from .model import MLP
+        from .trainer import set_threads
+
+        self.threads = set_threads(comm, cfg.threads)
+        self.shard = comm.agree(load_shard, cfg.data, comm.rank, comm.size, cfg.data_dir, cfg.dev_size)
+        comm.agree(cfg.validate_for, comm.size, self.shard.n_train)
+        self.model = MLP(self.shard.n_features, cfg.hidden, self.shard.n_classes)
+        if comm.rank == 0:
+            kernels.warm_up()
+        comm.Barrier()
+        kernels.warm_up()
+        self.max_rows = min(self.shard.hi - self.shard.lo, cfg.batch)
+        self.xbuf = np.empty((self.max_rows, self.model.n_in), dtype=np.float32)
+        self.ybuf = np.empty(self.max_rows, dtype=np.int32)
+        self.iters_per_epoch = self.shard.n_train // cfg.batch
+        self._Batch, self._global_batches, self._local_rows = Batch, global_batches, local_rows
+        self.cfg = cfg
+
+    def batches(self, epoch: int):
+        """This rank's Batch of every global batch of ``epoch``."""
+        for idx in self._global_batches(self.shard.n_train, self.cfg.batch, self.cfg.seed, epoch):
+            rows = self._local_rows(idx, self.shard.lo, self.shard.hi)
+            yield self._Batch(self.shard.x_train, self.shard.y_train, rows, self.xbuf, self.ybuf)
+
+
+# ------------------------------------------------------------------------------------------ steps
+def steps(comm, cfg, reps: int = 40, warmup: int = 4) -> dict:
+    """Gradient and ES steps of H-ES (``cfg``, r forced to 2) alternating on the first batches."""
+    from .algorithms import HybridES
+    from .comm import OPS, PHASES
+    from .telemetry import traced_peak
+
+    cfg = dataclasses.replace(cfg, algo="hes", r=2, assisted=False)
+    s = _Setup(comm, cfg)
+    algo = HybridES(cfg, s.model, comm, s.max_rows, cfg.batch)
+    theta = s.model.init_params(cfg.seed)
+    batches = list(s.batches(0))
+    noise_t = []
+    real = algo.perturbation
+
+    def timed_perturbation(*a):
+        t = time.perf_counter()
+        out = real(*a)
+        noise_t[-1] += time.perf_counter() - t
+        return out
+
+    algo.perturbation = timed_perturbation
+    t_grad, t_es, share = [], [], []
+    comm.drain()
+    for i in range(2 * (reps + warmup)):
+        batch = batches[(i // 2) % len(batches)]
+        noise_t.append(0.0)
+        comm.Barrier()
+        t0 = comm.wtime()
+        algo.step(i, theta, batch)
+        dt = comm.wtime() - t0
+        if i >= 2 * warmup:
+            (t_grad if i % 2 == 0 else t_es).append(dt)
+            if i % 2:
+                share.append(noise_t[-1] / dt)
+    rec = comm.drain()
+    algo.perturbation = real
+    sent = {}
+    for phase in ("grad", "es"):
+        sel = (rec["phase"] == PHASES.index(phase)) & (rec["op"] != OPS.index("barrier"))
+        n_steps = len(t_grad if phase == "grad" else t_es) + warmup
+        sent[phase] = float(rec["bytes_sent"][sel].sum()) / max(n_steps, 1)
+    # Step memory: the buffers each kind writes, plus what it allocates while it runs (tracemalloc).
+    raw = comm.raw()
+    algo.comm = raw
+    peak_grad, _ = traced_peak(algo.step, 0, theta.copy(), batches[0])
+    peak_es, _ = traced_peak(algo.step, 1, theta.copy(), batches[0])
+    algo.comm = comm
+    rows = batches[0].n
+    mem_grad = algo.work_bytes(0, rows) + peak_grad
+    mem_es = algo.work_bytes(1, rows) + peak_es
+    # Every rank's step ends in the same collective: report the slowest rank's medians.
+    med = np.array([_median(t_grad), _median(t_es), _median(share), float(np.median(np.array(t_es) /
+                                                                                       np.array(t_grad)))])
+    comm.set_phase("telemetry", -1)
+    comm.Allreduce(med, op="max")
+    return {
+        "bench": "steps",
+        "ranks": comm.size,
+        "threads_per_rank": s.threads,
+        "data": cfg.data,
+        "layers": f"{s.model.n_in}-{s.model.hidden}-{s.model.n_out}",
+        "batch": cfg.batch,
+        "K": cfg.K,
+        "es_method": _method(cfg),
+        "reps": reps,
+        "median_grad_step_s": float(med[0]),
+        "median_es_step_s": float(med[1]),
+        "es_over_grad_step": float(med[1] / med[0]),
+        "es_over_grad_step_paired": float(med[3]),
+        "noise_share": float(med[2]),
+        "grad_step_bytes_sent_per_rank": sent["grad"],
+        "es_step_bytes_sent_per_rank": sent["es"],
+        "grad_step_memory_bytes": int(mem_grad),
+        "es_step_memory_bytes": int(mem_es),
+        "mem_es_over_grad": float(mem_es / mem_grad),
+    }
+
+
+def _method(cfg) -> str:
+    from .config import PLAIN
+
+    if cfg.is_plain:
+        return "plain"
+    return " ".join(f"{k}={getattr(cfg, k)}" for k in PLAIN if getattr(cfg, k) != PLAIN[k])
+
+
+# ------------------------------------------------------------------------------------------ forward
+def forward(comm, cfg, reps: int = 30, warmup: int = 3) -> dict:
+    """One rank's K-candidate evaluation against the bare matrix products of the same shapes."""
+    from .algorithms import HybridES
+    from .algorithms.hes import CHUNK_ROWS
+
+    cfg = dataclasses.replace(cfg, algo="hes", r=2, assisted=False)
+    s = _Setup(comm, cfg)
+    algo = HybridES(cfg, s.model, comm.raw(), s.max_rows, cfg.batch)
+    m = s.model
+    theta = s.model.init_params(cfg.seed)
+    batch = next(iter(s.batches(0)))
+    algo.step(0, theta, batch)  # a gradient: candidates are built around it
+    sigma = algo.sigma()
+    ev = batch.head(cfg.es_rows)
+    X, _ = ev.full()
+    n, K = X.shape[0], cfg.K
+    W1, _, W2, _ = m.views(theta)
+    rng = np.random.default_rng(0)
+    if algo.head_only:
+        chunk = min(CHUNK_ROWS, n)
+        H = np.empty((chunk, m.hidden), np.float32)
+        Z = np.empty((chunk, m.n_out), np.float32)
+        Zp = np.empty((chunk, K * m.n_out), np.float32)
+        Zcat = rng.standard_normal((m.hidden, K * m.n_out), dtype=np.float32)
+
+        def blas():
+            for a in range(0, n, chunk):
+                b = min(a + chunk, n)
+                np.dot(X[a:b], W1, H[: b - a])
+                np.dot(H[: b - a], W2, Z[: b - a])
+                np.dot(H[: b - a], Zcat, Zp[: b - a])
+    else:
+        H = np.empty((n, m.hidden), np.float32)
+        Z = np.empty((n, m.n_out), np.float32)
+
+        def blas():
+            for _ in range(K):
+                np.dot(X, W1, H)
+                np.dot(H, W2, Z)
+
+    def evaluate():
+        algo.candidate_costs(1, theta, batch, sigma)
+
+    t_fwd, t_blas = [], []
+    for i in range(reps + warmup):
+        for name, fn in (("f", evaluate), ("b", blas)) if i % 2 == 0 else (("b", blas), ("f", evaluate)):
+            t0 = time.perf_counter()
+            fn()
+            dt = time.perf_counter() - t0
+            if i >= warmup:
+                (t_fwd if name == "f" else t_blas).append(dt)
+    med = np.array([_median(t_fwd), _median(t_blas)])
+    comm.set_phase("telemetry", -1)
+    comm.Allreduce(med, op="max")
+    return {
+        "bench": "forward",
+        "ranks": comm.size,
+        "rows": n,
+        "K": K,
+        "es_method": _method(cfg),
+        "median_candidates_s": float(med[0]),
+        "median_blas_s": float(med[1]),
+        "forward_vs_blas": float(med[1] / med[0]),
+    }
+
+
+# ------------------------------------------------------------------------------------------ torch
+def torch_available() -> str | None:
+    """None when torch can be imported, else why not."""
+    try:
+        import torch  # noqa: F401
+    except Exception as e:  # noqa: BLE001  (any import failure means: skip)
+        return f"torch is not importable ({type(e).__name__}: {e}); pip install torch==2.13.0"
+    return None
+
+
+def torch_vs_bgd(comm, cfg, epochs: int = 5, warmup: int = 1, port: int | None = None) -> dict:
+    """Median BGD epoch time of hes_mpi over that of torch DDP (gloo) on the same rows and ranks."""
+    why = comm.agree(torch_available)
+    if why is not None:
+        return {"bench": "torch", "skipped": why, "bgd_epoch_vs_torch": None}
+    import torch
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    from .algorithms import BGD
+
+    cfg = dataclasses.replace(cfg, algo="bgd")
+    s = _Setup(comm, cfg)
+    m = s.model
+    torch.set_num_threads(s.threads)
+    addr = "127.0.0.1"
+    if port is None:
+        port = 29500 + (os.getpid() % 2000) if comm.rank == 0 else 0
+    port = int(comm.bcast_str(str(port)))
+    comm.set_phase("setup", -1)
+    dist.init_process_group("gloo", init_method=f"tcp://{addr}:{port}", rank=comm.rank, world_size=comm.size)
+    try:
+        theta = m.init_params(cfg.seed)
+        W1, b1, W2, b2 = (torch.from_numpy(v.copy()) for v in m.views(theta))
+        net = torch.nn.Sequential(torch.nn.Linear(m.n_in, m.hidden), torch.nn.Sigmoid(),
+                                  torch.nn.Linear(m.hidden, m.n_out))
+        with torch.no_grad():
+            net[0].weight.copy_(W1.T)
+            net[0].bias.copy_(b1)
+            net[2].weight.copy_(W2.T)
+            net[2].bias.copy_(b2)
+        ddp = DistributedDataParallel(net)
+        weights = [net[0].weight, net[2].weight]
+        biases = [net[0].bias, net[2].bias]
+        opt = torch.optim.SGD([{"params": weights, "weight_decay": cfg.l2}, {"params": biases, "weight_decay": 0.0}],
+                              lr=cfg.lr)
+        loss_fn = torch.nn.CrossEntropyLoss(reduction="sum")
+        # DDP averages gradients over ranks: scale each rank's summed loss so that the mean is the
+        # global batch mean, as in hes_mpi.
+        scale = comm.size / cfg.batch
+
+        def torch_epoch(epoch):
+            for batch in s.batches(epoch):
+                X, y = batch.full()
+                opt.zero_grad(set_to_none=True)
+                loss = loss_fn(ddp(torch.from_numpy(X)), torch.from_numpy(y).long()) * scale
+                loss.backward()
+                opt.step()
+
+        algo = BGD(cfg, m, comm, s.max_rows, cfg.batch)
+        ours = m.init_params(cfg.seed)
+
+        def our_epoch(epoch):
+            for batch in s.batches(epoch):
+                algo.step(0, ours, batch)
+
+        t_ours, t_torch = [], []
+        for e in range(epochs + warmup):
+            pair = (("o", our_epoch), ("t", torch_epoch)) if e % 2 == 0 else (("t", torch_epoch), ("o", our_epoch))
+            for name, fn in pair:
+                comm.Barrier()
+                t0 = comm.wtime()
+                fn(e)
+                comm.Barrier()
+                dt = comm.wtime() - t0
+                if e >= warmup:
+                    (t_ours if name == "o" else t_torch).append(dt)
+        comm.drain()
+        # Same start, same rows, same updates: the two models agree after training (to float32 noise).
+        with torch.no_grad():
+            tw1 = net[0].weight.T.numpy()
+        drift = float(np.max(np.abs(tw1 - m.views(ours)[0])))
+    finally:
+        dist.destroy_process_group()
+    med = np.array([_median(t_ours), _median(t_torch)])
+    comm.set_phase("telemetry", -1)
+    comm.Allreduce(med, op="max")
+    return {
+        "bench": "torch",
+        "ranks": comm.size,
+        "threads_per_rank": s.threads,
+        "torch": torch.__version__,
+        "layers": f"{m.n_in}-{m.hidden}-{m.n_out}",
+        "batch": cfg.batch,
+        "epochs_each": epochs,
+        "median_epoch_s_hes_mpi": float(med[0]),
+        "median_epoch_s_torch_ddp": float(med[1]),
+        "bgd_epoch_vs_torch": float(med[0] / med[1]),
+        "max_abs_weight_difference": drift,
+    }
+
+
+# ------------------------------------------------------------------------------------------ all
+def run_all(comm, cfg, smoke: bool = False) -> dict:
+    """Every speed goal in one JSON-ready dict (``smoke``: a few repetitions, for tests)."""
+    from .bench import overhead
+
+    reps = 3 if smoke else 40
+    out: dict = {"bench": "all", "ranks": comm.size, "data": cfg.data, "smoke": smoke}
+    log.info("bench all: forward passes against BLAS")
+    fw = forward(comm, cfg, reps=reps if smoke else 30, warmup=1 if smoke else 3)
+    log.info("bench all: gradient and ES steps")
+    st = steps(comm, cfg, reps=reps, warmup=1 if smoke else 4)
+    log.info("bench all: instrumentation overhead")
+    ov = overhead(comm, dataclasses.replace(cfg, algo="bgd"), steps=5 if smoke else 50, warmup=1 if smoke else 5)
+    log.info("bench all: BGD epochs against torch DDP")
+    tv = torch_vs_bgd(comm, cfg, epochs=1 if smoke else 5, warmup=0 if smoke else 1)
+    out.update({
+        "forward_vs_blas": fw["forward_vs_blas"],
+        "bgd_epoch_vs_torch": tv["bgd_epoch_vs_torch"],
+        "es_over_grad_step": st["es_over_grad_step"],
+        "noise_share": st["noise_share"],
+        "mem_es_over_grad": st["mem_es_over_grad"],
+        "instrumentation_overhead": ov["instrumentation_overhead"],
+    })
+    out["goals_met"] = goals_met(out)
+    out["details"] = {"forward": fw, "steps": st, "overhead": ov, "torch": tv}
+    return out

@@ -1,0 +1,93 @@
+"""The speed benchmarks (hes-mpi bench steps|forward|torch|all) in smoke mode, under the real mpiexec.
+
+These check that each bench runs, measures what it says and reports every goal key; the figures
+themselves are benchmarks (benchmarks/README.md), not timed tests.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+from conftest import run_cli
+
+from hes_mpi.model import MLP
+from hes_mpi.speed import GOALS, goals_met, torch_available
+
+SMALL = ["--data", "synthetic:2000", "--hidden", "32", "--batch", "200"]
+
+
+def bench(*args, n=2, timeout=240, shape=SMALL) -> dict:
+    proc = run_cli(["bench", *args, *shape], n=n, timeout=timeout)
+    assert proc.returncode == 0, proc.stderr
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+    assert len(lines) == 1, proc.stdout  # one JSON object, from rank 0 only
+    return json.loads(lines[0])
+
+
+@pytest.fixture(scope="module")
+def all_smoke() -> dict:
+    return bench("all", "--smoke", "--json")
+
+
+def test_all_reports_every_goal_key(all_smoke):
+    assert set(GOALS) <= set(all_smoke)
+    for key in set(GOALS) - {"bgd_epoch_vs_torch"}:
+        assert isinstance(all_smoke[key], float) and math.isfinite(all_smoke[key]), key
+    assert all_smoke["goals_met"] == goals_met(all_smoke)
+    assert set(all_smoke["details"]) == {"forward", "steps", "overhead", "torch"}
+
+
+def test_all_torch_part_runs_or_says_why(all_smoke):
+    t = all_smoke["details"]["torch"]
+    if torch_available() is None:
+        assert all_smoke["bgd_epoch_vs_torch"] > 0
+        # Same initial weights, rows and updates: torch DDP and hes_mpi end an epoch with the same weights.
+        assert t["max_abs_weight_difference"] < 1e-4
+    else:
+        assert all_smoke["bgd_epoch_vs_torch"] is None and "torch" in t["skipped"]
+
+
+def test_steps_counts_bytes_and_memory_of_each_kind():
+    plain = bench("steps", "--reps", "3", "--plain")
+    params = MLP(32, 32, 10).param_count
+    assert plain["grad_step_bytes_sent_per_rank"] == 4 * params
+    assert plain["es_step_bytes_sent_per_rank"] == 12  # one MINLOC of (double, int)
+    assert plain["es_method"] == "plain"
+    assert 0 < plain["noise_share"] < 1
+    assert plain["median_es_step_s"] > 0 and plain["median_grad_step_s"] > 0
+    assert plain["es_over_grad_step"] == pytest.approx(plain["median_es_step_s"] / plain["median_grad_step_s"])
+    head = bench("steps", "--reps", "3", "--perturb", "output", "--recombine", "weighted")
+    assert head["es_step_bytes_sent_per_rank"] == 8 * 8  # an Allgather of K float64 costs per rank
+    assert head["mem_es_over_grad"] == pytest.approx(head["es_step_memory_bytes"] / head["grad_step_memory_bytes"])
+
+
+def test_output_layer_candidates_in_chunks_write_less_than_whole_vector_ones():
+    """With a hidden layer wide enough for activations to dominate (as on MNIST), the ES step of
+    --perturb output (row chunks, shared hidden layer) writes less than a plain one, and less than a
+    gradient step."""
+    wide = ["--data", "synthetic:4000", "--hidden", "512", "--batch", "1000"]
+    plain = bench("steps", "--reps", "2", "--plain", shape=wide)
+    head = bench("steps", "--reps", "2", "--perturb", "output", shape=wide)
+    assert head["es_step_memory_bytes"] < 0.7 * plain["es_step_memory_bytes"]
+    assert head["mem_es_over_grad"] < 0.5
+
+
+def test_forward_compares_with_blas_of_the_same_shapes():
+    r = bench("forward", "--reps", "3")
+    assert r["rows"] > 0 and r["K"] == 8
+    assert 0 < r["forward_vs_blas"] < 5
+    assert r["forward_vs_blas"] == pytest.approx(r["median_blas_s"] / r["median_candidates_s"])
+
+
+def test_bench_rejects_bad_reps_in_one_line():
+    proc = run_cli(["bench", "steps", "--reps", "0", *SMALL], n=2)
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    assert "--reps" in proc.stderr
+
+
+def test_goals_met_compares_in_the_right_direction():
+    assert goals_met({"forward_vs_blas": 0.9, "es_over_grad_step": 0.7, "noise_share": float("nan")}) == {
+        "forward_vs_blas": True, "es_over_grad_step": False}
