@@ -106,6 +106,22 @@ def test_head_losses(shape, K):
     assert losses[K] == pytest.approx(kernels.forward_loss(X, y, W1, b1, W2, b2, ws.H, ws.Z)[0], rel=1e-6)
 
 
+def test_hidden_sigmoid_within_float32_rounding_everywhere():
+    """The vectorised sigmoid (range reduction + polynomial exp) against float64, over the whole range,
+    including saturation (|x| > 87, where the exponent is clamped) and exact zero."""
+    b1 = np.concatenate([np.linspace(-120, 120, 4001), [-1e30, -88.0, -87.0, 0.0, 87.0, 88.0, 1e30]])
+    b1 = b1.astype(np.float32)
+    X = np.zeros((2, 3), np.float32)
+    W1 = np.ones((3, b1.size), np.float32)
+    H = np.empty((2, b1.size), np.float32)
+    kernels._hidden(X, W1, b1, H)
+    with np.errstate(over="ignore"):  # exp(1e30) in the reference is inf: sigmoid 0, as wanted
+        ref = naive.sigmoid(b1.astype(np.float64))
+    assert np.array_equal(H[0], H[1])
+    np.testing.assert_allclose(H[0], ref, rtol=3e-7, atol=1e-37)
+    assert H[0][b1 == 0.0][0] == 0.5
+
+
 def test_head_perturbations_layout():
     rng = np.random.default_rng(3)
     hidden, classes, K = 4, 3, 2
