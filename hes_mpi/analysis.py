@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .config import PLAIN
 from .runlog import RunLog
 
 
@@ -46,8 +47,7 @@ class Run:
         if c["algo"] == "bgd":
             return ("bgd", c["lr"], c["batch"], c["hidden"], c["l2"], c["data"], self.summary["ranks"])
         return ("hes", c["assisted"], c["r"], c["K"], c["sigma2"], c["sigma_scale"], c["lr"], c["batch"],
-                c["hidden"], c["l2"], c["data"], self.summary["ranks"],
-                tuple(sorted((k, str(v)) for k, v in c.items() if k.startswith("es_"))))
+                c["hidden"], c["l2"], c["data"], self.summary["ranks"], c.get("noise", "philox"), es_methods(c))
 
     def mean_step_bytes(self) -> float:
         it = self.iterations
@@ -59,12 +59,36 @@ class Run:
         return float((per_iter + transient).mean())
 
 
+def es_methods(config: dict) -> tuple:
+    """The H-ES method options of a run, ((name, value), ...); run logs older than these options ran the
+    poster's plain algorithm."""
+    return tuple((k, config.get(k, v)) for k, v in PLAIN.items())
+
+
+def method_label(config: dict) -> str:
+    """'plain', or the method options that differ from the poster's, e.g. 'output layer, baseline'."""
+    words = []
+    for k, v in es_methods(config):
+        if v == PLAIN[k]:
+            continue
+        if k == "perturb":
+            words.append("output layer" if v == "output" else str(v))
+        elif k == "recombine":
+            words.append(f"{v} recombination")
+        elif k == "es_rows":
+            words.append(f"{v:g} of rows")
+        elif k == "dist":
+            words.append(str(v))
+        elif v is True:
+            words.append(k.replace("_", "-"))
+    return ", ".join(words) or "plain"
+
+
 def run_label(config: dict) -> str:
     if config["algo"] == "bgd":
         return "Reference (BGD)"
-    if config.get("assisted"):
-        return "Assisted H-ES (r = 1)"
-    return f"H-ES, r = {config['r']}"
+    head = "Assisted H-ES (r = 1)" if config.get("assisted") else f"H-ES, r = {config['r']}"
+    return f"{head} [{method_label(config)}]"
 
 
 def load_run(path: str) -> Run:
@@ -89,7 +113,8 @@ def group_runs(runs: list[Run]) -> list[list[Run]]:
 
     def order(g):
         c = g[0].config
-        return (c["algo"] != "bgd", not c.get("assisted", False), c["r"], c["K"], c["sigma2"])
+        return (c["algo"] != "bgd", not c.get("assisted", False), c["r"], c["K"], c["sigma2"],
+                method_label(c) != "plain", method_label(c))
 
     return sorted(groups.values(), key=order)
 

@@ -47,7 +47,7 @@ def test_main_job_writes_logs_tables_and_figures(suite):
 def test_savings_are_measured(suite):
     out, _ = suite
     with open(out / "savings.csv", newline="") as f:
-        rows = {r["run"]: r for r in csv.DictReader(f)}
+        rows = {r["run"].split(" [")[0]: r for r in csv.DictReader(f)}  # label without its [methods]
     assert float(rows["Reference (BGD)"]["net_bw_pct"]) == pytest.approx(100)
     # r = 2: gradients every other iteration (plus 12 bytes on the others): about half the bytes
     assert float(rows["H-ES, r = 2"]["net_bw_pct"]) == pytest.approx(50, abs=1.5)
@@ -129,3 +129,16 @@ def test_emulated_training_run_records_it(tmp_path):
 def test_bad_emulation_spec():
     proc = run_cli(["train", *SYN, "--emulate-net", "carrier-pigeon"])
     assert proc.returncode == 2 and "carrier-pigeon" in proc.stderr
+
+
+def test_labels_name_the_es_methods_and_old_logs_count_as_plain():
+    from hes_mpi.analysis import method_label, run_label
+    from hes_mpi.config import RunConfig
+
+    old = {k: v for k, v in RunConfig(algo="hes", r=2).to_dict().items()
+           if k not in ("perturb", "baseline", "antithetic", "recombine", "carry", "adapt_sigma", "dist", "es_rows")}
+    assert method_label(old) == "plain" and run_label(old) == "H-ES, r = 2 [plain]"
+    cfg = {**old, "perturb": "output", "baseline": True, "recombine": "weighted", "es_rows": 0.5}
+    assert method_label(cfg) == "output layer, baseline, weighted recombination, 0.5 of rows"
+    assert run_label({**cfg, "assisted": True}).startswith("Assisted H-ES (r = 1) [output layer")
+    assert run_label({"algo": "bgd"}) == "Reference (BGD)"
