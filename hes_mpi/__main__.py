@@ -171,6 +171,21 @@ def build_parser() -> argparse.ArgumentParser:
     _train_args(t)
     t.set_defaults(func=cmd_train)
 
+    w = sub.add_parser("sweep", help="train every configuration of a parameter file for several seeds, then "
+                       "tabulate (under mpirun)",
+                       description="Train each configuration of a parameter file (lines 'NAME TRAIN-OPTIONS...', "
+                       "'#' comments; see jobs/results.params) once per --seeds value, one after the other in this "
+                       "MPI job, into OUT-DIR/NAME_sSEED.h5; a run log that is already complete with the same "
+                       "options is kept, so an interrupted sweep continues where it stopped. Then writes and prints "
+                       "the accuracy and savings tables, seeds as mean ± standard deviation.")
+    w.add_argument("params", help="the parameter file")
+    w.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="run seeds (default: 0 1 2)")
+    w.add_argument("--out-dir", default=None, help="folder for the run logs and tables (default results/sweep-TIMESTAMP)")
+    w.add_argument("--args", dest="common", default="", metavar="OPTIONS", help="train options added to every "
+                   "line (before the line's own), e.g. --args '--epochs 5 --data synthetic'")
+    w.add_argument("--dry-run", action="store_true", help="print the runs and exit (no MPI)")
+    w.set_defaults(func=cmd_sweep)
+
     d = sub.add_parser("data", help="fetch and list datasets", description="Fetch and list datasets.")
     dsub = d.add_subparsers(dest="data_command", metavar="ACTION", parser_class=_Parser)
     f = dsub.add_parser("fetch", help="download and verify a dataset (mnist)",
@@ -273,7 +288,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-COMMANDS = ("compare", "train", "data", "bench", "summary")
+COMMANDS = ("compare", "train", "sweep", "data", "bench", "summary")
 
 
 def _help(p) -> int:
@@ -304,21 +319,73 @@ def cmd_compare(args, argv=None) -> int:
     return _mpi_command(body)
 
 
-def cmd_train(args, argv=None) -> int:
-    from .trainer import train
+class _LineParser(argparse.ArgumentParser):
+    """The train options of one line of a parameter file: errors are UsageErrors naming the line."""
 
-    cfg = RunConfig(algo=args.algo, K=args.K, r=args.r, sigma2=args.sigma2, sigma_scale=args.sigma_scale,
+    def error(self, message):
+        raise UsageError(message)
+
+
+def _train_config(args) -> RunConfig:
+    return RunConfig(algo=args.algo, K=args.K, r=args.r, sigma2=args.sigma2, sigma_scale=args.sigma_scale,
                     assisted=args.assisted, lr=args.lr, batch=args.batch, epochs=args.epochs, l2=args.l2,
                     hidden=args.hidden, seed=args.seed, data=args.data, data_dir=args.data_dir,
                     dev_size=args.dev_size, out=args.out, force=args.force, check_every=args.check_every,
                     threads=args.threads, eval_train=args.eval_train, sync_barrier=args.sync_barrier,
                     emulate_net=args.emulate_net, checkpoint_every=args.checkpoint_every,
-                    checkpoint=args.checkpoint, resume=args.resume, noise=args.noise, **_es_methods(args))
+                     checkpoint=args.checkpoint, resume=args.resume, noise=args.noise, **_es_methods(args))
+
+
+def cmd_train(args, argv=None) -> int:
+    from .trainer import train
+
+    cfg = _train_config(args)
 
     def body(comm):
         comm.sync_barrier = cfg.sync_barrier
         comm.agree(cfg.validate)
         train(cfg, comm, argv)
+        return 0
+
+    return _mpi_command(body)
+
+
+def sweep_runs(params: str, seeds: list[int], common: str = "") -> list[tuple[str, RunConfig]]:
+    """(NAME_sSEED, config) of every run of a sweep, checked before any MPI starts."""
+    import shlex
+
+    from .suite import read_params
+
+    if not seeds or min(seeds) < 0:
+        raise UsageError("--seeds must be one or more integers >= 0")
+    lp = _LineParser(prog="line", add_help=False)
+    _train_args(lp)
+    runs = []
+    for n, name, opts in read_params(params):
+        for seed in seeds:
+            try:
+                args = lp.parse_args([*shlex.split(common), *opts, "--seed", str(seed)])
+                cfg = _train_config(args).validate()
+            except UsageError as e:
+                raise UsageError(f"{params}:{n} ({name}): {e}") from None
+            runs.append((f"{name}_s{seed}", cfg))
+    return runs
+
+
+def cmd_sweep(args, argv=None) -> int:
+    from .suite import run_label
+
+    runs = sweep_runs(args.params, args.seeds, args.common)
+    if args.dry_run:
+        for name, cfg in runs:
+            print(f"{name}: {run_label(cfg.to_dict())}, seed {cfg.seed}, {cfg.epochs} epochs, data {cfg.data}")
+        return 0
+
+    def body(comm):
+        from .suite import default_out_dir, run_sweep
+
+        out_dir = args.out_dir or default_out_dir(comm).replace("compare-", "sweep-")
+        run_sweep(comm, runs, out_dir, argv)
         return 0
 
     return _mpi_command(body)
@@ -524,7 +591,7 @@ def main(argv: list[str] | None = None) -> int:
         raw = ["compare", *raw]  # the main job is the default command
     args = parser.parse_args(raw)
     try:
-        if args.func in (cmd_train, cmd_compare):
+        if args.func in (cmd_train, cmd_compare, cmd_sweep):
             return args.func(args, ["hes-mpi", *raw])
         return args.func(args)
     except UsageError as e:

@@ -1,4 +1,5 @@
-"""The main job: BGD and the H-ES variants on the same data and ranks, then the tables and figures.
+"""The main job (``compare``) and parameter sweeps (``sweep``): runs one after the other in one MPI job,
+then the tables and figures.
 
 ``mpirun -n 2 python -m hes_mpi`` (or ``hes-mpi compare``) fetches MNIST when it is missing, trains the
 reference (BGD), Assisted H-ES (r = 1) and H-ES for each ``--r`` one after the other in the same MPI
@@ -78,4 +79,90 @@ def run_suite(comm, base: RunConfig, out_dir: str, r_values: list[int], assisted
         print(f"Savings relative to the reference (measured from the run logs):\n\n{sav_md}\n")
         print(f"Run logs, tables (accuracy.md/.csv, savings.md/.csv) and figures ({len(figures)} PNG) in {out}/",
               flush=True)
+    return paths
+
+
+# ------------------------------------------------------------------------------------------ sweeps
+def read_params(path: str) -> list[tuple[int, str, list[str]]]:
+    """The configurations of a sweep file: (line number, NAME, train options) per line ``NAME OPTIONS...``;
+    ``#`` starts a comment, blank lines are skipped."""
+    import re
+    import shlex
+
+    try:
+        text = Path(path).read_text()
+    except OSError as e:
+        raise UsageError(f"parameter file {path}: {e.strerror or e}") from None
+    out, names = [], set()
+    for n, line in enumerate(text.splitlines(), 1):
+        words = shlex.split(line, comments=True)
+        if not words:
+            continue
+        name, opts = words[0], words[1:]
+        if not re.fullmatch(r"[A-Za-z0-9_.-]+", name) or name.startswith("-"):
+            raise UsageError(f"{path}:{n}: a line is NAME OPTIONS... (NAME: letters, digits, _ . -), got {name!r}")
+        if name in names:
+            raise UsageError(f"{path}:{n}: NAME {name!r} is used twice")
+        if any(o in ("--out", "--seed", "--resume") or o.startswith(("--out=", "--seed=")) for o in opts):
+            raise UsageError(f"{path}:{n}: --out, --seed and --resume are set by the sweep")
+        names.add(name)
+        out.append((n, name, opts))
+    if not out:
+        raise UsageError(f"parameter file {path} has no configuration lines")
+    return out
+
+
+#: Options that do not change what a run computes: a finished run log is reused across them.
+_SAME_RUN_IGNORES = {"out", "force", "data_dir", "threads", "check_every", "checkpoint", "checkpoint_every",
+                     "resume"}
+
+
+def finished(path: Path, cfg: RunConfig) -> bool:
+    """True when ``path`` is a complete run log of the same configuration (so a sweep can skip it)."""
+    from .runlog import RunLog
+
+    if not path.exists():
+        return False
+    try:
+        with RunLog(str(path)) as rl:
+            done = bool(rl.summary().get("complete"))
+            saved = rl.config
+    except Exception:  # noqa: BLE001  (unreadable or foreign: run it again)
+        return False
+    want = cfg.to_dict()
+    return done and all(saved.get(k) == v for k, v in want.items() if k not in _SAME_RUN_IGNORES)
+
+
+def run_sweep(comm, runs: list[tuple[str, RunConfig]], out_dir: str, argv=None) -> list[str]:
+    """Train every (name, config) whose run log is not already complete, then tabulate them all."""
+    out = Path(out_dir)
+
+    def prepare():
+        if comm.rank == 0:
+            try:
+                out.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise UsageError(f"--out-dir {out}: {e.strerror}") from None
+
+    comm.agree(prepare)
+    if any(cfg.data == "mnist" for _, cfg in runs):
+        ensure_mnist(comm, runs[0][1])
+    paths = []
+    for n, (name, base) in enumerate(runs, 1):
+        path = out / f"{name}.h5"
+        cfg = dataclasses.replace(base, out=str(path), force=True)
+        comm.agree(cfg.validate)
+        paths.append(str(path))
+        if comm.agree(finished, path, cfg):
+            log.info("== run %d/%d: %s: complete in %s, kept", n, len(runs), name, path)
+            continue
+        log.info("== run %d/%d: %s (%s, seed %d)", n, len(runs), name, run_label(cfg.to_dict()), cfg.seed)
+        train(cfg, comm, argv)
+    if comm.rank == 0:
+        table = load_runs(paths)
+        acc_md, sav_md = write_tables(table, out)
+        print(f"\nAccuracy ({comm.size} ranks; seeds as mean ± std):\n\n{acc_md}\n")
+        if sav_md:
+            print(f"Savings relative to the reference (measured from the run logs):\n\n{sav_md}\n")
+        print(f"Run logs and tables (accuracy.md/.csv, savings.md/.csv) in {out}/", flush=True)
     return paths

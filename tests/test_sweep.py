@@ -1,0 +1,71 @@
+"""hes-mpi sweep: a parameter file of named train configurations, several seeds, one MPI job, tables."""
+
+from __future__ import annotations
+
+import csv
+
+import pytest
+from conftest import run_cli
+
+COMMON = "--data synthetic:2000 --hidden 16 --batch 200 --lr 1 --epochs 2"
+PARAMS = """# a comment line
+bgd    --algo bgd
+plain  --algo hes --r 2 --plain      # the poster's algorithm
+head   --algo hes --r 2 --perturb output --baseline
+"""
+
+
+@pytest.fixture(scope="module")
+def swept(tmp_path_factory):
+    d = tmp_path_factory.mktemp("sweep")
+    (d / "p.params").write_text(PARAMS)
+    proc = run_cli(["sweep", d / "p.params", "--seeds", "0", "1", "--args", COMMON, "--out-dir", d / "out"])
+    assert proc.returncode == 0, proc.stderr
+    return d, proc
+
+
+def test_every_configuration_and_seed_has_a_run_log_and_the_tables_group_seeds(swept):
+    d, proc = swept
+    for name in ("bgd", "plain", "head"):
+        for seed in (0, 1):
+            assert (d / "out" / f"{name}_s{seed}.h5").stat().st_size > 0
+    with open(d / "out" / "accuracy.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["run"] for r in rows] == ["Reference (BGD)", "H-ES, r = 2 [plain]",
+                                        "H-ES, r = 2 [output layer, baseline]"]
+    assert all(r["seeds"] == "2" for r in rows)
+    assert "± " in proc.stdout and "Net BW" in proc.stdout
+
+
+def test_a_second_sweep_keeps_complete_runs(swept):
+    d, _ = swept
+    before = {p.name: p.stat().st_mtime_ns for p in (d / "out").glob("*.h5")}
+    proc = run_cli(["sweep", d / "p.params", "--seeds", "0", "1", "--args", COMMON, "--out-dir", d / "out"])
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.count("kept") == 6
+    assert {p.name: p.stat().st_mtime_ns for p in (d / "out").glob("*.h5")} == before
+
+
+def test_dry_run_lists_the_runs_without_mpi(tmp_path):
+    (tmp_path / "p.params").write_text(PARAMS)
+    proc = run_cli(["sweep", tmp_path / "p.params", "--seeds", "3", "--args", COMMON, "--dry-run"], n=None)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines() == [
+        "bgd_s3: Reference (BGD), seed 3, 2 epochs, data synthetic:2000",
+        "plain_s3: H-ES, r = 2 [plain], seed 3, 2 epochs, data synthetic:2000",
+        "head_s3: H-ES, r = 2 [output layer, baseline], seed 3, 2 epochs, data synthetic:2000"]
+
+
+@pytest.mark.parametrize(("text", "fragment"), [
+    ("a --algo hes --bogus 1\n", "p.params:1 (a): unrecognized arguments: --bogus"),
+    ("a --algo bgd\na --algo hes\n", "p.params:2: NAME 'a' is used twice"),
+    ("a --algo bgd --out x.h5\n", "set by the sweep"),
+    ("# nothing\n", "no configuration lines"),
+    ("a --algo hes --K 0\n", "p.params:1 (a): --K must be at least 1"),
+])
+def test_bad_parameter_files_are_one_line_errors(tmp_path, text, fragment):
+    (tmp_path / "p.params").write_text(text)
+    proc = run_cli(["sweep", tmp_path / "p.params", "--dry-run"], n=None)
+    assert proc.returncode == 2, proc.stdout
+    assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    assert fragment in proc.stderr
