@@ -9,6 +9,7 @@ one dataset per checkpoint.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
@@ -25,7 +26,7 @@ class MLP:
     def shapes(self) -> tuple[tuple[int, ...], ...]:
         return ((self.n_in, self.hidden), (self.hidden,), (self.hidden, self.n_out), (self.n_out,))
 
-    @property
+    @cached_property
     def offsets(self) -> tuple[int, ...]:
         off = [0]
         for s in self.shapes:

@@ -372,3 +372,35 @@ def run_all(comm, cfg, smoke: bool = False) -> dict:
     out["goals_met"] = goals_met(out)
     out["details"] = {"forward": fw, "steps": st, "overhead": ov, "torch": tv}
     return out
+
+
+# ------------------------------------------------------------------------------------------ profiles
+STEP_FRAMES = ("HybridES.step", "BGD.step")
+
+
+def profile_table(raw: str, within: tuple[str, ...] = STEP_FRAMES, top: int = 12) -> list[dict]:
+    """The hot spots of a py-spy ``--format raw`` profile (collapsed stacks, one per line with its
+    sample count): samples under a frame named in ``within`` (default: the training steps), attributed
+    to their innermost hes_mpi frame (a Numba kernel or a BLAS call shows as the line that calls it),
+    largest first."""
+    counts: dict[str, int] = {}
+    total = 0
+    for line in raw.splitlines():
+        stack, _, n = line.rpartition(" ")
+        if not stack or not n.isdigit():
+            continue
+        frames = stack.split(";")
+        if not any(f.startswith(w + " ") for f in frames for w in within):
+            continue
+        total += int(n)
+        ours = [f for f in frames if "hes_mpi/" in f]
+        key = ours[-1] if ours else frames[-1]
+        counts[key] = counts.get(key, 0) + int(n)
+    rows = sorted(counts.items(), key=lambda kv: -kv[1])[:top]
+    return [{"frame": k, "samples": v, "share": v / total} for k, v in rows] if total else []
+
+
+def profile_markdown(rows: list[dict]) -> str:
+    lines = ["| share of step samples | innermost hes_mpi frame: function (file:line) |", "|---|---|"]
+    lines += [f"| {100 * r['share']:.1f}% | `{r['frame']}` |" for r in rows]
+    return "\n".join(lines)

@@ -91,3 +91,21 @@ def test_bench_rejects_bad_reps_in_one_line():
 def test_goals_met_compares_in_the_right_direction():
     assert goals_met({"forward_vs_blas": 0.9, "es_over_grad_step": 0.7, "noise_share": float("nan")}) == {
         "forward_vs_blas": True, "es_over_grad_step": False}
+
+
+def test_profile_table_attributes_step_samples_to_the_innermost_project_frame():
+    from hes_mpi.speed import profile_markdown, profile_table
+
+    raw = "\n".join([
+        "main (x.py:1);Trainer.run (hes_mpi/trainer.py:9);HybridES.step (hes_mpi/algorithms/hes.py:5);"
+        "HybridES._head_costs (hes_mpi/algorithms/hes.py:7);<numba> (kernels.py:3) 30",
+        "main (x.py:1);Trainer.run (hes_mpi/trainer.py:9);BGD.step (hes_mpi/algorithms/bgd.py:2);"
+        "InstrumentedComm.Allreduce (hes_mpi/comm.py:185) 10",
+        "main (x.py:1);Trainer.evaluate (hes_mpi/trainer.py:4) 60",  # not a step: left out
+        "garbage line",
+    ])
+    rows = profile_table(raw)
+    assert [r["samples"] for r in rows] == [30, 10]
+    assert rows[0]["frame"] == "HybridES._head_costs (hes_mpi/algorithms/hes.py:7)"
+    assert rows[0]["share"] == pytest.approx(0.75)
+    assert "75.0%" in profile_markdown(rows)
