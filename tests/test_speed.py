@@ -96,14 +96,15 @@ def test_goals_met_compares_in_the_right_direction():
 def test_profile_table_attributes_step_samples_to_the_innermost_project_frame():
     from hes_mpi.speed import profile_markdown, profile_table
 
-    raw = "\n".join([
-        "main (x.py:1);Trainer.run (hes_mpi/trainer.py:9);HybridES.step (hes_mpi/algorithms/hes.py:5);"
-        "HybridES._head_costs (hes_mpi/algorithms/hes.py:7);<numba> (kernels.py:3) 30",
-        "main (x.py:1);Trainer.run (hes_mpi/trainer.py:9);BGD.step (hes_mpi/algorithms/bgd.py:2);"
-        "InstrumentedComm.Allreduce (hes_mpi/comm.py:185) 10",
+    step = "main (x.py:1);Trainer.run (hes_mpi/trainer.py:9);"
+    lines = [
+        step + ("HybridES.step (hes_mpi/algorithms/hes.py:5);HybridES._head_costs (hes_mpi/algorithms/hes.py:7);"
+                "<numba> (kernels.py:3) 30"),
+        step + "BGD.step (hes_mpi/algorithms/bgd.py:2);InstrumentedComm.Allreduce (hes_mpi/comm.py:185) 10",
         "main (x.py:1);Trainer.evaluate (hes_mpi/trainer.py:4) 60",  # not a step: left out
         "garbage line",
-    ])
+    ]
+    raw = "\n".join(lines)
     rows = profile_table(raw)
     assert [r["samples"] for r in rows] == [30, 10]
     assert rows[0]["frame"] == "HybridES._head_costs (hes_mpi/algorithms/hes.py:7)"
