@@ -404,3 +404,23 @@ def profile_markdown(rows: list[dict]) -> str:
     lines = ["| share of step samples | innermost hes_mpi frame: function (file:line) |", "|---|---|"]
     lines += [f"| {100 * r['share']:.1f}% | `{r['frame']}` |" for r in rows]
     return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------------ scaling
+def scaling_markdown(rows: list[dict]) -> str:
+    """A table of ``bench steps`` results (one per rank count and scaling mode), as Markdown."""
+    head = ("| scaling | ranks | global batch | rows/rank | grad step (ms) | ES step (ms) | ES/grad | "
+            "grad bytes/rank | ES bytes/rank | grad speed-up | ES speed-up |")
+    lines = [head, "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for mode in ("strong", "weak"):
+        sel = sorted((r for r in rows if r.get("scaling") == mode), key=lambda r: r["ranks"])
+        if not sel:
+            continue
+        g1, e1 = sel[0]["median_grad_step_s"], sel[0]["median_es_step_s"]
+        for r in sel:
+            g, e = r["median_grad_step_s"], r["median_es_step_s"]
+            # strong: time(1 rank) / time(p ranks); weak: the same ratio is the efficiency (ideal 1)
+            lines.append(f"| {mode} | {r['ranks']} | {r['batch']} | {r['batch'] // r['ranks']} | {1e3 * g:.2f} | "
+                         f"{1e3 * e:.2f} | {e / g:.2f} | {r['grad_step_bytes_sent_per_rank']:,.0f} | "
+                         f"{r['es_step_bytes_sent_per_rank']:,.0f} | {g1 / g:.2f} | {e1 / e:.2f} |")
+    return "\n".join(lines)

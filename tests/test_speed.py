@@ -110,3 +110,30 @@ def test_profile_table_attributes_step_samples_to_the_innermost_project_frame():
     assert rows[0]["frame"] == "HybridES._head_costs (hes_mpi/algorithms/hes.py:7)"
     assert rows[0]["share"] == pytest.approx(0.75)
     assert "75.0%" in profile_markdown(rows)
+
+
+def test_scaling_table_from_bench_steps_rows(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from hes_mpi.speed import scaling_markdown
+
+    def row(mode, p, batch, g, e):
+        return {"scaling": mode, "ranks": p, "batch": batch, "median_grad_step_s": g, "median_es_step_s": e,
+                "grad_step_bytes_sent_per_rank": 954040.0 if p > 1 else 0.0, "es_step_bytes_sent_per_rank": 12.0}
+
+    rows = [row("strong", 2, 1000, 0.004, 0.002), row("strong", 1, 1000, 0.008, 0.004), row("weak", 1, 500, 0.004,
+                                                                                            0.002)]
+    md = scaling_markdown(rows).splitlines()
+    assert len(md) == 2 + 3
+    assert md[2].startswith("| strong | 1 | 1000 | 1000 | 8.00 | 4.00 | 0.50 |")
+    assert md[3].startswith("| strong | 2 | 1000 | 500 | 4.00 | 2.00 | 0.50 | 954,040 | 12 | 2.00 | 2.00 |")
+    path = tmp_path / "s.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    script = Path(__file__).resolve().parent.parent / "benchmarks" / "scaling_table.py"
+    proc = subprocess.run([sys.executable, str(script), str(path)], capture_output=True, text=True, check=False)
+    assert proc.returncode == 0 and proc.stdout.strip() == scaling_markdown(rows)
+    bad = subprocess.run([sys.executable, str(script), str(tmp_path / "none")], capture_output=True, text=True,
+                         check=False)
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr
