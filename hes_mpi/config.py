@@ -55,8 +55,8 @@ class RunConfig:
     resume: bool = False
     noise: str = "table"
     # H-ES methods (see hes_mpi.algorithms.hes); PLAIN gives the poster's algorithm.
-    perturb: str = "all"
-    baseline: bool = False
+    perturb: str = "output"
+    baseline: bool = True
     antithetic: bool = False
     recombine: str = "best"
     carry: bool = False

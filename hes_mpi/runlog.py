@@ -140,6 +140,23 @@ def _attr(v):
     return v
 
 
+#: A run whose dev accuracy ends this far (absolute) below its best epoch has collapsed: H-ES can
+#: diverge slowly without any NaN (the loss grows, the accuracy falls).
+COLLAPSE_DROP = 0.05
+
+
+def collapse_summary(dev_acc: np.ndarray) -> dict:
+    """``best_dev_acc``, ``best_dev_epoch`` (1-based) and ``collapsed`` from the per-epoch dev accuracy."""
+    acc = np.asarray(dev_acc, dtype=float)
+    ok = np.isfinite(acc)
+    if not ok.any():
+        return {"best_dev_acc": math.nan, "best_dev_epoch": 0, "collapsed": False}
+    best = int(np.nanargmax(np.where(ok, acc, -np.inf)))
+    last = acc[ok][-1]
+    return {"best_dev_acc": float(acc[best]), "best_dev_epoch": best + 1,
+            "collapsed": bool(acc[best] - last > COLLAPSE_DROP)}
+
+
 class RunLogWriter:
     """Rank 0's writer. Creates the file at once, appends at each :meth:`flush`."""
 
@@ -377,6 +394,7 @@ class RunLog:
             "es_steps": int(np.count_nonzero(kinds != 0)),
             "train_acc": last["train_acc"],
             "dev_acc": last["dev_acc"],
+            **collapse_summary(ep.get("dev_acc", np.zeros(0))),
             "train_loss": last["train_loss"],
             "dev_loss": last["dev_loss"],
             "wall_s": float(final_attrs.get("wall_s", last["wall_s"])),

@@ -228,3 +228,19 @@ def test_nonfinite_loss_is_a_clear_error():
     proc = run_cli(["train", *SYN, "--lr", "1e30"])
     assert proc.returncode == 1, proc.stderr
     assert "not finite" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_collapse_is_warned_once_and_reported_in_the_summary(tmp_path):
+    """H-ES collapses without NaN (accuracy falls): one warning from rank 0, and summary says so."""
+    out = tmp_path / "c.h5"
+    proc = run_cli(["train", "--data", "synthetic:4000", "--hidden", "32", "--batch", "100", "--lr", "1", "--algo",
+                    "hes", "--r", "4", "--sigma-scale", "absolute", "--sigma2", "5", "--epochs", "6", "--out", out])
+    assert proc.returncode == 0, proc.stderr
+    warnings = [ln for ln in (proc.stdout + proc.stderr).splitlines() if "WARNING" in ln]
+    assert len(warnings) == 1 and "collapsing" in warnings[0] and " 0/2 " in warnings[0]
+    s = json.loads(run_cli(["summary", out, "--json"], n=None).stdout)
+    assert s["collapsed"] is True and s["best_dev_acc"] - s["dev_acc"] > 0.05 and 1 <= s["best_dev_epoch"] < 6
+    fine = tmp_path / "f.h5"
+    assert run_cli(["train", *SYN, "--epochs", "3", "--out", fine]).returncode == 0
+    s = json.loads(run_cli(["summary", fine, "--json"], n=None).stdout)
+    assert s["collapsed"] is False and s["best_dev_acc"] >= s["dev_acc"]

@@ -17,7 +17,7 @@ import pytest
 
 from hes_mpi import kernels, noise
 from hes_mpi.algorithms import BGD, HybridES
-from hes_mpi.config import RunConfig
+from hes_mpi.config import PLAIN, RunConfig
 from hes_mpi.data import Batch, global_batches, load_shard, local_rows
 from hes_mpi.errors import UsageError
 from hes_mpi.model import MLP
@@ -71,7 +71,7 @@ def test_bgd_step_sends_exactly_the_flat_gradient(comm):
 
 @pytest.mark.parametrize("source", ["philox", "table"])
 def test_es_step_exchanges_at_most_32_bytes_and_rebuilds_the_winner(comm, source):
-    cfg, model, algo, theta, batch = setup_algo(comm, HybridES, algo="hes", r=2, noise=source)
+    cfg, model, algo, theta, batch = setup_algo(comm, HybridES, algo="hes", r=2, **{**PLAIN, "noise": source})
     algo.step(0, theta, batch)  # gradient step: g is now the last full gradient
     g = algo.g.copy()
     before = theta.copy()
