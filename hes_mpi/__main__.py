@@ -456,37 +456,36 @@ def cmd_bench_osu(args) -> int:
     return _mpi_command(body)
 
 
-def cmd_bench_overhead(args) -> int:
-    from .bench import dumps, overhead
+def _bench_bgd_steps(args, run, **cfg_extra) -> int:
+    """A BGD-step benchmark (overhead, emulation): the run configuration from the options, then
+    ``run(comm, cfg)`` under MPI; rank 0 prints its JSON object."""
+    from .bench import dumps
 
-    cfg = RunConfig(data=args.data, data_dir=args.data_dir, hidden=args.hidden, batch=args.batch).validate()
+    cfg = RunConfig(data=args.data, data_dir=args.data_dir, hidden=args.hidden, batch=args.batch,
+                    **cfg_extra).validate()
     if args.steps < 1:
         raise UsageError("--steps must be >= 1")
 
     def body(comm):
-        result = overhead(comm, cfg, steps=args.steps)
+        result = run(comm, cfg)
         if comm.rank == 0:
             print(dumps(result), flush=True)
         return 0
 
     return _mpi_command(body)
+
+
+def cmd_bench_overhead(args) -> int:
+    from .bench import overhead
+
+    return _bench_bgd_steps(args, lambda comm, cfg: overhead(comm, cfg, steps=args.steps))
 
 
 def cmd_bench_emulation(args) -> int:
-    from .bench import dumps, emulation
+    from .bench import emulation
 
-    cfg = RunConfig(data=args.data, data_dir=args.data_dir, hidden=args.hidden, batch=args.batch,
-                    emulate_net=args.network).validate()
-    if args.steps < 1:
-        raise UsageError("--steps must be >= 1")
-
-    def body(comm):
-        result = emulation(comm, cfg, args.network, steps=args.steps)
-        if comm.rank == 0:
-            print(dumps(result), flush=True)
-        return 0
-
-    return _mpi_command(body)
+    return _bench_bgd_steps(args, lambda comm, cfg: emulation(comm, cfg, args.network, steps=args.steps),
+                            emulate_net=args.network)
 
 
 def cmd_bench_speed(args) -> int:

@@ -427,8 +427,9 @@ def _idx_header(head: bytes, path: Path, ndim: int) -> tuple[int, tuple[int, ...
     return hdr, dims
 
 
-def _read_idx(path: Path, ndim: int, rows: tuple[int, int] | None = None) -> np.ndarray:
-    """Read an IDX file (raw: memory-mapped, only ``rows`` copied; gzipped: decompressed)."""
+def _read_idx(path: Path, ndim: int, *blocks: tuple[int, int]) -> np.ndarray | list[np.ndarray]:
+    """Read an IDX file: all of it, or copies of the row ranges ``blocks`` (a list of arrays). A raw file
+    is memory-mapped, so only those rows are read; a gzipped one is decompressed once for all blocks."""
     try:
         if _is_gzip(path):
             with gzip.open(path, "rb") as f:
@@ -451,8 +452,8 @@ def _read_idx(path: Path, ndim: int, rows: tuple[int, int] | None = None) -> np.
         if isinstance(e, UsageError):
             raise
         raise UsageError(f"{path.name}: unreadable: bad magic number or corrupt gzip stream ({e})") from None
-    if rows is not None:
-        return np.array(arr[rows[0] : rows[1]])
+    if blocks:
+        return [np.array(arr[a:b]) for a, b in blocks]
     return np.array(arr)
 
 
@@ -486,10 +487,8 @@ def _load_idx(d: Path, rank: int, size: int, dev_size: int) -> Shard:
     n_train = n_img - dev_size
     lo, hi = block(n_train, rank, size)
     dlo, dhi = block(dev_size, rank, size)
-    x_tr = _read_idx(pimg, 3, (lo, hi))
-    y_tr = _read_idx(plab, 1, (lo, hi)).astype(np.int32)
-    x_dv = _read_idx(pimg, 3, (n_train + dlo, n_train + dhi))
-    y_dv = _read_idx(plab, 1, (n_train + dlo, n_train + dhi)).astype(np.int32)
+    x_tr, x_dv = _read_idx(pimg, 3, (lo, hi), (n_train + dlo, n_train + dhi))
+    y_tr, y_dv = (y.astype(np.int32) for y in _read_idx(plab, 1, (lo, hi), (n_train + dlo, n_train + dhi)))
     n_classes = 10
     _check_labels(y_tr, n_classes, f"idx:{d}")
     _check_labels(y_dv, n_classes, f"idx:{d}")
