@@ -205,6 +205,21 @@ def test_sweep_task_without_a_line_fails_clearly(slurm, tmp_path):
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").rglob("*.h5"))
 
 
+def test_sweep_named_lines_run_once_per_seed(slurm, tmp_path):
+    """'NAME OPTIONS...' lines (the format of hes-mpi sweep and jobs/results.params) and HES_MPI_SEEDS:
+    task = line x seeds + seed index, logs NAME_sSEED.h5 as the local sweep names them."""
+    params = tmp_path / "named.params"
+    params.write_text("head --algo hes --r 2 --perturb output   # a NAME line\n")
+    proc, job = sbatch(slurm, "sweep.sbatch", "--array=0-1", submit_dir=tmp_path, HES_MPI_ARGS=TRAIN_ARGS,
+                       HES_MPI_PARAMS=str(params), HES_MPI_SEEDS="0 1", HES_MPI_PYTHON=sys.executable)
+    assert proc.returncode == 0, job_outputs(tmp_path)
+    run_dir = tmp_path / "runs" / f"sweep_{job}"
+    assert sorted(p.name for p in run_dir.glob("*.h5")) == ["head_s0.h5", "head_s1.h5"]
+    for seed in (0, 1):
+        s = summary(run_dir / f"head_s{seed}.h5")
+        assert s["complete"] is True and s["seed"] == seed and s["algo"] == "hes" and s["r"] == 2
+
+
 def test_compare_job_without_a_folder_fails_clearly(slurm, tmp_path):
     proc, job = sbatch(slurm, "compare.sbatch", submit_dir=tmp_path, HES_MPI_REPO=str(ROOT))
     assert proc.returncode != 0
