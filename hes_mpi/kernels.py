@@ -36,6 +36,23 @@ _EXP_P = (np.float32(1.9875691500e-4), np.float32(1.3981999507e-3), np.float32(8
 
 
 @jit
+def _exp_inplace(A, E):
+    """A <- exp(A) elementwise for a flat float32 array (|A| <= 87 after clamping), vectorised; E is an
+    int32 work array of A's size."""
+    Ef = E.view(np.float32)
+    p0, p1, p2, p3, p4, p5 = _EXP_P
+    for i in range(A.shape[0]):
+        x = min(max(A[i], np.float32(-87.0)), np.float32(88.0))
+        n = np.floor(x * _LOG2E + np.float32(0.5))
+        r = x - n * _LN2_HI - n * _LN2_LO
+        p = ((((p0 * r + p1) * r + p2) * r + p3) * r + p4) * r + p5
+        A[i] = p * r * r + r + np.float32(1.0)
+        E[i] = (np.int32(n) + np.int32(127)) << np.int32(23)
+    for i in range(A.shape[0]):
+        A[i] = A[i] * Ef[i]
+
+
+@jit
 def _hidden(X, W1, b1, H):
     """H = sigmoid(X @ W1 + b1) = 1 / (1 + exp(-(X @ W1 + b1))), in place in H (float32)."""
     np.dot(X, W1, H)
@@ -105,8 +122,9 @@ def head_losses(X, y, W1, b1, W2, b2, Zcat, zb, a, H, Z, Zp, losses):
     Candidate k has output layer ``W2 - a * Zcat[:, k*classes:(k+1)*classes]`` and bias ``b2 - a * zb[k]``.
     The hidden layer is computed once and shared, and the K perturbed layers are applied in one matrix
     product: logits_k = H @ W2 + b2 - a * (H @ Zcat_k + zb[k]). ``losses[k] +=`` the cross-entropy summed
-    over the rows of X for k < K, and ``losses[K] +=`` that of the unperturbed network.
-    Work buffers: H (rows x hidden), Z (rows x classes), Zp (rows x K*classes).
+    over the rows of X for k < K, and ``losses[K] +=`` that of the unperturbed network (float32 logits
+    and exponentials, float64 sums). Work buffers: H (rows x hidden), Z (rows x classes), Zp (rows x
+    K*classes).
     """
     rows = X.shape[0]
     Hr = H[:rows]
@@ -117,22 +135,36 @@ def head_losses(X, y, W1, b1, W2, b2, Zcat, zb, a, H, Z, Zp, losses):
     _hidden(X, W1, b1, Hr)
     np.dot(Hr, W2, Zr)
     np.dot(Hr, Zcat, Zpr)
-    s = np.float64(a)
-    v = np.empty(c)
+    s = np.float32(a)
+    target = np.empty((rows, K + 1), dtype=np.float32)  # target logit minus that max
     for i in range(rows):
         t = y[i]
         for k in range(K + 1):
             m = -np.inf
             for j in range(c):
-                x = np.float64(Zr[i, j]) + b2[j]
                 if k < K:
-                    x -= s * (np.float64(Zpr[i, k * c + j]) + zb[k, j])
-                v[j] = x
-                m = max(m, x)
+                    v = Zr[i, j] + b2[j] - s * (Zpr[i, k * c + j] + zb[k, j])
+                    Zpr[i, k * c + j] = v
+                else:
+                    v = Zr[i, j] + b2[j]
+                    Zr[i, j] = v
+                m = max(m, v)
+            target[i, k] = (Zpr[i, k * c + t] if k < K else Zr[i, t]) - m
+            for j in range(c):
+                if k < K:
+                    Zpr[i, k * c + j] -= m
+                else:
+                    Zr[i, j] -= m
+    flat_p = Zpr.reshape(-1)
+    flat_z = Zr.reshape(-1)
+    _exp_inplace(flat_p, np.empty(flat_p.shape[0], dtype=np.int32))
+    _exp_inplace(flat_z, np.empty(flat_z.shape[0], dtype=np.int32))
+    for i in range(rows):
+        for k in range(K + 1):
             e = 0.0
             for j in range(c):
-                e += math.exp(v[j] - m)
-            losses[k] += math.log(e) - (v[t] - m)
+                e += np.float64(Zpr[i, k * c + j] if k < K else Zr[i, j])
+            losses[k] += math.log(e) - np.float64(target[i, k])
 
 
 def head_perturbations(zs, hidden: int, n_out: int, Zcat=None):

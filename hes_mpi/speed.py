@@ -218,8 +218,15 @@ def forward(comm, cfg, reps: int = 30, warmup: int = 3) -> dict:
                 np.dot(X, W1, H)
                 np.dot(H, W2, Z)
 
-    def evaluate():
-        algo.candidate_costs(1, theta, batch, sigma)
+    if algo.head_only:  # the ES step applies the base step once, then evaluates around it
+        base = theta.copy()
+        kernels.sgd_update(base, algo.g, cfg.lr)
+
+        def evaluate():
+            algo._head_costs(1, base, ev, sigma)
+    else:
+        def evaluate():
+            algo.candidate_costs(1, theta, batch, sigma)
 
     t_fwd, t_blas = [], []
     for i in range(reps + warmup):

@@ -122,6 +122,15 @@ def test_hidden_sigmoid_within_float32_rounding_everywhere():
     assert H[0][b1 == 0.0][0] == 0.5
 
 
+def test_vectorised_exp_within_float32_rounding():
+    x = np.concatenate([np.linspace(-87, 88, 10001), [-1e30, -100.0, 0.0, 1e-8]]).astype(np.float32)
+    got = x.copy()
+    kernels._exp_inplace(got, np.empty(x.size, np.int32))
+    ref = np.exp(np.clip(x.astype(np.float64), -87, 88))
+    np.testing.assert_allclose(got, ref, rtol=3e-7, atol=0)
+    assert got[x == 0.0][0] == 1.0
+
+
 def test_head_perturbations_layout():
     rng = np.random.default_rng(3)
     hidden, classes, K = 4, 3, 2
