@@ -278,6 +278,17 @@ def build_parser() -> argparse.ArgumentParser:
         sp.set_defaults(func=cmd_bench_speed, bench_name=name)
     b.set_defaults(func=lambda a: _help(b))
 
+    ev = sub.add_parser("evaluate", help="accuracy of a run's final parameters on a data split (the test set)",
+                        description="Loss and accuracy of the final parameters of finished run logs on a split of "
+                        "their dataset: 'test' (the third MNIST split, IDX t10k, the synthetic test set) by default. "
+                        "Report the test accuracy of the configuration you chose on the dev set, once: never tune "
+                        "on it. Several logs (seeds): one line each, then the mean and standard deviation.")
+    ev.add_argument("runlog", nargs="+", help="run logs written by train --out (complete)")
+    ev.add_argument("--split", choices=("test", "dev"), default="test", help="which split (default %(default)s)")
+    ev.add_argument("--data-dir", default=None, help="data folder (default: the run's, else $HES_MPI_DATA)")
+    ev.add_argument("--json", action="store_true", help="print one JSON object")
+    ev.set_defaults(func=cmd_evaluate)
+
     s = sub.add_parser("summary", help="summarise a run log", description="Summarise an HDF5 run log.")
     s.add_argument("runlog", nargs="+", help="the .h5 file(s) written by train --out")
     fmt = s.add_mutually_exclusive_group()
@@ -288,7 +299,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-COMMANDS = ("compare", "train", "sweep", "data", "bench", "summary")
+COMMANDS = ("compare", "train", "sweep", "data", "bench", "evaluate", "summary")
 
 
 def _help(p) -> int:
@@ -553,6 +564,48 @@ def _markdown_cell(key, v) -> str:
     if isinstance(v, float):
         return f"{v:.3g}" if key in ("sigma2",) else f"{v:.2f}"
     return str(v)
+
+
+def cmd_evaluate(args) -> int:
+    import numpy as np
+
+    from . import kernels
+    from .data import load_shard, load_test_split
+    from .model import MLP
+    from .runlog import RunLog
+
+    rows = []
+    for path in args.runlog:
+        with RunLog(path) as rl:
+            cfg, theta, complete = rl.config, rl.theta(), rl.complete
+        if theta is None or not complete:
+            raise UsageError(f"{path}: the run did not finish (no final parameters)")
+        data_dir = args.data_dir or cfg.get("data_dir")
+        if args.split == "test":
+            X, y = load_test_split(cfg["data"], data_dir, cfg.get("dev_size", 10000))
+        else:
+            shard = load_shard(cfg["data"], 0, 1, data_dir, cfg.get("dev_size", 10000))
+            X, y = shard.x_dev, shard.y_dev
+        model = MLP(X.shape[1], cfg["hidden"], int(theta.size - X.shape[1] * cfg["hidden"] - cfg["hidden"])
+                    // (cfg["hidden"] + 1))
+        if model.param_count != theta.size:
+            raise UsageError(f"{path}: parameters do not fit a {X.shape[1]}-{cfg['hidden']}-? network")
+        ws = kernels.Workspace(model.hidden, model.n_out, kernels.EVAL_BLOCK)
+        loss, correct = kernels.evaluate(X, y, model.views(theta.astype(np.float32)), ws)
+        rows.append({"runlog": str(path), "split": args.split, "examples": int(y.size),
+                     "accuracy": correct / y.size, "loss": loss / y.size + model.l2_term(theta, cfg["l2"])})
+    acc = np.array([r["accuracy"] for r in rows])
+    out = {"split": args.split, "runs": rows, "accuracy_mean": float(acc.mean()),
+           "accuracy_std": float(acc.std(ddof=1)) if acc.size > 1 else 0.0}
+    if args.json:
+        print(json.dumps(out))
+        return 0
+    for r in rows:
+        print(f"{r['runlog']}: {args.split} accuracy {100 * r['accuracy']:.2f}% ({r['examples']} examples), "
+              f"loss {r['loss']:.4f}")
+    if len(rows) > 1:
+        print(f"mean {100 * out['accuracy_mean']:.2f}% ± {100 * out['accuracy_std']:.2f} over {len(rows)} runs")
+    return 0
 
 
 def cmd_summary(args) -> int:

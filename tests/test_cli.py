@@ -244,3 +244,23 @@ def test_collapse_is_warned_once_and_reported_in_the_summary(tmp_path):
     assert run_cli(["train", *SYN, "--epochs", "3", "--out", fine]).returncode == 0
     s = json.loads(run_cli(["summary", fine, "--json"], n=None).stdout)
     assert s["collapsed"] is False and s["best_dev_acc"] >= s["dev_acc"]
+
+
+def test_evaluate_reports_test_accuracy_and_agrees_with_the_dev_accuracy(tmp_path):
+    runs = []
+    for seed in (0, 1):
+        out = tmp_path / f"s{seed}.h5"
+        assert run_cli(["train", *SYN, "--epochs", "2", "--seed", seed, "--out", out]).returncode == 0
+        runs.append(out)
+    dev = json.loads(run_cli(["evaluate", *runs, "--split", "dev", "--json"], n=None).stdout)
+    for r, path in zip(dev["runs"], runs):
+        s = json.loads(run_cli(["summary", path, "--json"], n=None).stdout)
+        assert r["accuracy"] == pytest.approx(s["dev_acc"], abs=1e-12)  # the same parameters, the same rows
+    test = run_cli(["evaluate", *runs], n=None)
+    assert test.returncode == 0, test.stderr
+    assert "test accuracy" in test.stdout and "mean " in test.stdout and "over 2 runs" in test.stdout
+    foreign = tmp_path / "foreign.h5"
+    with h5py.File(foreign, "w") as f:
+        f["x"] = 1
+    bad = run_cli(["evaluate", foreign], n=None)
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr
