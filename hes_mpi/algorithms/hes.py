@@ -100,8 +100,7 @@ class HybridES(BGD):
         backward pass is kept. Assisted steps add the gradient step's buffers."""
         m = self.model
         es_rows = math.ceil(self.cfg.es_rows * rows)
-        zbytes = self.zs.nbytes if self.head_only or self.noise.source == "philox" or self.cfg.dist != "normal" \
-            or self.cfg.antithetic else 0
+        zbytes = self.zs.nbytes  # the perturbations are written there (from the table or a Philox stream)
         if self.head_only:
             r = min(es_rows, self.H.shape[0])
             es = self._batch_bytes(r) + self.H[:r].nbytes + self.Z[:r].nbytes + self.Zp[:r].nbytes + zbytes
