@@ -100,7 +100,8 @@ class HybridES(BGD):
         backward pass is kept. Assisted steps add the gradient step's buffers."""
         m = self.model
         es_rows = math.ceil(self.cfg.es_rows * rows)
-        zbytes = self.zs.nbytes  # the perturbations are written there (from the table or a Philox stream)
+        # The perturbation buffer, unless whole-vector candidates read normal draws straight from the table.
+        zbytes = 0 if self._reads_table_in_place else self.zs.nbytes
         if self.head_only:
             r = min(es_rows, self.H.shape[0])
             es = self._batch_bytes(r) + self.H[:r].nbytes + self.Z[:r].nbytes + self.Zp[:r].nbytes + zbytes
@@ -119,11 +120,19 @@ class HybridES(BGD):
         return math.sqrt(s2) * self.sigma_mult
 
     # ------------------------------------------------------------------ perturbations
-    def perturbation(self, i: int, rank: int, k: int, out: np.ndarray) -> np.ndarray:
-        """z of candidate k of ``rank`` at iteration i, written into ``out`` (float32, exact)."""
+    @property
+    def _reads_table_in_place(self) -> bool:
+        cfg = self.cfg
+        return not self.head_only and cfg.noise == "table" and cfg.dist == "normal" and not cfg.antithetic
+
+    def perturbation(self, i: int, rank: int, k: int, out: np.ndarray, view_ok: bool = False) -> np.ndarray:
+        """z of candidate k of ``rank`` at iteration i (float32, exact), written into ``out``; with
+        ``view_ok`` a normal draw from the shared table is returned in place (read-only), not copied."""
         cfg = self.cfg
         kk, neg = (k // 2, k % 2 == 1) if cfg.antithetic else (k, False)
         z = self.noise.get(i, rank, kk)
+        if view_ok and cfg.dist == "normal" and not neg and self.noise.source == "table":
+            return z
         if cfg.dist == "rademacher":
             np.copysign(np.float32(1.0), z, out=out)
             if neg:
@@ -188,15 +197,14 @@ class HybridES(BGD):
         if n == 0:
             return costs, math.inf
         rank = self.comm.rank
-        z = self.zs[0]
         for k in range(cfg.K):
-            self.perturbation(i, rank, k, z)
+            z = self.perturbation(i, rank, k, self.zs[0], view_ok=True)
             sq = kernels.make_candidate(theta, self.g, z, cfg.lr, sigma, self.cand, self.segments)
             loss, _ = kernels.forward_loss(X, y, *self.cand_views, self.ws.H, self.ws.Z)
             costs[k] = loss / n + self._l2(sq)
         base_cost = math.nan
         if with_base:
-            sq = kernels.make_candidate(theta, self.g, z, cfg.lr, 0.0, self.cand, self.segments)
+            sq = kernels.make_candidate(theta, self.g, self.g, cfg.lr, 0.0, self.cand, self.segments)  # theta - lr g
             loss, _ = kernels.forward_loss(X, y, *self.cand_views, self.ws.H, self.ws.Z)
             base_cost = loss / n + self._l2(sq)
         return costs, base_cost
@@ -247,7 +255,7 @@ class HybridES(BGD):
         # The applied perturbation: the winner's z, or the weighted mean of the winners' (same order everywhere).
         if len(winners) == 1:
             index, _ = winners[0]
-            z = self.perturbation(i, *divmod(index, cfg.K), self.zsum)
+            z = self.perturbation(i, *divmod(index, cfg.K), self.zsum, view_ok=not self.head_only)
         else:
             z = self.zsum
             z[:] = 0.0
