@@ -60,6 +60,8 @@ def _es_method_args(p: argparse.ArgumentParser) -> None:
     a("--dist", choices=DISTS, default=None, help=f"perturbation components: normal or +-1 (default {d.dist})")
     a("--es-rows", type=float, default=None, metavar="F", help="cost the candidates on this fraction of the rank's "
       f"batch rows (default {d.es_rows:g})")
+    a("--es-step", type=float, default=None, metavar="F", help="ES steps move along the stored gradient by F x lr "
+      f"(a damped step on an older gradient; default {d.es_step:g})")
 
 
 def _on(flag: bool) -> str:

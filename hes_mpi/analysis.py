@@ -77,6 +77,8 @@ def method_label(config: dict) -> str:
             words.append(f"{v} recombination")
         elif k == "es_rows":
             words.append(f"{v:g} of rows")
+        elif k == "es_step":
+            words.append(f"ES step {v:g} lr")
         elif k == "dist":
             words.append(str(v))
         elif v is True:

@@ -23,7 +23,7 @@ DISTS = ("normal", "rademacher")
 #: The poster's plain H-ES (``train --plain``): every parameter perturbed with normal noise, raw costs,
 #: the single best candidate, nothing carried or adapted.
 PLAIN = {"perturb": "all", "baseline": False, "antithetic": False, "recombine": "best", "carry": False,
-         "adapt_sigma": False, "dist": "normal", "es_rows": 1.0}
+         "adapt_sigma": False, "dist": "normal", "es_rows": 1.0, "es_step": 1.0}
 
 
 @dataclass
@@ -63,6 +63,7 @@ class RunConfig:
     adapt_sigma: bool = False
     dist: str = "normal"
     es_rows: float = 1.0
+    es_step: float = 1.0
 
     def validate(self) -> RunConfig:
         """Check every field that does not depend on the data or the rank count."""
@@ -103,6 +104,8 @@ class RunConfig:
                 raise UsageError(f"--{name} must be one of {', '.join(allowed)}, not {getattr(self, name)!r}")
         if not (0.0 < self.es_rows <= 1.0):
             raise UsageError(f"--es-rows must be a fraction in (0, 1], got {self.es_rows}")
+        if not (0.0 < self.es_step <= 1.0):
+            raise UsageError(f"--es-step must be a fraction in (0, 1], got {self.es_step}")
         if self.antithetic and self.K % 2:
             raise UsageError(f"--antithetic needs an even --K (pairs of +z and -z), got {self.K}")
         if self.adapt_sigma and not self.baseline:

@@ -103,6 +103,8 @@ METHODS = [
     {"perturb": "all", "baseline": True, "antithetic": True},
     {"perturb": "output", "baseline": True, "recombine": "weighted"},
     {"perturb": "all", "recombine": "weighted", "noise": "philox"},
+    {"perturb": "output", "baseline": True, "es_step": 0.5},
+    {"perturb": "all", "es_step": 0.5, "es_rows": 0.5},
 ]
 
 
@@ -110,11 +112,11 @@ def expected_update(algo, cfg, model, before, g, sigma, z):
     """theta after an ES step whose applied perturbation is z, built with plain NumPy float32."""
     f32 = np.float32
     if cfg.perturb == "output":
-        out = before - f32(cfg.lr) * g
+        out = before - f32(cfg.lr * cfg.es_step) * g
         o = model.offsets
         out[o[2]:o[4]] = out[o[2]:o[4]] - f32(cfg.lr * sigma) * z
         return out
-    return before - f32(cfg.lr) * (g + f32(sigma) * z)
+    return before - f32(cfg.lr * cfg.es_step) * (g + f32(sigma / cfg.es_step) * z)
 
 
 @pytest.mark.parametrize("methods", METHODS, ids=lambda m: ",".join(f"{k}={v}" for k, v in m.items()))

@@ -30,6 +30,9 @@ Methods on top of it, each a ``train`` option (the README's ablation table measu
 ``--es-rows F``
     Candidates are costed on the first ceil(F * n) of this rank's n rows of the batch (a random sample
     of it: batch membership is random), which cuts the ES step's forward work by 1 - F.
+``--es-step F``
+    ES steps move along the stored gradient by F x lr instead of lr (candidates theta - lr (F g + sigma z)):
+    a damped step on a gradient that is r - 1 iterations old.
 ``--dist rademacher``
     Perturbation components are +-1 (the signs of the normal draws) instead of normal.
 
@@ -197,14 +200,15 @@ class HybridES(BGD):
         if n == 0:
             return costs, math.inf
         rank = self.comm.rank
+        lr = cfg.lr * cfg.es_step  # candidates theta - lr F (g + sigma / F z) = theta - lr (F g + sigma z)
         for k in range(cfg.K):
             z = self.perturbation(i, rank, k, self.zs[0], view_ok=True)
-            sq = kernels.make_candidate(theta, self.g, z, cfg.lr, sigma, self.cand, self.segments)
+            sq = kernels.make_candidate(theta, self.g, z, lr, sigma / cfg.es_step, self.cand, self.segments)
             loss, _ = kernels.forward_loss(X, y, *self.cand_views, self.ws.H, self.ws.Z)
             costs[k] = loss / n + self._l2(sq)
         base_cost = math.nan
         if with_base:
-            sq = kernels.make_candidate(theta, self.g, self.g, cfg.lr, 0.0, self.cand, self.segments)  # theta - lr g
+            sq = kernels.make_candidate(theta, self.g, self.g, lr, 0.0, self.cand, self.segments)  # theta - lr F g
             loss, _ = kernels.forward_loss(X, y, *self.cand_views, self.ws.H, self.ws.Z)
             base_cost = loss / n + self._l2(sq)
         return costs, base_cost
@@ -216,7 +220,7 @@ class HybridES(BGD):
         batch = batch.head(self.cfg.es_rows)
         if self.head_only:
             base = theta.copy()
-            kernels.sgd_update(base, self.g, self.cfg.lr)
+            kernels.sgd_update(base, self.g, self.cfg.lr * self.cfg.es_step)
             if batch.n == 0:
                 return np.full(self.cfg.K, np.inf), math.inf
             return self._head_costs(i, base, batch, sigma)
@@ -242,7 +246,7 @@ class HybridES(BGD):
         sigma = self.sigma()
         rows = batch.head(cfg.es_rows)
         if self.head_only:
-            kernels.sgd_update(theta, self.g, cfg.lr)  # the base step: shared by every candidate
+            kernels.sgd_update(theta, self.g, cfg.lr * cfg.es_step)  # the base step: shared by every candidate
             if rows.n:
                 costs, base_cost = self._head_costs(i, theta, rows, sigma)
             else:
@@ -266,7 +270,8 @@ class HybridES(BGD):
         if self.head_only:
             kernels.sgd_update(theta[self.seg], z, cfg.lr * sigma)
         else:
-            kernels.make_candidate(theta, self.g, z, cfg.lr, sigma, theta, self.segments)
+            # theta - lr F (g + sigma / F z) = theta - lr (F g + sigma z)
+            kernels.make_candidate(theta, self.g, z, cfg.lr * cfg.es_step, sigma / cfg.es_step, theta, self.segments)
         if cfg.carry:
             kernels.sgd_update(self.g[self.seg], z, -sigma)  # g <- g + sigma * z
         if cfg.adapt_sigma:
