@@ -32,7 +32,7 @@ Methods on top of it, each a ``train`` option (the README's ablation table measu
     of it: batch membership is random), which cuts the ES step's forward work by 1 - F.
 ``--es-step F``
     ES steps move along the stored gradient by F x lr instead of lr (candidates theta - lr (F g + sigma z)):
-    a damped step on a gradient that is r - 1 iterations old.
+    a damped step on a gradient up to r - 1 iterations old (assisted steps, on a fresh gradient, keep lr).
 ``--dist rademacher``
     Perturbation components are +-1 (the signs of the normal draws) instead of normal.
 
@@ -164,6 +164,10 @@ class HybridES(BGD):
         self.es_select(i, theta, batch, info)
         return info
 
+    def _step_scale(self, i: int) -> float:
+        """--es-step on an ES step around an older gradient; 1 on an assisted step (a fresh gradient)."""
+        return 1.0 if self.cfg.is_grad_step(i) else self.cfg.es_step
+
     def _l2(self, sq: float) -> float:
         return 0.5 * self.cfg.l2 * sq
 
@@ -200,10 +204,11 @@ class HybridES(BGD):
         if n == 0:
             return costs, math.inf
         rank = self.comm.rank
-        lr = cfg.lr * cfg.es_step  # candidates theta - lr F (g + sigma / F z) = theta - lr (F g + sigma z)
+        F = self._step_scale(i)
+        lr = cfg.lr * F  # candidates theta - lr F (g + sigma / F z) = theta - lr (F g + sigma z)
         for k in range(cfg.K):
             z = self.perturbation(i, rank, k, self.zs[0], view_ok=True)
-            sq = kernels.make_candidate(theta, self.g, z, lr, sigma / cfg.es_step, self.cand, self.segments)
+            sq = kernels.make_candidate(theta, self.g, z, lr, sigma / F, self.cand, self.segments)
             loss, _ = kernels.forward_loss(X, y, *self.cand_views, self.ws.H, self.ws.Z)
             costs[k] = loss / n + self._l2(sq)
         base_cost = math.nan
@@ -220,7 +225,7 @@ class HybridES(BGD):
         batch = batch.head(self.cfg.es_rows)
         if self.head_only:
             base = theta.copy()
-            kernels.sgd_update(base, self.g, self.cfg.lr * self.cfg.es_step)
+            kernels.sgd_update(base, self.g, self.cfg.lr * self._step_scale(i))
             if batch.n == 0:
                 return np.full(self.cfg.K, np.inf), math.inf
             return self._head_costs(i, base, batch, sigma)
@@ -246,7 +251,7 @@ class HybridES(BGD):
         sigma = self.sigma()
         rows = batch.head(cfg.es_rows)
         if self.head_only:
-            kernels.sgd_update(theta, self.g, cfg.lr * cfg.es_step)  # the base step: shared by every candidate
+            kernels.sgd_update(theta, self.g, cfg.lr * self._step_scale(i))  # the base step, shared by all
             if rows.n:
                 costs, base_cost = self._head_costs(i, theta, rows, sigma)
             else:
@@ -270,8 +275,8 @@ class HybridES(BGD):
         if self.head_only:
             kernels.sgd_update(theta[self.seg], z, cfg.lr * sigma)
         else:
-            # theta - lr F (g + sigma / F z) = theta - lr (F g + sigma z)
-            kernels.make_candidate(theta, self.g, z, cfg.lr * cfg.es_step, sigma / cfg.es_step, theta, self.segments)
+            F = self._step_scale(i)  # theta - lr F (g + sigma / F z) = theta - lr (F g + sigma z)
+            kernels.make_candidate(theta, self.g, z, cfg.lr * F, sigma / F, theta, self.segments)
         if cfg.carry:
             kernels.sgd_update(self.g[self.seg], z, -sigma)  # g <- g + sigma * z
         if cfg.adapt_sigma:
