@@ -61,7 +61,7 @@ def _es_method_args(p: argparse.ArgumentParser) -> None:
     a("--es-rows", type=float, default=None, metavar="F", help="cost the candidates on this fraction of the rank's "
       f"batch rows (default {d.es_rows:g})")
     a("--es-step", type=float, default=None, metavar="F", help="ES steps move along the stored gradient by F x lr "
-      f"(a damped step on an older gradient; default {d.es_step:g})")
+      "(a damped step on an older gradient); 0: 1 for r <= 2, 0.7 for r >= 3 (default 0)")
 
 
 def _on(flag: bool) -> str:

@@ -78,7 +78,7 @@ def method_label(config: dict) -> str:
         elif k == "es_rows":
             words.append(f"{v:g} of rows")
         elif k == "es_step":
-            words.append(f"ES step {v:g} lr")
+            words.append(f"ES step {v:g} lr" if v else "ES step auto")
         elif k == "dist":
             words.append(str(v))
         elif v is True:

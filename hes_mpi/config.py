@@ -63,7 +63,7 @@ class RunConfig:
     adapt_sigma: bool = False
     dist: str = "normal"
     es_rows: float = 1.0
-    es_step: float = 1.0
+    es_step: float = 0.0  # 0: auto (see effective_es_step)
 
     def validate(self) -> RunConfig:
         """Check every field that does not depend on the data or the rank count."""
@@ -104,8 +104,8 @@ class RunConfig:
                 raise UsageError(f"--{name} must be one of {', '.join(allowed)}, not {getattr(self, name)!r}")
         if not (0.0 < self.es_rows <= 1.0):
             raise UsageError(f"--es-rows must be a fraction in (0, 1], got {self.es_rows}")
-        if not (0.0 < self.es_step <= 1.0):
-            raise UsageError(f"--es-step must be a fraction in (0, 1], got {self.es_step}")
+        if not (0.0 <= self.es_step <= 1.0):
+            raise UsageError(f"--es-step must be a fraction in (0, 1], or 0 for auto; got {self.es_step}")
         if self.antithetic and self.K % 2:
             raise UsageError(f"--antithetic needs an even --K (pairs of +z and -z), got {self.K}")
         if self.adapt_sigma and not self.baseline:
@@ -144,6 +144,13 @@ class RunConfig:
         if self.algo == "bgd":
             return False
         return self.assisted or iteration % self.r != 0
+
+    @property
+    def effective_es_step(self) -> float:
+        """--es-step, or with 0 (auto) the measured best: 1 for r <= 2, 0.7 for r >= 3 (README, Results)."""
+        if self.es_step > 0:
+            return self.es_step
+        return 1.0 if self.r <= 2 else 0.7
 
     @property
     def is_plain(self) -> bool:

@@ -136,9 +136,11 @@ def test_labels_name_the_es_methods_and_old_logs_count_as_plain():
     from hes_mpi.config import RunConfig
 
     old = {k: v for k, v in RunConfig(algo="hes", r=2).to_dict().items()
-           if k not in ("perturb", "baseline", "antithetic", "recombine", "carry", "adapt_sigma", "dist", "es_rows")}
+           if k not in ("perturb", "baseline", "antithetic", "recombine", "carry", "adapt_sigma", "dist", "es_rows",
+                        "es_step")}
     assert method_label(old) == "plain" and run_label(old) == "H-ES, r = 2 [plain]"
     cfg = {**old, "perturb": "output", "baseline": True, "recombine": "weighted", "es_rows": 0.5}
     assert method_label(cfg) == "output layer, baseline, weighted recombination, 0.5 of rows"
     assert run_label({**cfg, "assisted": True}).startswith("Assisted H-ES (r = 1) [output layer")
     assert run_label({"algo": "bgd"}) == "Reference (BGD)"
+    assert method_label(RunConfig(algo="hes").to_dict()) == "output layer, baseline, ES step auto"

@@ -171,3 +171,12 @@ def test_plain_is_the_poster_algorithm():
     assert cfg.is_plain
     assert not dataclasses.replace(cfg, carry=True).is_plain
     assert PLAIN["perturb"] == "all" and PLAIN["recombine"] == "best" and PLAIN["es_rows"] == 1.0
+    assert PLAIN["es_step"] == 1.0 and cfg.effective_es_step == 1.0
+
+
+def test_es_step_auto_is_one_for_r2_and_damped_beyond():
+    assert RunConfig(algo="hes", r=2).effective_es_step == 1.0
+    assert RunConfig(algo="hes", r=3).effective_es_step == 0.7
+    assert RunConfig(algo="hes", r=3, es_step=0.5).effective_es_step == 0.5
+    with pytest.raises(UsageError, match="--es-step"):
+        RunConfig(algo="hes", es_step=1.5).validate()

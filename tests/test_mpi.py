@@ -112,11 +112,12 @@ def expected_update(algo, cfg, model, before, g, sigma, z):
     """theta after an ES step whose applied perturbation is z, built with plain NumPy float32."""
     f32 = np.float32
     if cfg.perturb == "output":
-        out = before - f32(cfg.lr * cfg.es_step) * g
+        out = before - f32(cfg.lr * cfg.effective_es_step) * g
         o = model.offsets
         out[o[2]:o[4]] = out[o[2]:o[4]] - f32(cfg.lr * sigma) * z
         return out
-    return before - f32(cfg.lr * cfg.es_step) * (g + f32(sigma / cfg.es_step) * z)
+    F = cfg.effective_es_step
+    return before - f32(cfg.lr * F) * (g + f32(sigma / F) * z)
 
 
 @pytest.mark.parametrize("methods", METHODS, ids=lambda m: ",".join(f"{k}={v}" for k, v in m.items()))

@@ -33,6 +33,7 @@ Methods on top of it, each a ``train`` option (the README's ablation table measu
 ``--es-step F``
     ES steps move along the stored gradient by F x lr instead of lr (candidates theta - lr (F g + sigma z)):
     a damped step on a gradient up to r - 1 iterations old (assisted steps, on a fresh gradient, keep lr).
+    0 (the default) means 1 for r <= 2 and 0.7 for r >= 3, the best measured on MNIST.
 ``--dist rademacher``
     Perturbation components are +-1 (the signs of the normal draws) instead of normal.
 
@@ -166,7 +167,7 @@ class HybridES(BGD):
 
     def _step_scale(self, i: int) -> float:
         """--es-step on an ES step around an older gradient; 1 on an assisted step (a fresh gradient)."""
-        return 1.0 if self.cfg.is_grad_step(i) else self.cfg.es_step
+        return 1.0 if self.cfg.is_grad_step(i) else self.cfg.effective_es_step
 
     def _l2(self, sq: float) -> float:
         return 0.5 * self.cfg.l2 * sq
