@@ -117,6 +117,10 @@ _SAME_RUN_IGNORES = {"out", "force", "data_dir", "threads", "check_every", "chec
                      "resume"}
 
 
+#: Options BGD does not read.
+_HES_ONLY = {"K", "r", "sigma2", "sigma_scale", "assisted", "noise", *PLAIN}
+
+
 def finished(path: Path, cfg: RunConfig) -> bool:
     """True when ``path`` is a complete run log of the same configuration (so a sweep can skip it)."""
     from .runlog import RunLog
@@ -130,8 +134,9 @@ def finished(path: Path, cfg: RunConfig) -> bool:
     except Exception:  # noqa: BLE001  (unreadable or foreign: run it again)
         return False
     want = cfg.to_dict()
+    ignore = _SAME_RUN_IGNORES | (_HES_ONLY if cfg.algo == "bgd" else set())
     # A log older than an H-ES method option ran the poster's plain algorithm (as hes_mpi.analysis reads it).
-    return done and all(saved.get(k, PLAIN.get(k)) == v for k, v in want.items() if k not in _SAME_RUN_IGNORES)
+    return done and all(saved.get(k, PLAIN.get(k)) == v for k, v in want.items() if k not in ignore)
 
 
 def run_sweep(comm, runs: list[tuple[str, RunConfig]], out_dir: str, argv=None) -> list[str]:
