@@ -105,9 +105,9 @@ def steps(comm, cfg, reps: int = 40, warmup: int = 4) -> dict:
     noise_t = []
     real = algo.perturbation
 
-    def timed_perturbation(*a):
+    def timed_perturbation(*a, **kw):
         t = time.perf_counter()
-        out = real(*a)
+        out = real(*a, **kw)
         noise_t[-1] += time.perf_counter() - t
         return out
 
