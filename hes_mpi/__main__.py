@@ -404,13 +404,14 @@ def cmd_sweep(args, argv=None) -> int:
     return _mpi_command(body)
 
 
-def _mpi_command(body) -> int:
-    """Run ``body(comm)`` on every rank with the same error handling as ``train``."""
+def _mpi_command(body, json_output: bool = False) -> int:
+    """Run ``body(comm)`` on every rank with the same error handling as ``train``. With ``json_output``
+    progress goes to standard error, so that standard output is the JSON object alone."""
     from .comm import InstrumentedComm, SilentExit
     from .log import setup_logging
 
     comm = InstrumentedComm()
-    setup_logging(comm.rank, comm.size)
+    setup_logging(comm.rank, comm.size, stderr=json_output)
     where = f" (rank {comm.rank}/{comm.size})" if comm.size > 1 else ""
     from .trainer import Stopped
 
@@ -466,7 +467,7 @@ def cmd_bench_osu(args) -> int:
                 print(format_osu(rows, args.op, args.raw, comm.size), flush=True)
         return 0
 
-    return _mpi_command(body)
+    return _mpi_command(body, json_output=args.json)
 
 
 def _bench_bgd_steps(args, run, **cfg_extra) -> int:
@@ -485,7 +486,7 @@ def _bench_bgd_steps(args, run, **cfg_extra) -> int:
             print(dumps(result), flush=True)
         return 0
 
-    return _mpi_command(body)
+    return _mpi_command(body, json_output=True)
 
 
 def cmd_bench_overhead(args) -> int:
@@ -525,7 +526,7 @@ def cmd_bench_speed(args) -> int:
             print(dumps(result), flush=True)
         return 0
 
-    return _mpi_command(body)
+    return _mpi_command(body, json_output=True)
 
 
 def cmd_data_fetch(args) -> int:

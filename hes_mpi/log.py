@@ -16,15 +16,16 @@ class _RankFilter(logging.Filter):
         return True
 
 
-def setup_logging(rank: int = 0, size: int = 1, level: int = logging.INFO) -> logging.Logger:
+def setup_logging(rank: int = 0, size: int = 1, level: int = logging.INFO, stderr: bool = False) -> logging.Logger:
     """Configure the ``hes_mpi`` logger for this rank and return it.
 
-    Non-root ranks log at WARNING and above, so a run prints one progress stream.
+    Non-root ranks log at WARNING and above, so a run prints one progress stream: rank 0's on standard
+    output, or on standard error with ``stderr`` (commands whose standard output is JSON).
     """
     logger = logging.getLogger("hes_mpi")
     for h in list(logger.handlers):
         logger.removeHandler(h)
-    handler = logging.StreamHandler(sys.stderr if rank else sys.stdout)
+    handler = logging.StreamHandler(sys.stderr if rank or stderr else sys.stdout)
     handler.setFormatter(logging.Formatter(_FORMAT, datefmt="%H:%M:%S"))
     handler.addFilter(_RankFilter(rank, size))
     logger.addHandler(handler)

@@ -21,9 +21,8 @@ SMALL = ["--data", "synthetic:2000", "--hidden", "32", "--batch", "200"]
 def bench(*args, n=2, timeout=240, shape=SMALL) -> dict:
     proc = run_cli(["bench", *args, *shape], n=n, timeout=timeout)
     assert proc.returncode == 0, proc.stderr
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
-    assert len(lines) == 1, proc.stdout  # one JSON object, from rank 0 only
-    return json.loads(lines[0])
+    assert len(proc.stdout.strip().splitlines()) == 1, proc.stdout  # one JSON object from rank 0; progress on stderr
+    return json.loads(proc.stdout)
 
 
 @pytest.fixture(scope="module")
