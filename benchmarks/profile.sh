@@ -8,7 +8,7 @@ set -euo pipefail
 out="${1:-results/profile}"
 shift || true
 mkdir -p "$out"
-hes-mpi data fetch mnist
+hes-mpi data fetch mnist >&2
 export HES_MPI_PROFILE_DIR="$out"
 mpiexec -n 2 sh -c 'exec py-spy record -r 250 -f raw -o "$HES_MPI_PROFILE_DIR/rank${PMI_RANK:-0}.txt" -- \
     python3 -m hes_mpi train --algo hes --epochs 5 --no-eval-train "$@"' sh "$@"

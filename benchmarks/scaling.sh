@@ -8,7 +8,7 @@ out="${1:-results/scaling.jsonl}"
 shift || true
 mkdir -p "$(dirname "$out")"
 : > "$out"
-hes-mpi data fetch mnist
+hes-mpi data fetch mnist >&2
 for p in 1 2 4; do
     for mode in strong weak; do
         batch=1000

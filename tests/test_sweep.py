@@ -69,3 +69,20 @@ def test_bad_parameter_files_are_one_line_errors(tmp_path, text, fragment):
     assert proc.returncode == 2, proc.stdout
     assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
     assert fragment in proc.stderr
+
+
+def test_a_finished_log_is_recognised_across_irrelevant_options(swept):
+    """BGD ignores the H-ES options, and logs without a newer method option count as plain."""
+    from hes_mpi.config import PLAIN, RunConfig
+    from hes_mpi.suite import finished
+
+    d, _ = swept
+    bgd = d / "out" / "bgd_s0.h5"
+    base = {"data": "synthetic:2000", "hidden": 16, "batch": 200, "lr": 1.0, "epochs": 2, "seed": 0}
+    assert finished(bgd, RunConfig(algo="bgd", **base))
+    assert finished(bgd, RunConfig(algo="bgd", K=3, perturb="all", es_rows=0.5, threads=7, **base))
+    assert not finished(bgd, RunConfig(algo="bgd", **{**base, "lr": 2.0}))
+    assert not finished(bgd, RunConfig(algo="bgd", **{**base, "epochs": 3}))
+    plain = d / "out" / "plain_s0.h5"
+    assert finished(plain, RunConfig(algo="hes", r=2, **base, **PLAIN))
+    assert not finished(plain, RunConfig(algo="hes", r=2, **base))  # the defaults are not plain
