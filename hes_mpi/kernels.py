@@ -31,6 +31,7 @@ EVAL_BLOCK = 2048
 _LOG2E = np.float32(1.44269504088896341)
 _LN2_HI = np.float32(0.693359375)
 _LN2_LO = np.float32(-2.12194440e-4)
+_TINY = np.float32(np.finfo(np.float32).tiny)  # the smallest normal float32
 _EXP_P = (np.float32(1.9875691500e-4), np.float32(1.3981999507e-3), np.float32(8.3334519073e-3),
           np.float32(4.1665795894e-2), np.float32(1.6666665459e-1), np.float32(5.0000001201e-1))
 
@@ -62,13 +63,15 @@ def _hidden(X, W1, b1, H):
     p0, p1, p2, p3, p4, p5 = _EXP_P
     for i in range(rows):
         for j in range(hid):
-            x = -(H[i, j] + b1[j])
-            x = min(max(x, np.float32(-87.0)), np.float32(88.0))
+            x0 = -(H[i, j] + b1[j])
+            x = min(max(x0, np.float32(-87.0)), np.float32(87.0))
             n = np.floor(x * _LOG2E + np.float32(0.5))
             r = x - n * _LN2_HI - n * _LN2_LO
             p = ((((p0 * r + p1) * r + p2) * r + p3) * r + p4) * r + p5
             H[i, j] = p * r * r + r + np.float32(1.0)
-            E[j] = (np.int32(n) + np.int32(127)) << np.int32(23)
+            # Beyond 87 the sigmoid is below the smallest normal float32: make it exactly 0 (an infinite
+            # exponent), never a denormal, which would slow every later product by orders of magnitude.
+            E[j] = (np.int32(n) + np.int32(127)) << np.int32(23) if x0 <= np.float32(87.0) else np.int32(0x7F800000)
         for j in range(hid):
             H[i, j] = np.float32(1.0) / (np.float32(1.0) + H[i, j] * Ef[j])
 
@@ -94,7 +97,8 @@ def _softmax_ce(Z, b2, y, P):
             e = math.exp(np.float64(P[i, j]) - m)
             s += e
         for j in range(c):
-            P[i, j] = np.float32(math.exp(np.float64(P[i, j]) - m) / s)
+            pj = np.float32(math.exp(np.float64(P[i, j]) - m) / s)
+            P[i, j] = pj if pj >= _TINY else np.float32(0.0)  # no denormals (see _hidden)
         loss += math.log(s) - (zy - m)
         if arg == y[i]:
             correct += 1
@@ -218,6 +222,7 @@ def forward_backward(X, y, W1, b1, W2, b2, gW1, gb1, gW2, gb2, H, Z, D):
         for j in range(hid):
             h = Hr[i, j]
             d = Dr[i, j] * h * (np.float32(1.0) - h)
+            d = d if abs(d) >= _TINY else np.float32(0.0)  # no denormals (see _hidden)
             Dr[i, j] = d
             gb1[j] += d
     np.dot(X.T, Dr, gW1)

@@ -431,3 +431,30 @@ def scaling_markdown(rows: list[dict]) -> str:
                          f"{1e3 * e:.2f} | {e / g:.2f} | {r['grad_step_bytes_sent_per_rank']:,.0f} | "
                          f"{r['es_step_bytes_sent_per_rank']:,.0f} | {g1 / g:.2f} | {e1 / e:.2f} |")
     return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------------ runtime
+def runtime_markdown(paths: list[str]) -> str:
+    """Runtime of each configuration relative to BGD, from short training runs done in interleaved rounds
+    (benchmarks/runtime.sh): per configuration the median over rounds of its training time (the sum of
+    its epochs, evaluation excluded), divided by BGD's. Rounds interleave the configurations, so a slow
+    spell of the machine lands on all of them instead of on one."""
+    from .analysis import load_runs
+
+    groups: dict[str, list[float]] = {}
+    order: list[str] = []
+    for run in load_runs(paths):
+        label = run.label
+        if label not in groups:
+            groups[label] = []
+            order.append(label)
+        groups[label].append(float(np.sum(run.epochs["epoch_s"])))
+    ref = next((lab for lab in order if lab.startswith("Reference")), None)
+    if ref is None:
+        raise ValueError("no BGD run among the logs: nothing to compare with")
+    base = float(np.median(groups[ref]))
+    lines = ["| run | rounds | median training time (s) | Runtime |", "|---|---|---|---|"]
+    for lab in [ref, *sorted(lab for lab in order if lab != ref)]:
+        t = float(np.median(groups[lab]))
+        lines.append(f"| {lab} | {len(groups[lab])} | {t:.2f} | {100 * t / base:.1f}% |")
+    return "\n".join(lines)

@@ -120,6 +120,10 @@ def test_hidden_sigmoid_within_float32_rounding_everywhere():
     assert np.array_equal(H[0], H[1])
     np.testing.assert_allclose(H[0], ref, rtol=3e-7, atol=1e-37)
     assert H[0][b1 == 0.0][0] == 0.5
+    # saturated units are exactly 0 or 1, never denormal (denormals slow the later products 10-100x)
+    tiny = np.finfo(np.float32).tiny
+    assert not np.any((H != 0) & (np.abs(H) < tiny))
+    assert np.all(H[0][b1 < -87.5] == 0.0) and np.all(H[0][b1 > 87.5] == 1.0)
 
 
 def test_vectorised_exp_within_float32_rounding():

@@ -136,3 +136,19 @@ def test_scaling_table_from_bench_steps_rows(tmp_path):
     bad = subprocess.run([sys.executable, str(script), str(tmp_path / "none")], capture_output=True, text=True,
                          check=False)
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
+
+
+def test_runtime_table_is_relative_to_the_median_bgd_run(tmp_path):
+    from hes_mpi.speed import runtime_markdown
+
+    small = ["--data", "synthetic:400", "--hidden", "16", "--batch", "100", "--lr", "1", "--epochs", "2"]
+    paths = []
+    for name, opts in (("bgd", ["--algo", "bgd"]), ("r2", ["--algo", "hes", "--r", "2"])):
+        out = tmp_path / f"{name}.h5"
+        assert run_cli(["train", *small, *opts, "--out", out]).returncode == 0
+        paths.append(str(out))
+    md = runtime_markdown(paths).splitlines()
+    assert md[2].startswith("| Reference (BGD) | 1 |") and md[2].endswith("| 100.0% |")
+    assert md[3].startswith("| H-ES, r = 2 [")
+    with pytest.raises(ValueError, match="no BGD run"):
+        runtime_markdown(paths[1:])

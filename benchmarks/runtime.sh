@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# The Runtime column of the README's results: short training runs of each configuration (MNIST, 2 ranks,
+# 5 epochs, no per-epoch pass over the training set), in interleaved rounds, then each configuration's
+# median training time relative to BGD's. Interleaving keeps a slow spell of a shared machine from
+# landing on one configuration only (whole 30-epoch runs one after the other varied by 2x here).
+# Usage: bash benchmarks/runtime.sh [OUTDIR] [ROUNDS]
+set -euo pipefail
+out="${1:-results/runtime}"
+rounds="${2:-3}"
+mkdir -p "$out"
+hes-mpi data fetch mnist >&2
+configs=(
+    "bgd|--algo bgd"
+    "assisted_plain|--algo hes --assisted --plain"
+    "r2_plain|--algo hes --r 2 --plain"
+    "r3_plain|--algo hes --r 3 --plain"
+    "assisted|--algo hes --assisted"
+    "r2|--algo hes --r 2"
+    "r3|--algo hes --r 3"
+)
+for round in $(seq 1 "$rounds"); do
+    for c in "${configs[@]}"; do
+        name="${c%%|*}"
+        read -r -a opts <<<"${c#*|}"
+        echo "== round $round/$rounds: $name" >&2
+        mpiexec -n 2 hes-mpi train "${opts[@]}" --epochs 5 --no-eval-train --force \
+            --out "$out/${name}_round${round}.h5" > /dev/null < /dev/null
+    done
+done
+python3 -c "
+import glob, sys
+from hes_mpi.speed import runtime_markdown
+print(runtime_markdown(sorted(glob.glob(sys.argv[1] + '/*_round*.h5'))))" "$out"
