@@ -57,7 +57,7 @@ from .. import kernels, noise
 from .bgd import BGD, KIND_ASSISTED, KIND_ES, KIND_GRAD, StepInfo
 
 #: Rows per chunk when ``--perturb output`` evaluates candidates (bounds the ES step's working set).
-CHUNK_ROWS = 128
+CHUNK_ROWS = 192
 _ADAPT_UP, _ADAPT_DOWN = math.exp(0.05), math.exp(-0.2)
 _SIGMA_MULT_RANGE = (1e-3, 1e3)
 
