@@ -70,7 +70,6 @@ class HybridES(BGD):
         self.seg = slice(o[2], o[4]) if self.head_only else slice(0, o[4])
         n = self.seg.stop - self.seg.start
         self.noise = noise.Perturbations(cfg.noise, cfg.seed, n)
-        self.draws = cfg.K // 2 if cfg.antithetic else cfg.K
         if self.head_only:
             chunk = min(CHUNK_ROWS, max_rows)
             self.zs = np.empty((cfg.K, n), dtype=np.float32)
@@ -98,8 +97,9 @@ class HybridES(BGD):
 
     def work_bytes(self, kind: int, rows: int) -> int:
         """Bytes of the buffers an ES step writes: with ``--perturb output`` one chunk of rows, its hidden
-        layer and logits, the K perturbations of the output layer and one candidate output layer; else
-        the whole batch, its forward pass, one noise vector and one candidate parameter vector. The
+        layer and logits, and the K perturbations of the output layer (twice: as drawn and side by side
+        for the product) plus the applied one; else the rows, their forward pass, one noise vector and
+        one candidate parameter vector. The
         parameters and the stored last gradient (state kept between steps) are not counted; no
         backward pass is kept. Assisted steps add the gradient step's buffers."""
         m = self.model
@@ -109,11 +109,11 @@ class HybridES(BGD):
         if self.head_only:
             r = min(es_rows, self.H.shape[0])
             es = self._batch_bytes(r) + self.H[:r].nbytes + self.Z[:r].nbytes + self.Zp[:r].nbytes + zbytes
-            es += self.Zcat.nbytes
+            es += self.Zcat.nbytes + self.zsum.nbytes
         else:
             es = self._batch_bytes(es_rows) + zbytes + self.cand.nbytes + es_rows * (m.hidden + m.n_out) * 4
         if self.cfg.recombine == "weighted":
-            es += self.zsum.nbytes + self._allcosts.nbytes
+            es += self._allcosts.nbytes + (0 if self.head_only else self.zsum.nbytes)
         if kind == KIND_ES:
             return es
         grad = super().work_bytes(KIND_GRAD, rows)
