@@ -234,7 +234,8 @@ def test_collapse_is_warned_once_and_reported_in_the_summary(tmp_path):
     """H-ES collapses without NaN (accuracy falls): one warning from rank 0, and summary says so."""
     out = tmp_path / "c.h5"
     proc = run_cli(["train", "--data", "synthetic:4000", "--hidden", "32", "--batch", "100", "--lr", "1", "--algo",
-                    "hes", "--r", "4", "--sigma-scale", "absolute", "--sigma2", "5", "--epochs", "6", "--out", out])
+                    "hes", "--plain", "--r", "4", "--sigma-scale", "absolute", "--sigma2", "5", "--epochs", "6", "--out",
+                    out])
     assert proc.returncode == 0, proc.stderr
     warnings = [ln for ln in (proc.stdout + proc.stderr).splitlines() if "WARNING" in ln]
     assert len(warnings) == 1 and "collapsing" in warnings[0] and " 0/2 " in warnings[0]
