@@ -32,7 +32,7 @@ def test_every_configuration_and_seed_has_a_run_log_and_the_tables_group_seeds(s
     with open(d / "out" / "accuracy.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert [r["run"] for r in rows] == ["Reference (BGD)", "H-ES, r = 2 [plain]",
-                                        "H-ES, r = 2 [output layer, baseline]"]
+                                        "H-ES, r = 2 [output layer, baseline, ES step auto]"]
     assert all(r["seeds"] == "2" for r in rows)
     assert "± " in proc.stdout and "Net BW" in proc.stdout
 
@@ -53,7 +53,7 @@ def test_dry_run_lists_the_runs_without_mpi(tmp_path):
     assert proc.stdout.splitlines() == [
         "bgd_s3: Reference (BGD), seed 3, 2 epochs, data synthetic:2000",
         "plain_s3: H-ES, r = 2 [plain], seed 3, 2 epochs, data synthetic:2000",
-        "head_s3: H-ES, r = 2 [output layer, baseline], seed 3, 2 epochs, data synthetic:2000"]
+        "head_s3: H-ES, r = 2 [output layer, baseline, ES step auto], seed 3, 2 epochs, data synthetic:2000"]
 
 
 @pytest.mark.parametrize(("text", "fragment"), [
