@@ -27,7 +27,7 @@ Schema (``format = "hes_mpi.runlog"``, ``format_version = 1``); growable dataset
                       ``es_k``; per rank (rows x ranks): ``step_s`` (wall time of the step),
                       ``compute_s``, ``comm_s`` and ``wait_s`` (its split, see
                       :mod:`hes_mpi.telemetry`), ``local_n`` (rows), ``rss_hwm_bytes`` (resident-set
-                      high-water mark after the step), ``step_bytes`` (work buffers the step touched)
+                      high-water mark after the step), ``step_bytes`` (bytes of the buffers the step writes)
 ``/comm/records/*``   one row per MPI call of every rank (columns of equal length): ``rank``,
                       ``seq`` (collective call number, equal across ranks; -1 point-to-point),
                       ``op`` and ``phase`` (indices into the attrs ``op_names``/``phase_names``),

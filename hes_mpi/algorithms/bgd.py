@@ -67,9 +67,9 @@ class BGD:
         return rows * (self.model.n_in * 4 + 4)  # float32 rows and int32 labels
 
     def work_bytes(self, kind: int, rows: int) -> int:
-        """Bytes of every buffer a step of ``kind`` touches with ``rows`` local examples.
+        """Bytes of the buffers a step of ``kind`` writes with ``rows`` local examples.
 
-        Gradient step: the batch, the flat gradient, hidden activations and their backward pass
+        Gradient step: the rows copied out of the shard, the flat gradient, hidden activations and their backward pass
         (2 x rows x hidden), and the output layer (rows x classes).
         """
         m = self.model
