@@ -78,44 +78,51 @@ def _es_methods(args) -> dict:
     return out
 
 
-def _train_args(p: argparse.ArgumentParser) -> None:
+def _run_args(p: argparse.ArgumentParser) -> None:
+    """The options of one training run that ``train`` and ``compare`` share (one help text each)."""
     d = RunConfig()
     a = p.add_argument
-    a("--algo", choices=ALGOS, default=d.algo, help="bgd: data-parallel batch gradient descent; hes: Hybrid-ES "
-      "(default %(default)s)")
     a("--K", type=int, default=d.K, help="ES candidates (perturbations) per rank per ES step (default %(default)s)")
-    a("--r", type=int, default=d.r, help="H-ES: a full gradient step every r-th iteration, ES steps between "
-      "(default %(default)s)")
     a("--sigma2", type=float, default=d.sigma2, help="H-ES perturbation variance; with --sigma-scale relative a "
       "multiple of the last gradient's per-component variance (default %(default)s)")
     a("--sigma-scale", choices=SIGMA_SCALES, default=d.sigma_scale, help="how --sigma2 is read: relative to the "
       "gradient's per-component variance, or absolute (default %(default)s)")
-    a("--assisted", action="store_true", help="H-ES: refresh the gradient every iteration and select among K "
-      "perturbations of it (the poster's 'Assisted H-ES, r = 1')")
     a("--noise", choices=("philox", "table"), default=d.noise, help="H-ES perturbation source: a Philox stream per "
       "(seed, iteration, rank, k), or a slice of a shared table of normals at an offset hashed from the same key "
       "(no generation cost; default %(default)s)")
     a("--lr", type=float, default=d.lr, help="learning rate (default %(default)s)")
     a("--batch", type=int, default=d.batch, help="global minibatch, split across ranks (default %(default)s)")
-    a("--epochs", type=int, default=d.epochs, help="passes over the training set (default %(default)s)")
-    a("--l2", type=float, default=d.l2, help="L2 regularisation strength on the weights (default %(default)s)")
     a("--hidden", type=int, default=d.hidden, help="hidden units (default %(default)s)")
     a("--seed", type=int, default=d.seed, help="run seed: initial weights, batches, perturbations (default %(default)s)")
     a("--data", default=d.data, help="dataset: mnist, idx:DIR or synthetic[:N[:SEED]] (default %(default)s)")
     a("--data-dir", default=None, help="where fetched datasets live (default $HES_MPI_DATA or ~/.cache/hes_mpi)")
+    a("--threads", type=int, default=d.threads, help="BLAS threads per rank; 0 = cores on the node / ranks on the "
+      "node (default)")
+    a("--emulate-net", default=None, metavar="PRESET|ALPHA,BETA", help="hold every MPI call for its modelled "
+      "cost on this network (presets: 1gbe, 10gbe, 100gbe, ib-hdr; or latency in s and inverse bandwidth in "
+      "s/byte), so time-to-accuracy on a slower cluster is measured end to end")
+    _es_method_args(p)
+
+
+def _train_args(p: argparse.ArgumentParser) -> None:
+    d = RunConfig()
+    a = p.add_argument
+    a("--algo", choices=ALGOS, default=d.algo, help="bgd: data-parallel batch gradient descent; hes: Hybrid-ES "
+      "(default %(default)s)")
+    a("--r", type=int, default=d.r, help="H-ES: a full gradient step every r-th iteration, ES steps between "
+      "(default %(default)s)")
+    a("--assisted", action="store_true", help="H-ES: refresh the gradient every iteration and select among K "
+      "perturbations of it (the poster's 'Assisted H-ES, r = 1')")
+    a("--epochs", type=int, default=d.epochs, help="passes over the training set (default %(default)s)")
+    a("--l2", type=float, default=d.l2, help="L2 regularisation strength on the weights (default %(default)s)")
     a("--dev-size", type=int, default=d.dev_size, help="idx: the last N training images form the dev set "
       "(default %(default)s)")
     a("--out", default=None, help="write the HDF5 run log here (default: no run log)")
     a("--force", action="store_true", help="overwrite an existing --out file")
     a("--check-every", type=int, default=d.check_every, help="compare a checksum of the parameters across ranks "
       "every N iterations; 0 only at the end (default %(default)s)")
-    a("--threads", type=int, default=d.threads, help="BLAS threads per rank; 0 = cores on the node / ranks on the "
-      "node (default)")
     a("--sync-barrier", action="store_true", help="time a barrier before every algorithm collective (OSU's "
       "protocol), so that waiting for late ranks is measured apart from communication")
-    a("--emulate-net", default=None, metavar="PRESET|ALPHA,BETA", help="hold every MPI call for its modelled "
-      "cost on this network (presets: 1gbe, 10gbe, 100gbe, ib-hdr; or latency in s and inverse bandwidth in "
-      "s/byte), so time-to-accuracy on a slower cluster is measured end to end")
     a("--checkpoint-every", type=int, default=0, metavar="N", help="write a checkpoint every N iterations and at "
       "every epoch end (0: only when stopped by SIGTERM/SIGUSR1; default %(default)s)")
     a("--checkpoint", default=None, metavar="FILE", help="checkpoint file (default: OUT.ckpt, or hes_mpi.ckpt "
@@ -124,33 +131,17 @@ def _train_args(p: argparse.ArgumentParser) -> None:
       "the run log is cut back to the checkpoint and continued")
     a("--no-eval-train", dest="eval_train", action="store_false", help="skip the per-epoch pass over the whole "
       "training set (train loss/accuracy are then NaN)")
-    _es_method_args(p)
+    _run_args(p)
 
 
 def _compare_args(p: argparse.ArgumentParser) -> None:
-    d = RunConfig()
     a = p.add_argument
     a("--epochs", type=int, default=10, help="epochs of every run (default %(default)s: a few minutes on 2 cores)")
     a("--out-dir", default=None, help="folder for run logs, tables and figures (default results/compare-TIMESTAMP)")
     a("--r", dest="r_values", type=int, nargs="+", default=[2, 3], help="H-ES gradient intervals to run "
       "(default: 2 3)")
     a("--no-assisted", dest="assisted", action="store_false", help="leave out Assisted H-ES (r = 1)")
-    a("--K", type=int, default=d.K, help="ES candidates per rank (default %(default)s)")
-    a("--sigma2", type=float, default=d.sigma2, help="H-ES perturbation variance (default %(default)s)")
-    a("--sigma-scale", choices=SIGMA_SCALES, default=d.sigma_scale, help="how --sigma2 is read "
-      "(default %(default)s)")
-    a("--noise", choices=("philox", "table"), default=d.noise, help="H-ES perturbation source (see train --help; "
-      "default %(default)s)")
-    a("--lr", type=float, default=d.lr, help="learning rate (default %(default)s)")
-    a("--batch", type=int, default=d.batch, help="global minibatch (default %(default)s)")
-    a("--hidden", type=int, default=d.hidden, help="hidden units (default %(default)s)")
-    a("--seed", type=int, default=d.seed, help="run seed (default %(default)s)")
-    a("--data", default=d.data, help="dataset: mnist, idx:DIR or synthetic[:N[:SEED]] (default %(default)s)")
-    a("--data-dir", default=None, help="where fetched datasets live (default $HES_MPI_DATA or ~/.cache/hes_mpi)")
-    a("--emulate-net", default=None, metavar="PRESET|ALPHA,BETA", help="emulate a slower network for every run "
-      "(see train --help)")
-    a("--threads", type=int, default=d.threads, help="BLAS threads per rank (default: cores / ranks on the node)")
-    _es_method_args(p)
+    _run_args(p)
 
 
 def build_parser() -> argparse.ArgumentParser:
