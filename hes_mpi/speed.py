@@ -24,7 +24,7 @@ a warm-up, because the machines these run on are shared and noisy:
 from __future__ import annotations
 
 import dataclasses
-import os
+import socket
 import time
 
 import numpy as np
@@ -276,10 +276,14 @@ def torch_vs_bgd(comm, cfg, epochs: int = 5, warmup: int = 1, port: int | None =
     s = _Setup(comm, cfg)
     m = s.model
     torch.set_num_threads(s.threads)
-    addr = "127.0.0.1"
-    if port is None:
-        port = 29500 + (os.getpid() % 2000) if comm.rank == 0 else 0
-    port = int(comm.bcast_str(str(port)))
+    # gloo's rendezvous: rank 0's address (loopback when every rank is on its node) and a free port there.
+    one_node = comm.local_size() == comm.size
+    addr = comm.bcast_str("127.0.0.1" if one_node else socket.gethostname())
+    if port is None and comm.rank == 0:
+        with socket.socket() as probe:
+            probe.bind(("" if not one_node else "127.0.0.1", 0))
+            port = probe.getsockname()[1]
+    port = int(comm.bcast_str(str(port or 0)))
     comm.set_phase("setup", -1)
     dist.init_process_group("gloo", init_method=f"tcp://{addr}:{port}", rank=comm.rank, world_size=comm.size)
     try:
