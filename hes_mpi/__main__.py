@@ -1,7 +1,8 @@
 """Command line: ``python -m hes_mpi`` / ``hes-mpi``.
 
-Subcommands: ``compare`` (the default: the main job), ``train`` (under mpirun/mpiexec/srun),
-``data fetch|list``, ``summary``, ``bench osu|overhead``.
+Subcommands: ``compare`` (the default: the main job), ``train`` (under mpirun/mpiexec/srun), ``sweep``
+(a parameter file x seeds), ``data fetch|list``, ``evaluate`` (test accuracy), ``summary``,
+``bench osu|overhead|emulation|steps|forward|torch|all``.
 Exit status: 0 success, 1 a run that could not go on (or an MPI abort), 2 bad input.
 """
 
