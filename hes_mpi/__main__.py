@@ -13,10 +13,14 @@ import json
 import math
 import os
 import sys
+import time
 
 from . import __version__
 from .config import ALGOS, DISTS, PERTURB, PLAIN, RECOMBINE, SIGMA_SCALES, RunConfig
 from .errors import RunError, UsageError
+
+#: Seconds a failing rank waits after printing its message and before MPI_Abort.
+ABORT_GRACE_S = 0.5
 
 
 class _Parser(argparse.ArgumentParser):
@@ -425,6 +429,10 @@ def _mpi_command(body, json_output: bool = False) -> int:
         traceback.print_exc()
         _err(f"{type(e).__name__}: {e}; aborting all ranks", where)
         if comm.size > 1:
+            # MPI_Abort makes the launcher kill every rank at once: give it a moment to forward this
+            # rank's message first (it was lost now and then under mpiexec without the pause).
+            sys.stderr.flush()
+            time.sleep(ABORT_GRACE_S)
             comm.Abort(1)
         return 1
 
