@@ -50,9 +50,8 @@ def ensure_mnist(comm, base: RunConfig) -> None:
     comm.agree(fetch)
 
 
-def run_suite(comm, base: RunConfig, out_dir: str, r_values: list[int], assisted: bool = True,
-              argv=None) -> list[str]:
-    out = Path(out_dir)
+def make_out_dir(comm, out: Path) -> None:
+    """Rank 0 creates the output folder; every rank learns whether it could (a one-line error if not)."""
 
     def prepare():
         if comm.rank == 0:
@@ -62,6 +61,13 @@ def run_suite(comm, base: RunConfig, out_dir: str, r_values: list[int], assisted
                 raise UsageError(f"--out-dir {out}: {e.strerror}") from None
 
     comm.agree(prepare)
+
+
+def run_suite(comm, base: RunConfig, out_dir: str, r_values: list[int], assisted: bool = True,
+              argv=None) -> list[str]:
+    out = Path(out_dir)
+
+    make_out_dir(comm, out)
     ensure_mnist(comm, base)
     paths = []
     todo = variants(r_values, assisted)
@@ -143,14 +149,7 @@ def run_sweep(comm, runs: list[tuple[str, RunConfig]], out_dir: str, argv=None) 
     """Train every (name, config) whose run log is not already complete, then tabulate them all."""
     out = Path(out_dir)
 
-    def prepare():
-        if comm.rank == 0:
-            try:
-                out.mkdir(parents=True, exist_ok=True)
-            except OSError as e:
-                raise UsageError(f"--out-dir {out}: {e.strerror}") from None
-
-    comm.agree(prepare)
+    make_out_dir(comm, out)
     if any(cfg.data == "mnist" for _, cfg in runs):
         ensure_mnist(comm, runs[0][1])
     paths = []
