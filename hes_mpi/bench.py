@@ -99,21 +99,47 @@ def record_cost_us(comm: InstrumentedComm, n: int = 200_000) -> float:
     return (t1 - t0) * 1e6 / n
 
 
+class BenchSetup:
+    """What a benchmark of training steps needs, prepared as training prepares it: BLAS threads, this
+    rank's shard, the network, warm kernels, and row buffers for its part of a global batch."""
+
+    def __init__(self, comm: InstrumentedComm, cfg):
+        from .trainer import load_run_data, set_threads, warm_kernels
+
+        self.cfg = cfg
+        self.threads = set_threads(comm, cfg.threads)
+        self.shard, self.model = load_run_data(comm, cfg)
+        warm_kernels(comm)
+        self.max_rows = min(self.shard.hi - self.shard.lo, cfg.batch)
+        self.xbuf = np.empty((self.max_rows, self.model.n_in), dtype=np.float32)
+        self.ybuf = np.empty(self.max_rows, dtype=np.int32)
+
+    def batches(self, epoch: int):
+        """This rank's Batch of every global batch of ``epoch``."""
+        from .data import Batch, global_batches, local_rows
+
+        for idx in global_batches(self.shard.n_train, self.cfg.batch, self.cfg.seed, epoch):
+            rows = local_rows(idx, self.shard.lo, self.shard.hi)
+            yield Batch(self.shard.x_train, self.shard.y_train, rows, self.xbuf, self.ybuf)
+
+
+def slowest(comm: InstrumentedComm, values) -> np.ndarray:
+    """The largest of each value over the ranks (phase ``telemetry``). Every rank's step ends in the
+    same collective, so the slowest rank's medians are the step's."""
+    out = np.array(values, dtype=np.float64)
+    comm.set_phase("telemetry", -1)
+    comm.Allreduce(out, op="max")
+    return out
+
+
 def _bgd_setup(comm: InstrumentedComm, cfg):
     """A BGD step on this rank's part of the first global batch (threads as in training)."""
     from .algorithms import BGD
-    from .data import global_batches, load_shard, local_rows
-    from .model import MLP
-    from .trainer import set_threads
 
-    set_threads(comm, cfg.threads)
-    shard = comm.agree(load_shard, cfg.data, comm.rank, comm.size, cfg.data_dir, cfg.dev_size)
-    comm.agree(cfg.validate_for, comm.size, shard.n_train)
-    model = MLP(shard.n_features, cfg.hidden, shard.n_classes)
-    rows = local_rows(global_batches(shard.n_train, cfg.batch, cfg.seed, 0)[0], shard.lo, shard.hi)
-    X, y = shard.x_train[rows], shard.y_train[rows]
-    algo = BGD(cfg, model, comm, max(1, X.shape[0]), cfg.batch)
-    return algo, model, model.init_params(cfg.seed), X, y
+    s = BenchSetup(comm, cfg)
+    X, y = next(s.batches(0)).full()
+    algo = BGD(cfg, s.model, comm, max(1, X.shape[0]), cfg.batch)
+    return algo, s.model, s.model.init_params(cfg.seed), X, y
 
 
 def _paired_steps(comm: InstrumentedComm, algo, theta, X, y, variants: dict, steps: int, warmup: int) -> dict:
@@ -146,15 +172,13 @@ def overhead(comm: InstrumentedComm, cfg, steps: int = 50, warmup: int = 5) -> d
     # every rank's step ends with the same Allreduce: take the slowest rank's figures. The overhead is
     # the median of the ratios of adjacent (instrumented, raw) pairs, which cancels slow drifts of load.
     ratio = np.median(times["instrumented"] / times["raw"])
-    med = np.array([np.median(times["instrumented"]), np.median(times["raw"]), ratio])
-    comm.set_phase("telemetry", -1)
-    comm.Allreduce(med, op="max")
+    med = slowest(comm, [np.median(times["instrumented"]), np.median(times["raw"]), ratio])
     per_call = record_cost_us(comm)
     return {
         "bench": "instrumentation_overhead",
         "ranks": comm.size,
         "data": cfg.data,
-        "layers": f"{model.n_in}-{model.hidden}-{model.n_out}",
+        "layers": model.layers,
         "batch": cfg.batch,
         "steps_each": steps,
         "median_step_s_instrumented": float(med[0]),
@@ -181,15 +205,13 @@ def emulation(comm: InstrumentedComm, cfg, network: str, steps: int = 50, warmup
 
     times = _paired_steps(comm, algo, theta, X, y, {"emulated": on, "local": off}, steps, warmup)
     off()
-    stats = np.array([np.median(times["emulated"] - times["local"]), np.median(times["local"])])
-    comm.set_phase("telemetry", -1)
-    comm.Allreduce(stats, op="max")
+    stats = slowest(comm, [np.median(times["emulated"] - times["local"]), np.median(times["local"])])
     modelled = collective_time("allreduce", 4 * model.param_count, comm.size, alpha, beta)
     return {
         "bench": "emulation",
         "network": name,
         "ranks": comm.size,
-        "layers": f"{model.n_in}-{model.hidden}-{model.n_out}",
+        "layers": model.layers,
         "gradient_bytes": 4 * model.param_count,
         "median_step_s_local": float(stats[1]),
         "step_growth_s": float(stats[0]),

@@ -26,6 +26,11 @@ class MLP:
     def shapes(self) -> tuple[tuple[int, ...], ...]:
         return ((self.n_in, self.hidden), (self.hidden,), (self.hidden, self.n_out), (self.n_out,))
 
+    @property
+    def layers(self) -> str:
+        """The layer sizes, e.g. ``784-300-10``."""
+        return f"{self.n_in}-{self.hidden}-{self.n_out}"
+
     @cached_property
     def offsets(self) -> tuple[int, ...]:
         off = [0]

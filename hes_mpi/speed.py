@@ -30,6 +30,7 @@ import time
 import numpy as np
 
 from . import kernels
+from .bench import BenchSetup, slowest
 from .log import get_logger
 
 log = get_logger("speed")
@@ -59,37 +60,6 @@ def _median(ts) -> float:
     return float(np.median(np.asarray(ts))) if len(ts) else float("nan")
 
 
-class _Setup:
-    """This rank's shard, the network, and its rows of the first global batches."""
-
-    def __init__(self, comm, cfg):
-        from .config import RunConfig  # noqa: F401  (cfg is a RunConfig)
-        from .data import Batch, global_batches, load_shard, local_rows
-        from .model import MLP
-        from .trainer import set_threads
-
-        self.threads = set_threads(comm, cfg.threads)
-        self.shard = comm.agree(load_shard, cfg.data, comm.rank, comm.size, cfg.data_dir, cfg.dev_size)
-        comm.agree(cfg.validate_for, comm.size, self.shard.n_train)
-        self.model = MLP(self.shard.n_features, cfg.hidden, self.shard.n_classes)
-        if comm.rank == 0:
-            kernels.warm_up()
-        comm.Barrier()
-        kernels.warm_up()
-        self.max_rows = min(self.shard.hi - self.shard.lo, cfg.batch)
-        self.xbuf = np.empty((self.max_rows, self.model.n_in), dtype=np.float32)
-        self.ybuf = np.empty(self.max_rows, dtype=np.int32)
-        self.iters_per_epoch = self.shard.n_train // cfg.batch
-        self._Batch, self._global_batches, self._local_rows = Batch, global_batches, local_rows
-        self.cfg = cfg
-
-    def batches(self, epoch: int):
-        """This rank's Batch of every global batch of ``epoch``."""
-        for idx in self._global_batches(self.shard.n_train, self.cfg.batch, self.cfg.seed, epoch):
-            rows = self._local_rows(idx, self.shard.lo, self.shard.hi)
-            yield self._Batch(self.shard.x_train, self.shard.y_train, rows, self.xbuf, self.ybuf)
-
-
 # ------------------------------------------------------------------------------------------ steps
 def steps(comm, cfg, reps: int = 40, warmup: int = 4) -> dict:
     """Gradient and ES steps of H-ES (``cfg``, r forced to 2) alternating on the first batches."""
@@ -98,7 +68,7 @@ def steps(comm, cfg, reps: int = 40, warmup: int = 4) -> dict:
     from .telemetry import traced_peak
 
     cfg = dataclasses.replace(cfg, algo="hes", r=2, assisted=False)
-    s = _Setup(comm, cfg)
+    s = BenchSetup(comm, cfg)
     algo = HybridES(cfg, s.model, comm, s.max_rows, cfg.batch)
     theta = s.model.init_params(cfg.seed)
     batches = list(s.batches(0))
@@ -141,17 +111,14 @@ def steps(comm, cfg, reps: int = 40, warmup: int = 4) -> dict:
     rows = batches[0].n
     mem_grad = algo.work_bytes(0, rows) + peak_grad
     mem_es = algo.work_bytes(1, rows) + peak_es
-    # Every rank's step ends in the same collective: report the slowest rank's medians.
-    med = np.array([_median(t_grad), _median(t_es), _median(share), float(np.median(np.array(t_es) /
-                                                                                       np.array(t_grad)))])
-    comm.set_phase("telemetry", -1)
-    comm.Allreduce(med, op="max")
+    med = slowest(comm, [_median(t_grad), _median(t_es), _median(share),
+                         float(np.median(np.array(t_es) / np.array(t_grad)))])
     return {
         "bench": "steps",
         "ranks": comm.size,
         "threads_per_rank": s.threads,
         "data": cfg.data,
-        "layers": f"{s.model.n_in}-{s.model.hidden}-{s.model.n_out}",
+        "layers": s.model.layers,
         "batch": cfg.batch,
         "K": cfg.K,
         "es_method": _method(cfg),
@@ -184,7 +151,7 @@ def forward(comm, cfg, reps: int = 30, warmup: int = 3) -> dict:
     from .algorithms.hes import CHUNK_ROWS
 
     cfg = dataclasses.replace(cfg, algo="hes", r=2, assisted=False)
-    s = _Setup(comm, cfg)
+    s = BenchSetup(comm, cfg)
     algo = HybridES(cfg, s.model, comm.raw(), s.max_rows, cfg.batch)
     m = s.model
     theta = s.model.init_params(cfg.seed)
@@ -236,9 +203,7 @@ def forward(comm, cfg, reps: int = 30, warmup: int = 3) -> dict:
             dt = time.perf_counter() - t0
             if i >= warmup:
                 (t_fwd if name == "f" else t_blas).append(dt)
-    med = np.array([_median(t_fwd), _median(t_blas)])
-    comm.set_phase("telemetry", -1)
-    comm.Allreduce(med, op="max")
+    med = slowest(comm, [_median(t_fwd), _median(t_blas)])
     return {
         "bench": "forward",
         "ranks": comm.size,
@@ -273,7 +238,7 @@ def torch_vs_bgd(comm, cfg, epochs: int = 5, warmup: int = 1, port: int | None =
     from .algorithms import BGD
 
     cfg = dataclasses.replace(cfg, algo="bgd")
-    s = _Setup(comm, cfg)
+    s = BenchSetup(comm, cfg)
     m = s.model
     torch.set_num_threads(s.threads)
     # gloo's rendezvous: rank 0's address (loopback when every rank is on its node) and a free port there.
@@ -339,15 +304,13 @@ def torch_vs_bgd(comm, cfg, epochs: int = 5, warmup: int = 1, port: int | None =
         drift = float(np.max(np.abs(tw1 - m.views(ours)[0])))
     finally:
         dist.destroy_process_group()
-    med = np.array([_median(t_ours), _median(t_torch)])
-    comm.set_phase("telemetry", -1)
-    comm.Allreduce(med, op="max")
+    med = slowest(comm, [_median(t_ours), _median(t_torch)])
     return {
         "bench": "torch",
         "ranks": comm.size,
         "threads_per_rank": s.threads,
         "torch": torch.__version__,
-        "layers": f"{m.n_in}-{m.hidden}-{m.n_out}",
+        "layers": m.layers,
         "batch": cfg.batch,
         "epochs_each": epochs,
         "median_epoch_s_hes_mpi": float(med[0]),

@@ -42,6 +42,23 @@ def set_threads(comm, requested: int) -> int:
     return n
 
 
+def load_run_data(comm, cfg: RunConfig) -> tuple[Shard, MLP]:
+    """This rank's shard (every rank agrees it loaded, and that the options fit the rank count) and the
+    network it sizes."""
+    shard = comm.agree(load_shard, cfg.data, comm.rank, comm.size, cfg.data_dir, cfg.dev_size)
+    comm.agree(cfg.validate_for, comm.size, shard.n_train)
+    return shard, MLP(shard.n_features, cfg.hidden, shard.n_classes)
+
+
+def warm_kernels(comm) -> None:
+    """Compile (or load cached) kernels on rank 0 first: concurrent cache writes race."""
+    if comm.rank == 0:
+        kernels.warm_up()
+    comm.Barrier()
+    if comm.rank != 0:
+        kernels.warm_up()
+
+
 def environment(comm, threads: int, shard: Shard, model: MLP) -> dict:
     import h5py
     import numba
@@ -62,7 +79,7 @@ def environment(comm, threads: int, shard: Shard, model: MLP) -> dict:
         "threads_per_rank": threads,
         "wtick": comm.wtick(),
         "param_count": model.param_count,
-        "layers": f"{model.n_in}-{model.hidden}-{model.n_out}",
+        "layers": model.layers,
         "dataset": shard.name,
         "n_train": shard.n_train,
         "n_dev": shard.n_dev,
@@ -100,18 +117,11 @@ class Trainer:
             from .netmodel import parse_network
 
             comm.emulate_network(*parse_network(cfg.emulate_net))
-        self.shard: Shard = comm.agree(load_shard, cfg.data, comm.rank, comm.size, cfg.data_dir, cfg.dev_size)
-        comm.agree(cfg.validate_for, comm.size, self.shard.n_train)
-        self.model = MLP(self.shard.n_features, cfg.hidden, self.shard.n_classes)
+        self.shard, self.model = load_run_data(comm, cfg)
         self.ckpt_path = cfg.checkpoint or checkpoint.default_path(cfg.out)
         state = comm.agree(self._resume_state)
         self.writer = comm.agree(self._open_writer, state)
-        # Compile (or load cached) kernels on rank 0 first: concurrent cache writes race.
-        if comm.rank == 0:
-            kernels.warm_up()
-        comm.Barrier()
-        if comm.rank != 0:
-            kernels.warm_up()
+        warm_kernels(comm)
         self.theta = self.model.init_params(cfg.seed)
         self.iters_per_epoch = self.shard.n_train // cfg.batch
         max_rows = min(self.shard.hi - self.shard.lo, cfg.batch)
@@ -335,7 +345,7 @@ class Trainer:
         cols.update({k: np.zeros(m, dtype=np.int64) for k in ("iteration", "kind", "es_rank", "es_k")})
         log.info("training %s on %s: %d ranks, %s network (%d parameters), %d iterations/epoch, %d epochs",
                  cfg.algo + (" (assisted)" if cfg.algo == "hes" and cfg.assisted else ""), self.shard.name,
-                 comm.size, f"{self.model.n_in}-{self.model.hidden}-{self.model.n_out}", self.model.param_count,
+                 comm.size, self.model.layers, self.model.param_count,
                  m, cfg.epochs)
         self.offsets_start, self.rtt_start = comm.clock_offsets()
         comm.Barrier()
