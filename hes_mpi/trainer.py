@@ -23,7 +23,7 @@ from .data import Batch, Shard, global_batches, load_shard, local_rows
 from .errors import RunError, UsageError
 from .log import get_logger
 from .model import MLP
-from .runlog import COLLAPSE_DROP, RunLogWriter
+from .runlog import RunLogWriter, collapse_summary
 from .telemetry import rss_hwm_bytes, split_times, traced_peak
 
 log = get_logger("train")
@@ -136,7 +136,8 @@ class Trainer:
         self._checkbuf = np.zeros(3, dtype=np.int64)
         self.start = (0, 0)
         self.ckpt_written = False
-        self.best_dev = (-math.inf, 0)
+        self.dev_history: list[float] = []  # dev accuracy of the epochs this process trained
+        self.dev_first_epoch = 0
         self.collapse_warned = False
         if state is not None:
             self._restore(state)
@@ -324,18 +325,22 @@ class Trainer:
         log.info("resuming from %s at epoch %d, iteration %d", self.ckpt_path, self.start[0] + 1, self.iteration)
 
     def _watch_collapse(self, epoch: int, dev_acc: float) -> None:
-        """Warn once when the dev accuracy falls COLLAPSE_DROP below its best: H-ES can collapse slowly,
+        """Warn once when the dev accuracy falls COLLAPSE_DROP below its best (the rule of
+        :func:`hes_mpi.runlog.collapse_summary`, on the epochs of this process): H-ES can collapse slowly,
         with finite losses, and a run that ends far below its best epoch should not pass unnoticed."""
         if not math.isfinite(dev_acc):
             return
-        if dev_acc > self.best_dev[0]:
-            self.best_dev = (dev_acc, epoch + 1)
-        elif self.best_dev[0] - dev_acc > COLLAPSE_DROP and not self.collapse_warned:
+        if not self.dev_history:
+            self.dev_first_epoch = epoch
+        self.dev_history.append(dev_acc)
+        c = collapse_summary(np.array(self.dev_history))  # the summary's own rule
+        if c["collapsed"] and not self.collapse_warned:
             self.collapse_warned = True
             if self.comm.rank == 0:  # every rank sees the same accuracy: one warning
                 log.warning("dev accuracy fell from %.2f%% (epoch %d) to %.2f%% (epoch %d): the run is collapsing "
                             "(try a smaller --sigma2 or --lr); the summary reports collapsed = true if it ends so",
-                            100 * self.best_dev[0], self.best_dev[1], 100 * dev_acc, epoch + 1)
+                            100 * c["best_dev_acc"], self.dev_first_epoch + c["best_dev_epoch"], 100 * dev_acc,
+                            epoch + 1)
 
     # ------------------------------------------------------------------ the loop
     def run(self) -> dict:
