@@ -36,19 +36,24 @@ _EXP_P = (np.float32(1.9875691500e-4), np.float32(1.3981999507e-3), np.float32(8
           np.float32(4.1665795894e-2), np.float32(1.6666665459e-1), np.float32(5.0000001201e-1))
 
 
+@numba.njit(inline="always", **JIT_FLAGS)
+def _exp_parts(x):
+    """exp(x) = m * 2^n for a float32 x already clamped to [-87, 88]: returns (m, the float32 bit pattern
+    of 2^n as int32). Inlined into the loops below, where arithmetic only lets LLVM vectorise them."""
+    p0, p1, p2, p3, p4, p5 = _EXP_P
+    n = np.floor(x * _LOG2E + np.float32(0.5))
+    r = x - n * _LN2_HI - n * _LN2_LO
+    p = ((((p0 * r + p1) * r + p2) * r + p3) * r + p4) * r + p5
+    return p * r * r + r + np.float32(1.0), (np.int32(n) + np.int32(127)) << np.int32(23)
+
+
 @jit
 def _exp_inplace(A, E):
     """A <- exp(A) elementwise for a flat float32 array (|A| <= 87 after clamping), vectorised; E is an
     int32 work array of A's size."""
     Ef = E.view(np.float32)
-    p0, p1, p2, p3, p4, p5 = _EXP_P
     for i in range(A.shape[0]):
-        x = min(max(A[i], np.float32(-87.0)), np.float32(88.0))
-        n = np.floor(x * _LOG2E + np.float32(0.5))
-        r = x - n * _LN2_HI - n * _LN2_LO
-        p = ((((p0 * r + p1) * r + p2) * r + p3) * r + p4) * r + p5
-        A[i] = p * r * r + r + np.float32(1.0)
-        E[i] = (np.int32(n) + np.int32(127)) << np.int32(23)
+        A[i], E[i] = _exp_parts(min(max(A[i], np.float32(-87.0)), np.float32(88.0)))
     for i in range(A.shape[0]):
         A[i] = A[i] * Ef[i]
 
@@ -60,18 +65,14 @@ def _hidden(X, W1, b1, H):
     rows, hid = H.shape
     E = np.empty(hid, dtype=np.int32)  # 2^n of each element, built in the exponent bits
     Ef = E.view(np.float32)
-    p0, p1, p2, p3, p4, p5 = _EXP_P
     for i in range(rows):
         for j in range(hid):
             x0 = -(H[i, j] + b1[j])
-            x = min(max(x0, np.float32(-87.0)), np.float32(87.0))
-            n = np.floor(x * _LOG2E + np.float32(0.5))
-            r = x - n * _LN2_HI - n * _LN2_LO
-            p = ((((p0 * r + p1) * r + p2) * r + p3) * r + p4) * r + p5
-            H[i, j] = p * r * r + r + np.float32(1.0)
+            m, bits = _exp_parts(min(max(x0, np.float32(-87.0)), np.float32(87.0)))
+            H[i, j] = m
             # Beyond 87 the sigmoid is below the smallest normal float32: make it exactly 0 (an infinite
             # exponent), never a denormal, which would slow every later product by orders of magnitude.
-            E[j] = (np.int32(n) + np.int32(127)) << np.int32(23) if x0 <= np.float32(87.0) else np.int32(0x7F800000)
+            E[j] = bits if x0 <= np.float32(87.0) else np.int32(0x7F800000)
         for j in range(hid):
             H[i, j] = np.float32(1.0) / (np.float32(1.0) + H[i, j] * Ef[j])
 
