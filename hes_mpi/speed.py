@@ -137,11 +137,9 @@ def steps(comm, cfg, reps: int = 40, warmup: int = 4) -> dict:
 
 
 def _method(cfg) -> str:
-    from .config import PLAIN
+    from .analysis import method_label
 
-    if cfg.is_plain:
-        return "plain"
-    return " ".join(f"{k}={getattr(cfg, k)}" for k in PLAIN if getattr(cfg, k) != PLAIN[k])
+    return method_label(cfg.to_dict())
 
 
 # ------------------------------------------------------------------------------------------ forward
@@ -176,6 +174,12 @@ def forward(comm, cfg, reps: int = 30, warmup: int = 3) -> dict:
                 np.dot(X[a:b], W1, H[: b - a])
                 np.dot(H[: b - a], W2, Z[: b - a])
                 np.dot(H[: b - a], Zcat, Zp[: b - a])
+
+        base = theta.copy()  # the ES step applies the base step once, then evaluates around it
+        kernels.sgd_update(base, algo.g, cfg.lr)
+
+        def evaluate():
+            algo._head_costs(1, base, ev, sigma)
     else:
         H = np.empty((n, m.hidden), np.float32)
         Z = np.empty((n, m.n_out), np.float32)
@@ -185,13 +189,6 @@ def forward(comm, cfg, reps: int = 30, warmup: int = 3) -> dict:
                 np.dot(X, W1, H)
                 np.dot(H, W2, Z)
 
-    if algo.head_only:  # the ES step applies the base step once, then evaluates around it
-        base = theta.copy()
-        kernels.sgd_update(base, algo.g, cfg.lr)
-
-        def evaluate():
-            algo._head_costs(1, base, ev, sigma)
-    else:
         def evaluate():
             algo.candidate_costs(1, theta, batch, sigma)
 
