@@ -577,18 +577,22 @@ def cmd_evaluate(args) -> int:
     from .model import MLP
     from .runlog import RunLog
 
-    rows = []
+    def split(data: str, data_dir, dev_size: int):
+        if args.split == "test":
+            return load_test_split(data, data_dir, dev_size)
+        shard = load_shard(data, 0, 1, data_dir, dev_size)
+        return shard.x_dev, shard.y_dev
+
+    rows, splits = [], {}  # seeds of one configuration share their data: read it once
     for path in args.runlog:
         with RunLog(path) as rl:
             cfg, theta, complete = rl.config, rl.theta(), rl.complete
         if theta is None or not complete:
             raise UsageError(f"{path}: the run did not finish (no final parameters)")
-        data_dir = args.data_dir or cfg.get("data_dir")
-        if args.split == "test":
-            X, y = load_test_split(cfg["data"], data_dir, cfg.get("dev_size", 10000))
-        else:
-            shard = load_shard(cfg["data"], 0, 1, data_dir, cfg.get("dev_size", 10000))
-            X, y = shard.x_dev, shard.y_dev
+        key = (cfg["data"], args.data_dir or cfg.get("data_dir"), cfg.get("dev_size", 10000))
+        if key not in splits:
+            splits[key] = split(*key)
+        X, y = splits[key]
         model = MLP(X.shape[1], cfg["hidden"], int(theta.size - X.shape[1] * cfg["hidden"] - cfg["hidden"])
                     // (cfg["hidden"] + 1))
         if model.param_count != theta.size:
