@@ -3,7 +3,7 @@
 Usage: python analysis/compare.py RUN.h5 [RUN.h5 ...] [--out-dir DIR] [--csv]
 
 Runs of the same configuration with different seeds are reported as mean ± standard deviation.
-Runtime %, Memory % and Net BW % are measured from the logs (see hes_mpi.analysis).
+Runtime %, Memory % and Net BW % are measured from the logs (see hes_mpi.post.tables).
 """
 
 from __future__ import annotations
@@ -12,7 +12,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from hes_mpi.analysis import (
+from hes_mpi.errors import UsageError
+from hes_mpi.post.tables import (
     accuracy_rows,
     load_runs,
     markdown_accuracy,
@@ -21,7 +22,6 @@ from hes_mpi.analysis import (
     to_csv,
     write_tables,
 )
-from hes_mpi.errors import UsageError
 
 
 def main(argv=None) -> int:

@@ -14,8 +14,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from hes_mpi.analysis import FIGURES, load_runs, write_figures
 from hes_mpi.errors import UsageError
+from hes_mpi.post.figures import FIGURES, write_figures
+from hes_mpi.post.tables import load_runs
 
 
 def main(argv=None) -> int:

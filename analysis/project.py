@@ -5,7 +5,7 @@ Usage: python analysis/project.py BGD.h5 [HES.h5] [--network 1gbe --network 10gb
 
 Measured compute per step (from the logs) plus modelled communication (alpha-beta models of MPICH's
 collectives, Thakur, Rabenseifner & Gropp 2005) on N nodes; the crossover where H-ES beats BGD; and
-alpha and beta fitted to the logs' own collectives. The models live in hes_mpi.netmodel.
+alpha and beta fitted to the logs' own collectives. The models live in hes_mpi.collectives, the projection in hes_mpi.post.projection.
 Exit status: 0 success, 2 bad input (a one-line message).
 """
 
@@ -15,8 +15,10 @@ import argparse
 import json
 import sys
 
-from hes_mpi import netmodel
+from hes_mpi.collectives import PRESETS
 from hes_mpi.errors import UsageError
+from hes_mpi.post import projection
+from hes_mpi.post import report as fmt
 
 PROG = "project.py"
 
@@ -29,16 +31,16 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog=PROG, description=__doc__.split("\n\n")[0],
                 formatter_class=argparse.RawDescriptionHelpFormatter,
-                epilog="Presets: " + "; ".join(f"{k}: {d}" for k, (_, _, d) in netmodel.PRESETS.items()))
+                epilog="Presets: " + "; ".join(f"{k}: {d}" for k, (_, _, d) in PRESETS.items()))
     p.add_argument("runs", nargs="+", metavar="RUN.h5", help="run logs from 'hes-mpi train --out': one BGD and/or "
                    "one H-ES log of the same network, batch and rank count")
     p.add_argument("--network", action="append", default=None, metavar="NAME|ALPHA,BETA",
                    help="network to project onto, repeatable: 'measured' (alpha and beta fitted to the logs), a "
-                   f"preset ({', '.join(netmodel.PRESETS)}) or latency in s and inverse bandwidth in s/byte, "
-                   f"e.g. 2e-6,1e-9 (default: {' '.join(netmodel.DEFAULT_NETWORKS)})")
+                   f"preset ({', '.join(PRESETS)}) or latency in s and inverse bandwidth in s/byte, "
+                   f"e.g. 2e-6,1e-9 (default: {' '.join(projection.DEFAULT_NETWORKS)})")
     p.add_argument("--nodes", type=int, nargs="+", default=None, metavar="N",
                    help="node counts, one rank per node (default: 2 4 8 ... 1024)")
-    p.add_argument("--scaling", choices=netmodel.SCALINGS, default="weak",
+    p.add_argument("--scaling", choices=projection.SCALINGS, default="weak",
                    help="weak: per-node compute as measured, data and global batch grow with N; strong: compute "
                    "x measured ranks / N (optimistic for ES steps) (default %(default)s)")
     p.add_argument("--at-nodes", type=int, default=None, metavar="N",
@@ -58,10 +60,10 @@ def main(argv=None) -> int:
     try:
         if args.at_nodes is not None and args.at_nodes < 1:
             raise UsageError(f"--at-nodes must be >= 1, got {args.at_nodes}")
-        report = netmodel.build_report(args.runs, networks=args.network, nodes=args.nodes, scaling=args.scaling,
+        report = projection.build_report(args.runs, networks=args.network, nodes=args.nodes, scaling=args.scaling,
                                        at_nodes=args.at_nodes)
         if args.csv:
-            text = netmodel.format_csv(report)
+            text = fmt.format_csv(report)
             if args.csv == "-":
                 sys.stdout.write(text)
             else:
@@ -71,9 +73,9 @@ def main(argv=None) -> int:
                 except OSError as e:
                     raise UsageError(f"--csv {args.csv}: {e.strerror}") from None
         elif args.json:
-            print(json.dumps(netmodel.jsonable(report), indent=1))
+            print(json.dumps(fmt.jsonable(report), indent=1))
         else:
-            print(netmodel.format_markdown(report, fit_table=args.fit))
+            print(fmt.format_markdown(report, fit_table=args.fit))
     except UsageError as e:
         print(f"{PROG}: error: {e}", file=sys.stderr)
         return 2

@@ -3,7 +3,7 @@
 Usage: python analysis/trace.py RUN.h5 [-o RUN.trace.json] [--max-events N] [--iterations A:B] [--force]
 
 Open the output in https://ui.perfetto.dev ("Open trace file") or chrome://tracing ("Load"). The work
-is done by :mod:`hes_mpi.trace`; this script only parses the options.
+is done by :mod:`hes_mpi.post.trace`; this script only parses the options.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import argparse
 import sys
 
 from hes_mpi.errors import UsageError
-from hes_mpi.trace import parse_iterations, write_trace
+from hes_mpi.post.trace import parse_iterations, write_trace
 
 PROG = "trace.py"
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Reproduces the README's "Measured on real MNIST" table: BGD and H-ES (r = 2) on 2 ranks, defaults, 30 epochs.
+# Reproduces the "Measured on real MNIST" table of docs/results.md: BGD and H-ES (r = 2) on 2 ranks, defaults, 30 epochs.
 # Usage: bash benchmarks/core_mnist.sh [OUTDIR] [extra train options...]
 set -euo pipefail
 out="${1:-results/core}"

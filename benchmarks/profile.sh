@@ -14,7 +14,7 @@ mpiexec -n 2 sh -c 'exec py-spy record -r 250 -f raw -o "$HES_MPI_PROFILE_DIR/ra
     python3 -m hes_mpi train --algo hes --epochs 5 --no-eval-train "$@"' sh "$@"
 python3 -c "
 import sys
-from hes_mpi.speed import profile_markdown, profile_table
+from hes_mpi.post.benchtables import profile_markdown, profile_table
 open(sys.argv[2], 'w').write(profile_markdown(profile_table(open(sys.argv[1]).read())) + '\n')" \
     "$out/rank0.txt" "$out/profile.md"
 cat "$out/profile.md"

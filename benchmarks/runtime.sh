@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The Runtime column of the README's results: short training runs of each configuration (MNIST, 2 ranks,
+# The Runtime column of the results (docs/results.md): short training runs of each configuration (MNIST, 2 ranks,
 # 5 epochs, no per-epoch pass over the training set), in interleaved rounds, then each configuration's
 # median training time relative to BGD's. Interleaving keeps a slow spell of a shared machine from
 # landing on one configuration only (whole 30-epoch runs one after the other varied by 2x here).
@@ -29,5 +29,5 @@ for round in $(seq 1 "$rounds"); do
 done
 python3 -c "
 import glob, sys
-from hes_mpi.speed import runtime_markdown
+from hes_mpi.post.benchtables import runtime_markdown
 print(runtime_markdown(sorted(glob.glob(sys.argv[1] + '/*_round*.h5'))))" "$out"

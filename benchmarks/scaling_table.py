@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import sys
 
-from hes_mpi.speed import scaling_markdown
+from hes_mpi.post.benchtables import scaling_markdown
 
 
 def main(argv=None) -> int:

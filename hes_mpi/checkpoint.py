@@ -20,13 +20,13 @@ from pathlib import Path
 
 import numpy as np
 
+from .config import MAY_CHANGE_ON_RESUME
 from .errors import UsageError
 
 FORMAT = "hes_mpi.checkpoint"
 
-#: Options that may differ between the interrupted run and its resumption.
-MAY_CHANGE = {"epochs", "out", "force", "resume", "checkpoint", "checkpoint_every", "check_every", "threads",
-              "eval_train", "sync_barrier", "data_dir"}
+#: Options that may differ between the interrupted run and its resumption (kept in :mod:`hes_mpi.config`).
+MAY_CHANGE = MAY_CHANGE_ON_RESUME
 
 
 def default_path(out: str | None) -> str:

@@ -8,13 +8,16 @@ algorithm MPICH would pick is modelled to send from this rank, and ``t_enter``/`
 between two drains); a call does no I/O.
 
 mpi4py is imported lazily so that commands that need no MPI (``summary``, ``data``) never start it.
+
+The module is over 400 lines because it is, by rule, the only one that talks to MPI (a test checks it):
+the instrumented collectives, their raw twins for overhead benchmarks, the clock offsets, the agreement
+on errors and the MPI_Init watchdog all need mpi4py.
 """
 
 from __future__ import annotations
 
 import contextlib
 import faulthandler
-import functools
 import math
 import os
 import signal
@@ -22,62 +25,12 @@ import sys
 
 import numpy as np
 
+from .collectives import collective_time, wire_bytes
 from .errors import RunError, UsageError
-
-OPS = ("allreduce", "allgather", "bcast", "barrier", "gather", "minloc", "sendrecv", "split")
-#: Units of the record fields (stored as attributes in the run log).
-RECORD_UNITS = {"seq": "1", "op": "index into op_names", "phase": "index into phase_names", "iteration": "1",
-                "bytes_sent": "bytes", "bytes_recv": "bytes", "wire_bytes": "bytes", "t_enter": "s (MPI_Wtime)",
-                "t_exit": "s (MPI_Wtime)"}
-PHASES = ("setup", "grad", "es", "eval", "check", "telemetry")
-#: Phases whose traffic belongs to the training algorithm (the rest is the tool's own).
-ALGORITHM_PHASES = ("grad", "es")
-
-RECORD_DTYPE = np.dtype(
-    [
-        ("seq", "i8"),  # collective call number: the same call has the same seq on every rank (-1: point-to-point)
-        ("op", "u1"),
-        ("phase", "u1"),
-        ("iteration", "i4"),
-        ("bytes_sent", "i8"),
-        ("bytes_recv", "i8"),
-        ("wire_bytes", "i8"),
-        ("t_enter", "f8"),
-        ("t_exit", "f8"),
-    ]
-)
+from .schema import ALGORITHM_PHASES, OPS, PHASES, RECORD_DTYPE
 
 _OP = {name: i for i, name in enumerate(OPS)}
 _PHASE = {name: i for i, name in enumerate(PHASES)}
-
-# MPICH's default switch points (bytes), used only by the wire-byte model.
-ALLREDUCE_SHORT_MSG = 2048
-BCAST_SHORT_MSG = 12288
-
-
-@functools.lru_cache(maxsize=1024)
-def wire_bytes_model(op: str, nbytes: int, size: int, root: bool = False) -> int:
-    """Bytes this rank puts on the wire for ``op`` on a payload of ``nbytes`` per rank.
-
-    Allreduce: recursive doubling (ceil(log2 p) x n) below MPICH's short-message limit,
-    Rabenseifner's reduce-scatter + allgather (2 (p-1)/p x n) above it. Allgather: (p-1) x n
-    (ring and recursive doubling alike). Bcast: binomial tree, (p-1)/p x n on average per rank.
-    Gather: n from every non-root rank. Minloc: as allreduce.
-    """
-    p = size
-    if p <= 1 or nbytes <= 0:
-        return 0
-    if op in ("allreduce", "minloc"):
-        if nbytes <= ALLREDUCE_SHORT_MSG:
-            return math.ceil(math.log2(p)) * nbytes
-        return round(2 * (p - 1) / p * nbytes)
-    if op == "allgather":
-        return (p - 1) * nbytes
-    if op == "bcast":
-        return round((p - 1) / p * nbytes)
-    if op == "gather":
-        return 0 if root else nbytes
-    return 0
 
 
 class InstrumentedComm:
@@ -126,7 +79,7 @@ class InstrumentedComm:
 
     def emulate_network(self, name: str, alpha: float, beta: float) -> None:
         """Hold every collective for its modelled cost on a network of latency ``alpha`` (s) and
-        inverse bandwidth ``beta`` (s/byte), as :func:`hes_mpi.netmodel.collective_time` gives it, on
+        inverse bandwidth ``beta`` (s/byte), as :func:`hes_mpi.collectives.collective_time` gives it, on
         top of its real duration here. All ranks hold the same call for the same time, so the run
         stays in step; the hold counts as communication time in the records."""
         self.emulation = (name, float(alpha), float(beta))
@@ -134,8 +87,6 @@ class InstrumentedComm:
     def _hold(self, op: str, nbytes: int, t1: float) -> float:
         """Busy-wait until ``t1`` + the emulated cost; returns the new exit time. Like MPI's own progress
         loop it polls rather than sleeps, so the core stays as hot as in a real wait."""
-        from .netmodel import collective_time
-
         _, alpha, beta = self.emulation
         extra = collective_time(op, nbytes, self.size, alpha, beta)
         self.emulated_seconds += extra
@@ -174,6 +125,21 @@ class InstrumentedComm:
         self.n_records = 0
         return out
 
+    def record_cost_us(self, n: int = 200_000) -> float:
+        """Microseconds that recording one call costs (timestamps excluded), measured in a tight loop of
+        ``n`` records that are discarded again (the buffer and the phase are left as they were)."""
+        import time
+
+        saved = self.n_records, self.phase, self.iteration, self._seq, self.total_calls, self.comm_seconds
+        t0 = time.perf_counter()
+        for _ in range(n):
+            self._record("allreduce", 4, 4, 0, 0.0, 0.0)
+            self.n_records = saved[0]
+        t1 = time.perf_counter()
+        self.set_phase(saved[1], saved[2])
+        self._seq, self.total_calls, self.comm_seconds = saved[3], saved[4], saved[5]
+        return (t1 - t0) * 1e6 / n
+
     # ------------------------------------------------------------------ collectives
     def Allreduce(self, buf: np.ndarray, out: np.ndarray | None = None, op: str = "sum") -> np.ndarray:
         """Allreduce ``buf`` into ``out``, or in place when ``out`` is None. Returns the result."""
@@ -187,7 +153,7 @@ class InstrumentedComm:
         else:
             self.comm.Allreduce(buf, out, op=self._ops[op])
         t1 = MPI.Wtime()
-        self._record("allreduce", nbytes, nbytes, wire_bytes_model("allreduce", nbytes, self.size), t0, t1)
+        self._record("allreduce", nbytes, nbytes, wire_bytes("allreduce", nbytes, self.size), t0, t1)
         return out
 
     def minloc(self, value: float, index: int) -> tuple[float, int]:
@@ -201,7 +167,7 @@ class InstrumentedComm:
         t0 = MPI.Wtime()
         self.comm.Allreduce(MPI.IN_PLACE, [buf, MPI.DOUBLE_INT], op=MPI.MINLOC)
         t1 = MPI.Wtime()
-        self._record("minloc", nbytes, nbytes, wire_bytes_model("minloc", nbytes, self.size), t0, t1)
+        self._record("minloc", nbytes, nbytes, wire_bytes("minloc", nbytes, self.size), t0, t1)
         return float(buf["value"][0]), int(buf["index"][0])
 
     def Allgather(self, sendbuf: np.ndarray, recvbuf: np.ndarray) -> np.ndarray:
@@ -210,7 +176,7 @@ class InstrumentedComm:
         self.comm.Allgather(sendbuf, recvbuf)
         t1 = MPI.Wtime()
         n = sendbuf.nbytes
-        self._record("allgather", n, recvbuf.nbytes, wire_bytes_model("allgather", n, self.size), t0, t1)
+        self._record("allgather", n, recvbuf.nbytes, wire_bytes("allgather", n, self.size), t0, t1)
         return recvbuf
 
     def Bcast(self, buf: np.ndarray, root: int = 0) -> np.ndarray:
@@ -221,7 +187,7 @@ class InstrumentedComm:
         n = buf.nbytes
         is_root = self.rank == root
         self._record(
-            "bcast", n if is_root else 0, 0 if is_root else n, wire_bytes_model("bcast", n, self.size), t0, t1
+            "bcast", n if is_root else 0, 0 if is_root else n, wire_bytes("bcast", n, self.size), t0, t1
         )
         return buf
 
@@ -240,7 +206,7 @@ class InstrumentedComm:
         t1 = MPI.Wtime()
         n = sendbuf.nbytes
         self._record(
-            "gather", n, recv.nbytes if is_root else 0, wire_bytes_model("gather", n, self.size, is_root), t0, t1
+            "gather", n, recv.nbytes if is_root else 0, wire_bytes("gather", n, self.size, is_root), t0, t1
         )
         return recv
 

@@ -26,6 +26,30 @@ PLAIN = {"perturb": "all", "baseline": False, "antithetic": False, "recombine": 
          "adapt_sigma": False, "dist": "normal", "es_rows": 1.0, "es_step": 1.0}
 
 
+#: Options that never change what a run computes or records, only where and how it runs: a finished run
+#: log is the same run whatever they were (sweeps reuse it), and tables do not tell runs apart by them.
+NOT_RESULT = frozenset({"out", "force", "data_dir", "threads", "check_every", "checkpoint", "checkpoint_every",
+                        "resume"})
+#: Options that may differ between an interrupted run and its resumption from a checkpoint (the final
+#: parameters do not depend on them; --epochs extends the run).
+MAY_CHANGE_ON_RESUME = NOT_RESULT | {"epochs", "eval_train", "sync_barrier"}
+#: Options BGD does not read.
+HES_ONLY = frozenset({"K", "r", "sigma2", "sigma_scale", "assisted", "noise", *PLAIN})
+#: Values of options that run logs older than those options ran with (the poster's plain algorithm and
+#: Philox noise); every other missing option had today's default.
+LEGACY = {**PLAIN, "noise": "philox"}
+
+
+def result_options(config: dict) -> dict:
+    """The options of a run (a ``RunConfig.to_dict()`` or a run log's config) that decide its result:
+    everything but :data:`NOT_RESULT`, the H-ES options for BGD, and, read from old logs, missing options
+    filled in as those logs ran (:data:`LEGACY`, else the defaults)."""
+    defaults = RunConfig().to_dict()
+    full = {k: config.get(k, LEGACY.get(k, defaults[k])) for k in defaults}
+    skip = NOT_RESULT | (HES_ONLY if full["algo"] == "bgd" else frozenset())
+    return {k: v for k, v in full.items() if k not in skip}
+
+
 @dataclass
 class RunConfig:
     algo: str = "bgd"
@@ -94,7 +118,7 @@ class RunConfig:
         if self.check_every < 0:
             raise UsageError(f"--check-every must be >= 0, got {self.check_every}")
         if self.emulate_net is not None:
-            from .netmodel import parse_network
+            from .collectives import parse_network
 
             parse_network(self.emulate_net)
         if self.noise not in ("philox", "table"):
@@ -147,7 +171,7 @@ class RunConfig:
 
     @property
     def effective_es_step(self) -> float:
-        """--es-step, or with 0 (auto) the measured best: 1 for r <= 2, 0.7 for r >= 3 (README, Results)."""
+        """--es-step, or with 0 (auto) the measured best: 1 for r <= 2, 0.7 for r >= 3 (docs/results.md)."""
         if self.es_step > 0:
             return self.es_step
         return 1.0 if self.r <= 2 else 0.7
@@ -167,3 +191,40 @@ class RunConfig:
     def from_dict(cls, d: dict) -> RunConfig:
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in names})
+
+
+# ---------------------------------------------------------------------------------------- labels
+def method_label(config: dict) -> str:
+    """'plain', or the H-ES method options that differ from the poster's, e.g. 'output layer, baseline'
+    (run logs older than these options ran the poster's plain algorithm)."""
+    words = []
+    for k, plain in PLAIN.items():
+        v = config.get(k, plain)
+        if v == plain:
+            continue
+        if k == "perturb":
+            words.append("output layer" if v == "output" else str(v))
+        elif k == "recombine":
+            words.append(f"{v} recombination")
+        elif k == "es_rows":
+            words.append(f"{v:g} of rows")
+        elif k == "es_step":
+            words.append(f"ES step {v:g} lr" if v else "ES step auto")
+        elif k == "dist":
+            words.append(str(v))
+        elif v is True:
+            words.append(k.replace("_", "-"))
+    return ", ".join(words) or "plain"
+
+
+def run_label(config: dict) -> str:
+    """The poster's name of a configuration: 'Reference (BGD)', 'Assisted H-ES (r = 1) [...]' or
+    'H-ES, r = 2 [...]', with the H-ES method options in brackets."""
+    if config["algo"] == "bgd":
+        return "Reference (BGD)"
+    head = "Assisted H-ES (r = 1)" if config.get("assisted") else f"H-ES, r = {config['r']}"
+    return f"{head} [{method_label(config)}]"
+
+
+#: Options that :func:`run_label` already shows.
+LABELLED = frozenset({"algo", "assisted", "r", *PLAIN})

@@ -1,4 +1,7 @@
-"""The HDF5 run log: schema, writing (append, flush, mark complete) and reading.
+"""The HDF5 run log: its layout, writing (append, flush, mark complete) and reading.
+
+The module is over 400 lines because the writer and the reader of one file format are kept together,
+with the layout they both follow written out below (the column tables live in :mod:`hes_mpi.schema`).
 
 Written by rank 0 only, after the other ranks' per-iteration figures and call records are gathered
 to it (pip's h5py has no parallel HDF5, and the records are small: one file is simpler to move and
@@ -62,45 +65,25 @@ from pathlib import Path
 
 import numpy as np
 
-from .comm import ALGORITHM_PHASES, OPS, PHASES, RECORD_DTYPE, RECORD_UNITS
 from .errors import UsageError
+from .schema import (
+    ALGORITHM_PHASES,
+    EPOCH_COLUMNS,
+    ITERATION_COLUMNS,
+    OPS,
+    PER_RANK_COLUMNS,
+    PHASES,
+    RECORD_DTYPE,
+    RECORD_FIELDS,
+    RECORD_UNITS,
+    StepKind,
+    decode,
+    decode_names,
+)
 
 FORMAT = "hes_mpi.runlog"
 FORMAT_VERSION = 1
 
-EPOCH_COLUMNS = {
-    "epoch": ("i4", "1"),
-    "iteration": ("i8", "1"),
-    "train_loss": ("f8", "nats per example"),
-    "train_acc": ("f8", "fraction"),
-    "dev_loss": ("f8", "nats per example"),
-    "dev_acc": ("f8", "fraction"),
-    "epoch_s": ("f8", "s"),
-    "eval_s": ("f8", "s"),
-    "wall_s": ("f8", "s"),
-}
-ITERATION_COLUMNS = {
-    "iteration": ("i8", "1"),
-    "epoch": ("i4", "1"),
-    "kind": ("u1", "0 grad, 1 es, 2 assisted"),
-    "batch_loss": ("f8", "nats per example"),
-    "grad_norm": ("f8", "1"),
-    "grad_var": ("f8", "1"),
-    "sigma": ("f8", "1"),
-    "es_cost": ("f8", "nats per example"),
-    "es_rank": ("i4", "1"),
-    "es_k": ("i4", "1"),
-}
-PER_RANK_COLUMNS = {
-    "step_s": ("f8", "s"),
-    "compute_s": ("f8", "s"),
-    "comm_s": ("f8", "s"),
-    "wait_s": ("f8", "s"),
-    "local_n": ("i4", "examples"),
-    "rss_hwm_bytes": ("i8", "bytes"),
-    "step_bytes": ("i8", "bytes"),
-}
-RECORD_FIELDS = ("rank", *RECORD_DTYPE.names)
 
 
 def _h5py():
@@ -114,7 +97,7 @@ _STATE = {"damaged_handles": False}
 
 def damaged_handles() -> bool:
     """True after a failed write left HDF5 objects that the library cannot close cleanly; the process
-    should then end without HDF5's own teardown (see ``hes_mpi.__main__``)."""
+    should then end without HDF5's own teardown (see :mod:`hes_mpi.run.control`)."""
     return _STATE["damaged_handles"]
 
 
@@ -211,7 +194,7 @@ class RunLogWriter:
             c.attrs["algorithm_phases"] = list(ALGORITHM_PHASES)
             c.attrs["payload_rule"] = ("bytes_sent/bytes_recv: count x type size of the buffers this rank passes "
                                        "(IN_PLACE: the receive buffer); wire_bytes: modelled bytes sent by this rank "
-                                       "by MPICH's default algorithm (see hes_mpi.comm.wire_bytes_model)")
+                                       "by MPICH's default algorithm (see hes_mpi.collectives.wire_bytes)")
             rec = c.create_group("records")
             for name in RECORD_FIELDS:
                 dt = np.dtype("i4") if name == "rank" else RECORD_DTYPE[name]
@@ -346,9 +329,10 @@ class RunLog:
         if self.f.attrs.get("format") != FORMAT:
             self.f.close()
             raise UsageError(f"{path}: not a hes_mpi run log")
-        if int(self.f.attrs.get("format_version", 0)) > FORMAT_VERSION:
+        version = int(self.f.attrs.get("format_version", 0))
+        if version > FORMAT_VERSION:
             self.f.close()
-            raise UsageError(f"{path}: run log format {self.f.attrs['format_version']} is newer than this hes_mpi")
+            raise UsageError(f"{path}: run log format {version} is newer than this hes_mpi")
 
     def __enter__(self):
         return self
@@ -365,7 +349,7 @@ class RunLog:
 
     @property
     def environment(self) -> dict:
-        return {k: _plain(v) for k, v in self.f["environment"].attrs.items()}
+        return {k: decode(v) for k, v in self.f["environment"].attrs.items()}
 
     @property
     def complete(self) -> bool:
@@ -373,6 +357,24 @@ class RunLog:
 
     def table(self, group: str) -> dict[str, np.ndarray]:
         return {k: self.f[group][k][()] for k in self.f[group]}
+
+    def names(self, attr: str) -> list[str]:
+        """``op_names`` or ``phase_names`` of the call records, as stored (the schema's own lists for a log
+        without them)."""
+        default = {"op_names": OPS, "phase_names": PHASES}[attr]
+        comm = self.f.get("comm")
+        if comm is None or attr not in comm.attrs:
+            return list(default)
+        return decode_names(comm.attrs[attr])
+
+    def records(self) -> dict[str, np.ndarray]:
+        """The columns of ``/comm/records`` (empty dict when the log has none)."""
+        return self.table("comm/records") if "comm/records" in self.f else {}
+
+    def clock_offsets(self) -> np.ndarray | None:
+        """``/clock/offset_start`` (per rank, s), or None when the run stopped before writing it."""
+        return np.asarray(self.f["clock/offset_start"][()], dtype=np.float64) if "clock/offset_start" in self.f \
+            else None
 
     def theta(self) -> np.ndarray | None:
         return self.f["final/theta"][()] if "final/theta" in self.f else None
@@ -384,14 +386,14 @@ class RunLog:
         it = self.table("iterations")
         kinds = it["kind"]
         last = {k: (float(v[-1]) if v.size else math.nan) for k, v in ep.items()}
-        final_attrs = {k: _plain(v) for k, v in self.f["final"].attrs.items()} if "final" in self.f else {}
+        final_attrs = {k: decode(v) for k, v in self.f["final"].attrs.items()} if "final" in self.f else {}
         out = {
             "algo": cfg["algo"] + ("-assisted" if cfg["algo"] == "hes" and cfg.get("assisted") else ""),
             "ranks": int(env["ranks"]),
             "epochs": int(ep["epoch"].size),
             "iterations": int(kinds.size),
-            "grad_steps": int(np.count_nonzero(kinds != 1)),
-            "es_steps": int(np.count_nonzero(kinds != 0)),
+            "grad_steps": int(np.count_nonzero(kinds != StepKind.ES)),
+            "es_steps": int(np.count_nonzero(kinds != StepKind.GRAD)),
             "train_acc": last["train_acc"],
             "dev_acc": last["dev_acc"],
             **collapse_summary(ep.get("dev_acc", np.zeros(0))),
@@ -415,10 +417,10 @@ class RunLog:
 
     def cost_summary(self, kinds: np.ndarray, it: dict, final_attrs: dict, ranks: int) -> dict:
         """What the run cost: bytes, calls, time split and memory (the instrumented figures)."""
-        rec = self.table("comm/records") if "comm/records" in self.f else {}
-        phase_names = [_plain(p) for p in self.f["comm"].attrs["phase_names"]] if "comm" in self.f else list(PHASES)
-        n_grad = int(np.count_nonzero(kinds != 1))
-        n_es = int(np.count_nonzero(kinds != 0))
+        rec = self.records()
+        phase_names = self.names("phase_names")
+        n_grad = int(np.count_nonzero(kinds != StepKind.ES))
+        n_es = int(np.count_nonzero(kinds != StepKind.GRAD))
         out: dict = {}
         if rec and rec["phase"].size:
             phase = rec["phase"]
@@ -443,18 +445,11 @@ class RunLog:
             te = int(final_attrs.get("step_transient_bytes_es", 0))
             out["step_transient_bytes_grad"] = tg
             out["step_transient_bytes_es"] = te
-            out["step_peak_bytes_grad"] = int(sb[kinds != 1].max()) + tg if n_grad else 0
-            out["step_peak_bytes_es"] = int(sb[kinds != 0].max()) + te if n_es else 0
-            for name, mask in (("grad", kinds == 0), ("es", kinds == 1)):
+            out["step_peak_bytes_grad"] = int(sb[kinds != StepKind.ES].max()) + tg if n_grad else 0
+            out["step_peak_bytes_es"] = int(sb[kinds != StepKind.GRAD].max()) + te if n_es else 0
+            for name, mask in (("grad", kinds == StepKind.GRAD), ("es", kinds == StepKind.ES)):
                 if np.any(mask):
                     out[f"median_{name}_step_s"] = float(np.median(it["step_s"][mask].max(axis=1)))
         out["theta_consistent"] = bool(final_attrs["theta_consistent"]) if "theta_consistent" in final_attrs else None
         return out
 
-
-def _plain(v):
-    if isinstance(v, np.generic):
-        return v.item()
-    if isinstance(v, bytes):
-        return v.decode()
-    return v

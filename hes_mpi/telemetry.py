@@ -26,7 +26,7 @@ import tracemalloc
 
 import numpy as np
 
-from .comm import ALGORITHM_PHASES, PHASES
+from .schema import ALGORITHM_PHASES, PHASES
 
 _MAXRSS_SCALE = 1 if sys.platform == "darwin" else 1024  # ru_maxrss: bytes on macOS, KiB on Linux
 
@@ -52,6 +52,21 @@ def traced_peak(fn, *args, **kwargs) -> tuple[int, object]:
     return max(0, int(peak)), result
 
 
+def waits(seq: np.ndarray, aligned_enter: np.ndarray, duration: np.ndarray) -> np.ndarray:
+    """The waiting part of each call: how long before the last rank it entered the same collective
+    (same ``seq``), on a common clock (``aligned_enter``), never below 0 nor above the call's duration.
+    The one rule of the time split; the alpha-beta fit (:mod:`hes_mpi.post.fit`) uses it too."""
+    if seq.size == 0:
+        return np.zeros(0)
+    order = np.argsort(seq, kind="stable")
+    seq_sorted = seq[order]
+    new = np.r_[True, seq_sorted[1:] != seq_sorted[:-1]]
+    last_entry = np.maximum.reduceat(aligned_enter[order], np.flatnonzero(new))
+    latest = np.empty_like(aligned_enter)
+    latest[order] = last_entry[np.cumsum(new) - 1]
+    return np.clip(latest - aligned_enter, 0.0, np.maximum(duration, 0.0))
+
+
 def split_times(records: np.ndarray, ranks: np.ndarray, offsets: np.ndarray, iterations: np.ndarray,
                 n_ranks: int) -> tuple[np.ndarray, np.ndarray]:
     """Per-iteration, per-rank (comm_s, wait_s) from the algorithm-phase call records of all ranks.
@@ -69,15 +84,8 @@ def split_times(records: np.ndarray, ranks: np.ndarray, offsets: np.ndarray, ite
     if rec.size == 0:
         return comm_s, wait_s
     aligned = rec["t_enter"] - offsets[rk]
-    order = np.argsort(rec["seq"], kind="stable")
-    seq_sorted = rec["seq"][order]
-    starts = np.flatnonzero(np.r_[True, seq_sorted[1:] != seq_sorted[:-1]])
-    last_entry = np.maximum.reduceat(aligned[order], starts)
-    group = np.cumsum(np.r_[True, seq_sorted[1:] != seq_sorted[:-1]]) - 1
-    latest = np.empty_like(aligned)
-    latest[order] = last_entry[group]
     duration = rec["t_exit"] - rec["t_enter"]
-    wait = np.clip(latest - aligned, 0.0, duration)
+    wait = waits(rec["seq"], aligned, duration)
     comm = duration - wait
     row = np.searchsorted(iterations, rec["iteration"])
     ok = (row < iterations.size) & (iterations[np.minimum(row, iterations.size - 1)] == rec["iteration"])

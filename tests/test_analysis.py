@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from conftest import run_cli
 
-from hes_mpi.netmodel import collective_time, parse_network
+from hes_mpi.collectives import collective_time, parse_network
 
 ROOT = Path(__file__).resolve().parents[1]
 SYN = ["--data", "synthetic:800", "--hidden", "16", "--batch", "200", "--lr", "1"]
@@ -132,8 +132,7 @@ def test_bad_emulation_spec():
 
 
 def test_labels_name_the_es_methods_and_old_logs_count_as_plain():
-    from hes_mpi.analysis import method_label, run_label
-    from hes_mpi.config import RunConfig
+    from hes_mpi.config import RunConfig, method_label, run_label
 
     old = {k: v for k, v in RunConfig(algo="hes", r=2).to_dict().items()
            if k not in ("perturb", "baseline", "antithetic", "recombine", "carry", "adapt_sigma", "dist", "es_rows",

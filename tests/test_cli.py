@@ -44,7 +44,8 @@ def write_idx(d, n=60, magic_images=0x00000803, n_labels=None, truncate=0, gz=Fa
 # ------------------------------------------------------------------------------------------ happy paths
 def test_plain_switch_and_explicit_method_options():
     """--plain sets every H-ES method option to the poster's; options given explicitly still apply."""
-    from hes_mpi.__main__ import _es_methods, build_parser
+    from hes_mpi.cli import build_parser
+    from hes_mpi.cli.common import es_methods as _es_methods
     from hes_mpi.config import PLAIN, RunConfig
 
     p = build_parser()
@@ -265,3 +266,27 @@ def test_evaluate_reports_test_accuracy_and_agrees_with_the_dev_accuracy(tmp_pat
         f["x"] = 1
     bad = run_cli(["evaluate", foreign], n=None)
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
+
+
+def test_the_command_is_the_first_argument():
+    """An option's value that happens to be a command's name is not taken for the command."""
+    from hes_mpi.cli import with_default_command
+
+    assert with_default_command(["--out-dir", "train"]) == ["compare", "--out-dir", "train"]
+    assert with_default_command(["--data-dir", "data", "--epochs", "1"])[0] == "compare"
+    assert with_default_command(["--r", "2", "--out-dir", "summary"])[0] == "compare"
+    assert with_default_command([]) == ["compare"]
+    assert with_default_command(["train", "--out", "compare.h5"]) == ["train", "--out", "compare.h5"]
+    for top in ("--help", "-h", "--version"):
+        assert with_default_command([top]) == [top]
+
+
+def test_out_dir_named_train_runs_the_main_job_into_that_folder(tmp_path):
+    """``hes-mpi --out-dir train`` is the main job writing into ./train (it was once read as ``train``)."""
+    proc = run_cli(["--out-dir", "train", "--data", "synthetic:800", "--hidden", "16", "--batch", "200", "--lr", "1",
+                    "--epochs", "1", "--K", "4", "--r", "2", "--no-assisted"], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    out = tmp_path / "train"
+    for name in ("bgd.h5", "hes_r2.h5", "accuracy.md", "savings.md", "training.png"):
+        assert (out / name).stat().st_size > 0, name
+    assert "Reference (BGD)" in proc.stdout and "H-ES, r = 2" in proc.stdout

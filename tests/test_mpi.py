@@ -51,7 +51,7 @@ def all_equal(comm, theta) -> bool:
 
 
 def algorithm_records(comm, phase):
-    from hes_mpi.comm import PHASES
+    from hes_mpi.schema import PHASES
 
     rec = comm.drain()
     return rec[rec["phase"] == PHASES.index(phase)]
@@ -212,7 +212,7 @@ def test_assisted_does_both_every_iteration(comm):
         info = algo.step(i, theta, batch)
         assert info.kind == 2
     rec = comm.drain()
-    from hes_mpi.comm import PHASES
+    from hes_mpi.schema import PHASES
 
     assert np.count_nonzero(rec["phase"] == PHASES.index("grad")) == 3
     assert np.count_nonzero(rec["phase"] == PHASES.index("es")) == 3
@@ -249,7 +249,7 @@ def test_agree_reports_lowest_failing_rank(comm):
 def test_training_keeps_ranks_identical_and_logs(comm):
     import h5py
 
-    from hes_mpi.trainer import Trainer
+    from hes_mpi.run.trainer import Trainer
 
     path = os.path.join(tempfile.gettempdir(), f"hes_mpi_test_{os.getppid()}.h5")
     buf = np.frombuffer(path.encode().ljust(512, b"\0"), dtype=np.uint8).copy()

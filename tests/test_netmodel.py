@@ -14,10 +14,12 @@ import h5py
 import numpy as np
 import pytest
 
-from hes_mpi import netmodel as nm
-from hes_mpi.comm import RECORD_DTYPE
+from hes_mpi import collectives as nm
 from hes_mpi.errors import UsageError
+from hes_mpi.post import fit as fitting
+from hes_mpi.post import projection
 from hes_mpi.runlog import RunLog, RunLogWriter
+from hes_mpi.schema import RECORD_DTYPE
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "analysis" / "project.py"
@@ -116,7 +118,7 @@ def synthetic_pairs(alpha, beta, p, noise=0.02, calls=15, seed=0):
 
 @pytest.mark.parametrize("p", [2, 4, 16])
 def test_fit_recovers_alpha_beta(p):
-    fit = nm.fit_alpha_beta(synthetic_pairs(3e-6, 2e-10, p), p)
+    fit = fitting.fit_alpha_beta(synthetic_pairs(3e-6, 2e-10, p), p)
     assert fit.alpha == pytest.approx(3e-6, rel=0.05)
     assert fit.beta == pytest.approx(2e-10, rel=0.05)
     assert fit.max_rel_error < 0.05 and fit.median_rel_error <= fit.max_rel_error
@@ -128,17 +130,17 @@ def test_fit_recovers_alpha_beta(p):
 def test_fit_mixed_rank_counts_and_outliers():
     pairs = [(*t, 2) for t in synthetic_pairs(5e-6, 1e-9, 2)] + [(*t, 8) for t in synthetic_pairs(5e-6, 1e-9, 8)]
     pairs += [("allreduce", 16, 1.0, 2)] * 3  # a few huge outliers: the class median ignores them
-    fit = nm.fit_alpha_beta(pairs)
+    fit = fitting.fit_alpha_beta(pairs)
     assert fit.alpha == pytest.approx(5e-6, rel=0.05) and fit.beta == pytest.approx(1e-9, rel=0.05)
     assert {c["ranks"] for c in fit.classes} == {2, 8}
 
 
 def test_fit_is_non_negative_and_needs_two_ranks():
     # pure bandwidth: alpha must not go negative to absorb noise
-    fit = nm.fit_alpha_beta([("allreduce", n, 2 * (3 / 4) * n * 1e-9) for n in (4096, 65536, 10**6)], 4)
+    fit = fitting.fit_alpha_beta([("allreduce", n, 2 * (3 / 4) * n * 1e-9) for n in (4096, 65536, 10**6)], 4)
     assert fit.alpha >= 0 and fit.beta == pytest.approx(1e-9, rel=1e-6)
     with pytest.raises(UsageError):
-        nm.fit_alpha_beta(synthetic_pairs(1e-6, 1e-9, 1), 1)
+        fitting.fit_alpha_beta(synthetic_pairs(1e-6, 1e-9, 1), 1)
 
 
 def test_measured_pairs_subtracts_waiting(tmp_path):
@@ -160,8 +162,8 @@ def test_measured_pairs_subtracts_waiting(tmp_path):
     w.set_clock(np.array([0.0, 0.1]), np.zeros(2), np.array([0.0, 0.1]), np.zeros(2), 1e-9, False)
     w.flush()
     with RunLog(path) as rl:
-        pairs = sorted(nm.measured_pairs(rl))
-        quads = nm.measured_pairs(rl, with_ranks=True)
+        pairs = sorted(fitting.measured_pairs(rl))
+        quads = fitting.measured_pairs(rl, with_ranks=True)
     assert [(op, n) for op, n, _ in pairs] == [("allreduce", 16), ("allreduce", 16), ("bcast", 8), ("bcast", 8)]
     assert [s for _, _, s in pairs] == pytest.approx([0.4, 0.4, 0.5, 0.5])
     assert all(q[3] == 2 for q in quads)
@@ -169,7 +171,7 @@ def test_measured_pairs_subtracts_waiting(tmp_path):
 
 # ------------------------------------------------------------------------------------------ projection
 def costs(algo="bgd", cg=5e-3, ce=50e-3, ca=None, r=2, params=238510, ranks=2, iters=50, assisted=False):
-    return nm.StepCosts(label=f"{algo}.h5", algo=algo, assisted=assisted, r=r, K=8, ranks=ranks, param_count=params,
+    return projection.StepCosts(label=f"{algo}.h5", algo=algo, assisted=assisted, r=r, K=8, ranks=ranks, param_count=params,
                         batch=1000, n_train=50000, iterations_per_epoch=iters,
                         compute_grad_s=None if assisted else cg, compute_es_s=None if algo == "bgd" or assisted else ce,
                         compute_assisted_s=ca, median_epoch_s=None)
@@ -179,7 +181,7 @@ NODES = [2**k for k in range(1, 11)]
 
 
 def test_bgd_epoch_grows_with_nodes_on_1gbe():
-    rows = nm.project(costs("bgd"), "1gbe", NODES)
+    rows = projection.project(costs("bgd"), "1gbe", NODES)
     epochs = [r["bgd_epoch_s"] for r in rows]
     assert all(b > a for a, b in itertools.pairwise(epochs))
     assert all(r["hes_epoch_s"] is None and r["hes_over_bgd"] is None for r in rows)
@@ -191,7 +193,7 @@ def test_bgd_epoch_grows_with_nodes_on_1gbe():
 
 def test_hes_moves_only_twelve_bytes_per_es_step():
     both = [costs("bgd"), costs("hes")]
-    for row in nm.project(both, "1gbe", NODES):
+    for row in projection.project(both, "1gbe", NODES):
         n = row["nodes"]
         alpha, beta = nm.PRESETS["1gbe"][:2]
         ar = nm.allreduce_time(4 * 238510, n, alpha, beta)
@@ -201,17 +203,17 @@ def test_hes_moves_only_twelve_bytes_per_es_step():
         assert row["hes_iteration_s"] == pytest.approx((5e-3 + ar + 50e-3 + ml) / 2)
         assert row["hes_over_bgd"] == pytest.approx(row["hes_epoch_s"] / row["bgd_epoch_s"])
     # an H-ES log alone is projected alone
-    rows = nm.project(costs("hes"), "10gbe", [4])
+    rows = projection.project(costs("hes"), "10gbe", [4])
     assert rows[0]["bgd_epoch_s"] is None and rows[0]["hes_epoch_s"] > 0
 
 
 def test_strong_scaling_divides_compute():
-    weak = nm.project(costs("bgd"), "ib-hdr", [2, 64], "weak")
-    strong = nm.project(costs("bgd"), "ib-hdr", [2, 64], "strong")
+    weak = projection.project(costs("bgd"), "ib-hdr", [2, 64], "weak")
+    strong = projection.project(costs("bgd"), "ib-hdr", [2, 64], "strong")
     assert strong[0]["bgd_epoch_s"] == pytest.approx(weak[0]["bgd_epoch_s"])  # measured on 2 ranks
     assert strong[1]["bgd_iteration_s"] == pytest.approx(5e-3 * 2 / 64 + weak[1]["bgd_comm_s"])
     with pytest.raises(UsageError):
-        nm.project(costs("bgd"), "ib-hdr", [2], "sideways")
+        projection.project(costs("bgd"), "ib-hdr", [2], "sideways")
 
 
 def test_crossover_found_on_constructed_case():
@@ -219,24 +221,24 @@ def test_crossover_found_on_constructed_case():
     # (c_es - c_grad + minloc - allreduce) / 2 = (9.5 ms - log2(N) ms) / 2: H-ES wins from N = 1024
     net = ("slow", 1e-3, 0.0)
     c = [costs("bgd", cg=1e-3), costs("hes", cg=1e-3, ce=10.5e-3)]
-    assert nm.crossover(c, net)["nodes"] == 1024
+    assert projection.crossover(c, net)["nodes"] == 1024
     # bandwidth only, 1 MB gradient on 2 nodes: H-ES wins when 1e6 beta - 12 beta > c_es - c_grad = 1 ms
     c = [costs("bgd", cg=1e-3, params=250000), costs("hes", cg=1e-3, ce=2e-3, params=250000)]
-    x = nm.crossover(c, ("bw", 0.0, 1e-9), at_nodes=2)
+    x = projection.crossover(c, ("bw", 0.0, 1e-9), at_nodes=2)
     assert x["at_nodes"] == 2
     assert x["bandwidth_bytes_per_s"] == pytest.approx((1e6 - 12) / 1e-3, rel=1e-6)
     # ES steps cheaper than gradient steps: H-ES wins everywhere
-    x = nm.crossover([costs("bgd", cg=5e-3), costs("hes", cg=5e-3, ce=1e-3)], "ib-hdr")
+    x = projection.crossover([costs("bgd", cg=5e-3), costs("hes", cg=5e-3, ce=1e-3)], "ib-hdr")
     assert x["nodes"] == 2 and x["bandwidth_bytes_per_s"] == math.inf
 
 
 def test_crossover_none_when_hes_always_slower():
     # assisted H-ES does a gradient step and an ES selection on every iteration: never faster
     c = [costs("bgd", cg=5e-3), costs("hes", ca=60e-3, assisted=True)]
-    x = nm.crossover(c, "1gbe")
+    x = projection.crossover(c, "1gbe")
     assert x["nodes"] is None and x["bandwidth_bytes_per_s"] is None
     with pytest.raises(UsageError):
-        nm.crossover(costs("bgd"), "1gbe")
+        projection.crossover(costs("bgd"), "1gbe")
 
 
 # ------------------------------------------------------------------------------------------ the script
@@ -283,12 +285,12 @@ def test_script_end_to_end(logs):
     assert "H-ES / BGD" in out and "Crossover" in out
     assert "measured' is left out" in out  # 1-rank logs: nothing to fit alpha and beta to
     with RunLog(logs[0]) as rl:
-        c = nm.step_costs(rl)
+        c = projection.step_costs(rl)
         assert c.algo == "bgd" and c.iterations_per_epoch == 4 and c.param_count == 32 * 16 + 16 + 16 * 10 + 10
         assert c.compute_grad_s > 0 and c.compute_es_s is None
-        assert all(q[3] == 1 for q in nm.measured_pairs(rl, with_ranks=True))
+        assert all(q[3] == 1 for q in fitting.measured_pairs(rl, with_ranks=True))
     with RunLog(logs[1]) as rl:
-        c = nm.step_costs(rl)
+        c = projection.step_costs(rl)
         assert c.algo == "hes" and c.r == 2 and c.compute_es_s > 0
 
 
@@ -330,14 +332,22 @@ def test_script_help():
     assert "Usage: python analysis/project.py" in load_script().__doc__
 
 
-@pytest.mark.skipif(not (Path("/tmp/core/bgd.h5").exists() and Path("/tmp/core/hes_r2.h5").exists()),
-                    reason="no 2-rank MNIST run logs in /tmp/core")
-def test_script_on_real_logs():
-    proc = script("/tmp/core/bgd.h5", "/tmp/core/hes_r2.h5", "--fit")
+def test_script_on_real_two_rank_logs(tmp_path):
+    """The script on logs of real 2-rank runs (BGD and H-ES under mpiexec): the projection, and alpha and
+    beta fitted to their own collectives."""
+    from conftest import run_cli
+
+    logs = []
+    for algo in ("bgd", "hes"):
+        logs.append(tmp_path / f"{algo}.h5")
+        proc = run_cli(["train", "--algo", algo, "--data", "synthetic:4000", "--hidden", "256", "--epochs", "3",
+                        "--out", logs[-1]])
+        assert proc.returncode == 0, proc.stderr
+    proc = script(*logs, "--fit")
     assert proc.returncode == 0, proc.stderr
     assert "| measured | 1024 |" in proc.stdout and "alpha = " in proc.stdout
-    with RunLog("/tmp/core/bgd.h5") as rl:
-        fit = nm.fit_alpha_beta(rl)
+    with RunLog(str(logs[0])) as rl:
+        fit = fitting.fit_alpha_beta(rl)
     assert fit.alpha > 0 and fit.beta > 0
     big = [c for c in fit.classes if c["nbytes"] > 2048]
     assert big and all(abs(c["rel_error"]) < 0.5 for c in big)

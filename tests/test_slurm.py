@@ -71,7 +71,7 @@ def test_sweep_params_match_the_default_array():
 
 def test_results_params_parse_and_match_the_documented_array():
     """jobs/results.params is valid for hes-mpi sweep, and the documented job array covers it x 3 seeds."""
-    from hes_mpi.__main__ import sweep_runs
+    from hes_mpi.cli.train import sweep_runs
 
     runs = sweep_runs(str(JOBS / "results.params"), [0, 1, 2])
     for text in ((JOBS / "README.md").read_text(), (JOBS / "sweep.sbatch").read_text()):

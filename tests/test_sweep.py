@@ -74,7 +74,7 @@ def test_bad_parameter_files_are_one_line_errors(tmp_path, text, fragment):
 def test_a_finished_log_is_recognised_across_irrelevant_options(swept):
     """BGD ignores the H-ES options, and logs without a newer method option count as plain."""
     from hes_mpi.config import PLAIN, RunConfig
-    from hes_mpi.suite import finished
+    from hes_mpi.run.suite import finished
 
     d, _ = swept
     bgd = d / "out" / "bgd_s0.h5"

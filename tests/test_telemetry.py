@@ -15,8 +15,9 @@ import numpy as np
 import pytest
 from conftest import MPIEXEC, mpi_size, run_cli
 
-from hes_mpi.comm import PHASES, RECORD_DTYPE, wire_bytes_model
+from hes_mpi.collectives import wire_bytes as wire_bytes_model
 from hes_mpi.runlog import RunLog
+from hes_mpi.schema import PHASES, RECORD_DTYPE
 from hes_mpi.telemetry import split_times, traced_peak
 
 SYN = ["--data", "synthetic:800", "--hidden", "16", "--batch", "200", "--lr", "1", "--epochs", "2"]

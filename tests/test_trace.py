@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 from conftest import mpi_size
 
+from hes_mpi.post.trace import chrome_trace
 from hes_mpi.runlog import RunLog
-from hes_mpi.trace import chrome_trace
 
 SCRIPT = Path(__file__).resolve().parent.parent / "analysis" / "trace.py"
 MPIEXEC = shutil.which("mpiexec", path=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))

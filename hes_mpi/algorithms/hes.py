@@ -6,7 +6,7 @@ around the last full gradient g, and cost it with a forward pass on this rank's 
 Allreduce over (cost, n*K + k) picks the global winner (lowest index on ties); every rank regenerates
 the winner's z from its key and applies the same update. Only 12 bytes per rank cross the network.
 
-Methods on top of it, each a ``train`` option (the README's ablation table measures each one):
+Methods on top of it, each a ``train`` option (docs/results.md's ablation table measures each one):
 
 ``--perturb output``
     Perturb the output layer (W2, b2) only. The base step theta - lr * g is applied in place first, so
@@ -54,7 +54,8 @@ import math
 import numpy as np
 
 from .. import kernels, noise
-from .bgd import BGD, KIND_ASSISTED, KIND_ES, KIND_GRAD, StepInfo
+from ..schema import StepKind
+from .base import GradientStep, StepInfo, UsesGradientStep
 
 #: Rows per chunk when ``--perturb output`` evaluates candidates (bounds the ES step's working set).
 CHUNK_ROWS = 192
@@ -62,9 +63,17 @@ _ADAPT_UP, _ADAPT_DOWN = math.exp(0.05), math.exp(-0.2)
 _SIGMA_MULT_RANGE = (1e-3, 1e3)
 
 
-class HybridES(BGD):
+class HybridES(UsesGradientStep):
+    """Hybrid-ES (an :class:`~hes_mpi.algorithms.base.Algorithm`): a :class:`GradientStep` every r-th
+    iteration, the ES selection around the stored gradient in between."""
+
     def __init__(self, cfg, model, comm, max_rows: int, global_batch: int):
-        super().__init__(cfg, model, comm, max_rows, global_batch)
+        self.cfg = cfg
+        self.model = model
+        self.grad = GradientStep(cfg, model, comm, max_rows, global_batch)
+        self.g = self.grad.g  # the stored gradient (the same buffer: ES steps read it, --carry moves it)
+        self.ws = self.grad.ws
+        self.segments = self.grad.segments
         o = model.offsets
         self.head_only = cfg.perturb == "output"
         self.seg = slice(o[2], o[4]) if self.head_only else slice(0, o[4])
@@ -88,10 +97,13 @@ class HybridES(BGD):
         self._allcosts = np.empty(comm.size * cfg.K, dtype=np.float64)
 
     # ------------------------------------------------------------------ state and accounting
-    def extra_state(self) -> dict:
-        return {"grad_var": float(self.grad_var), "sigma_mult": float(self.sigma_mult)}
+    def state(self) -> dict:
+        """The stored gradient, whether there is one, the gradient variance sigma is scaled by, and the
+        --adapt-sigma multiplier."""
+        return {**self.grad.state(), "grad_var": float(self.grad_var), "sigma_mult": float(self.sigma_mult)}
 
-    def load_extra_state(self, state: dict) -> None:
+    def load_state(self, state: dict) -> None:
+        self.grad.load_state(state)
         self.grad_var = float(state.get("grad_var", 0.0))
         self.sigma_mult = float(state.get("sigma_mult", 1.0))
 
@@ -108,16 +120,16 @@ class HybridES(BGD):
         zbytes = 0 if self._reads_table_in_place else self.zs.nbytes
         if self.head_only:
             r = min(es_rows, self.H.shape[0])
-            es = self._batch_bytes(r) + self.H[:r].nbytes + self.Z[:r].nbytes + self.Zp[:r].nbytes + zbytes
+            es = self.grad.batch_bytes(r) + self.H[:r].nbytes + self.Z[:r].nbytes + self.Zp[:r].nbytes + zbytes
             es += self.Zcat.nbytes + self.zsum.nbytes
         else:
-            es = self._batch_bytes(es_rows) + zbytes + self.cand.nbytes + es_rows * (m.hidden + m.n_out) * 4
+            es = self.grad.batch_bytes(es_rows) + zbytes + self.cand.nbytes + es_rows * (m.hidden + m.n_out) * 4
         if self.cfg.recombine == "weighted":
             es += self._allcosts.nbytes + (0 if self.head_only else self.zsum.nbytes)
-        if kind == KIND_ES:
+        if kind == StepKind.ES:
             return es
-        grad = super().work_bytes(KIND_GRAD, rows)
-        return grad if kind == KIND_GRAD else grad + es
+        grad = self.grad.work_bytes(rows)
+        return grad if kind == StepKind.GRAD else grad + es
 
     def sigma(self) -> float:
         s2 = self.cfg.sigma2 * (self.grad_var if self.cfg.sigma_scale == "relative" else 1.0)
@@ -151,17 +163,17 @@ class HybridES(BGD):
     def step(self, i: int, theta: np.ndarray, batch) -> StepInfo:
         cfg = self.cfg
         info = StepInfo()
-        if cfg.is_grad_step(i) or not self.has_grad:
+        if cfg.is_grad_step(i) or not self.grad.has_grad:
             X, y = batch.full()
-            self.gradient(i, theta, X, y, info)
+            self.grad.compute(i, theta, X, y, info)
             self.grad_var = info.grad_var if not self.head_only else kernels.component_stats(self.g[self.seg])[1]
             if not cfg.is_es_step(i):
-                info.kind = KIND_GRAD
+                info.kind = StepKind.GRAD
                 kernels.sgd_update(theta, self.g, cfg.lr)
                 return info
-            info.kind = KIND_ASSISTED
+            info.kind = StepKind.ASSISTED
         else:
-            info.kind = KIND_ES
+            info.kind = StepKind.ES
         self.es_select(i, theta, batch, info)
         return info
 
@@ -172,7 +184,7 @@ class HybridES(BGD):
     def _l2(self, sq: float) -> float:
         return 0.5 * self.cfg.l2 * sq
 
-    def _head_costs(self, i: int, base: np.ndarray, batch, sigma: float) -> tuple[np.ndarray, float]:
+    def output_layer_costs(self, i: int, base: np.ndarray, batch, sigma: float) -> tuple[np.ndarray, float]:
         """Costs of the K output-layer candidates around ``base`` (= theta - lr * g), and of ``base``."""
         cfg = self.cfg
         rank = self.comm.rank
@@ -231,7 +243,7 @@ class HybridES(BGD):
             kernels.sgd_update(base, self.g, self.cfg.lr * self._step_scale(i))
             if batch.n == 0:
                 return np.full(self.cfg.K, np.inf), math.inf
-            return self._head_costs(i, base, batch, sigma)
+            return self.output_layer_costs(i, base, batch, sigma)
         return self._full_costs(i, theta, batch, sigma, self.cfg.baseline or self.cfg.adapt_sigma)
 
     def _select(self, values: np.ndarray) -> tuple[float, list[tuple[int, float]]]:
@@ -256,7 +268,7 @@ class HybridES(BGD):
         if self.head_only:
             kernels.sgd_update(theta, self.g, cfg.lr * self._step_scale(i))  # the base step, shared by all
             if rows.n:
-                costs, base_cost = self._head_costs(i, theta, rows, sigma)
+                costs, base_cost = self.output_layer_costs(i, theta, rows, sigma)
             else:
                 costs, base_cost = np.full(cfg.K, np.inf), math.inf
         else:
@@ -295,4 +307,4 @@ class HybridES(BGD):
             info.n_local = batch.n
 
 
-__all__ = ["KIND_ASSISTED", "KIND_ES", "KIND_GRAD", "HybridES"]
+__all__ = ["HybridES"]

@@ -12,8 +12,9 @@ import math
 import pytest
 from conftest import run_cli
 
+from hes_mpi.bench.goals import GOALS, goals_met
+from hes_mpi.bench.torch_peer import torch_available
 from hes_mpi.model import MLP
-from hes_mpi.speed import GOALS, goals_met, torch_available
 
 SMALL = ["--data", "synthetic:2000", "--hidden", "32", "--batch", "200"]
 
@@ -92,7 +93,7 @@ def test_goals_met_compares_in_the_right_direction():
 
 
 def test_profile_table_attributes_step_samples_to_the_innermost_project_frame():
-    from hes_mpi.speed import profile_markdown, profile_table
+    from hes_mpi.post.benchtables import profile_markdown, profile_table
 
     step = "main (x.py:1);Trainer.run (hes_mpi/trainer.py:9);"
     lines = [
@@ -115,7 +116,7 @@ def test_scaling_table_from_bench_steps_rows(tmp_path):
     import sys
     from pathlib import Path
 
-    from hes_mpi.speed import scaling_markdown
+    from hes_mpi.post.benchtables import scaling_markdown
 
     def row(mode, p, batch, g, e):
         return {"scaling": mode, "ranks": p, "batch": batch, "median_grad_step_s": g, "median_es_step_s": e,
@@ -138,7 +139,7 @@ def test_scaling_table_from_bench_steps_rows(tmp_path):
 
 
 def test_runtime_table_is_relative_to_the_median_bgd_run(tmp_path):
-    from hes_mpi.speed import runtime_markdown
+    from hes_mpi.post.benchtables import runtime_markdown
 
     small = ["--data", "synthetic:400", "--hidden", "16", "--batch", "100", "--lr", "1", "--epochs", "2"]
     paths = []

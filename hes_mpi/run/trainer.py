@@ -1,105 +1,32 @@
-"""The training loop: setup, schedule, evaluation, consistency checks, progress and the run log."""
+"""The training loop: the schedule of one run, evaluation, consistency checks, checkpoints and progress.
+
+Its parts live apart: the setup shared with the benchmarks in :mod:`.setup`, the per-iteration record and
+its way into the run log in :mod:`.recorder`, signals, faults and the abort policy in :mod:`.control`.
+"""
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
-import platform
-import signal
-import socket
-import sys
 import time
 import zlib
 
 import numpy as np
 
-from . import __version__, checkpoint, kernels
-from .algorithms import make_algorithm
-from .algorithms.bgd import KIND_ES, KIND_GRAD
-from .comm import RECORD_DTYPE, cpu_count
-from .config import RunConfig
-from .data import Batch, Shard, global_batches, load_shard, local_rows
-from .errors import RunError, UsageError
-from .log import get_logger
-from .model import MLP
-from .runlog import RunLogWriter, collapse_summary
-from .telemetry import rss_hwm_bytes, split_times, traced_peak
+from .. import checkpoint, kernels
+from ..algorithms import make_algorithm
+from ..config import RunConfig
+from ..data import Batch, global_batches, local_rows
+from ..errors import RunError, UsageError
+from ..log import get_logger
+from ..runlog import RunLogWriter, collapse_summary
+from ..schema import StepKind
+from ..telemetry import traced_peak
+from .control import Fault, Stopped, stop_on_signals, stop_requested
+from .recorder import Recorder
+from .setup import environment, load_run_data, set_threads, warm_kernels
 
 log = get_logger("train")
-
-#: Per-iteration figures every rank keeps and gathers to rank 0 at each flush.
-PER_RANK_GATHERED = ("step_s", "local_n", "loss_sum", "rss_hwm_bytes", "step_bytes")
-
-
-def set_threads(comm, requested: int) -> int:
-    """Limit BLAS threads per rank: ``requested``, or the node's cores divided by its ranks."""
-    import scipy.linalg.cython_blas  # noqa: F401  (the BLAS Numba's np.dot calls)
-    from threadpoolctl import threadpool_limits
-
-    n = requested or max(1, cpu_count() // comm.local_size())
-    threadpool_limits(limits=n, user_api="blas")
-    return n
-
-
-def load_run_data(comm, cfg: RunConfig) -> tuple[Shard, MLP]:
-    """This rank's shard (every rank agrees it loaded, and that the options fit the rank count) and the
-    network it sizes."""
-    shard = comm.agree(load_shard, cfg.data, comm.rank, comm.size, cfg.data_dir, cfg.dev_size)
-    comm.agree(cfg.validate_for, comm.size, shard.n_train)
-    return shard, MLP(shard.n_features, cfg.hidden, shard.n_classes)
-
-
-def warm_kernels(comm) -> None:
-    """Compile (or load cached) kernels on rank 0 first: concurrent cache writes race."""
-    if comm.rank == 0:
-        kernels.warm_up()
-    comm.Barrier()
-    if comm.rank != 0:
-        kernels.warm_up()
-
-
-def environment(comm, threads: int, shard: Shard, model: MLP) -> dict:
-    import h5py
-    import numba
-
-    return {
-        "python": sys.version.split()[0],
-        "numpy": np.__version__,
-        "numba": numba.__version__,
-        "h5py": h5py.__version__,
-        "hdf5": h5py.version.hdf5_version,
-        "mpi4py": comm.mpi4py_version(),
-        "mpi_vendor": comm.vendor(),
-        "mpi_library": comm.library_version().splitlines()[0],
-        "hostname": socket.gethostname(),
-        "platform": platform.platform(),
-        "hes_mpi": __version__,
-        "ranks": comm.size,
-        "threads_per_rank": threads,
-        "wtick": comm.wtick(),
-        "param_count": model.param_count,
-        "layers": model.layers,
-        "dataset": shard.name,
-        "n_train": shard.n_train,
-        "n_dev": shard.n_dev,
-        "emulated_network": comm.emulation[0] if comm.emulation else "",
-        "emulated_alpha_s": comm.emulation[1] if comm.emulation else 0.0,
-        "emulated_beta_s_per_byte": comm.emulation[2] if comm.emulation else 0.0,
-    }
-
-
-def _fault_from_env(rank: int) -> tuple[str, int] | None:
-    """Faults for the fault tests, from ``HES_MPI_INJECT_FAULT``: ``RANK:ITERATION`` raises an exception
-    on that rank at that iteration; ``nan:ITERATION`` turns the parameters into NaN on every rank (a
-    diverging run)."""
-    spec = os.environ.get("HES_MPI_INJECT_FAULT")
-    if not spec:
-        return None
-    who, it = spec.split(":")
-    if who == "nan":
-        return ("nan", int(it))
-    return ("raise", int(it)) if int(who) == rank else None
 
 
 class Trainer:
@@ -114,7 +41,7 @@ class Trainer:
             raise RunError("ranks were started with different options")
         self.threads = set_threads(comm, cfg.threads)
         if cfg.emulate_net:
-            from .netmodel import parse_network
+            from ..collectives import parse_network
 
             comm.emulate_network(*parse_network(cfg.emulate_net))
         self.shard, self.model = load_run_data(comm, cfg)
@@ -131,7 +58,7 @@ class Trainer:
         self.ybuf = np.empty(max_rows, dtype=np.int32)
         self._evalbuf = np.zeros(4, dtype=np.float64)
         self.iteration = 0
-        self._fault = _fault_from_env(comm.rank)
+        self._fault = Fault.from_env(comm.rank)
         self.checks = 0
         self._checkbuf = np.zeros(3, dtype=np.int64)
         self.start = (0, 0)
@@ -182,7 +109,7 @@ class Trainer:
         comm.set_phase("check", self.iteration)
         c = int(kernels.checksum(self.theta))
         buf = self._checkbuf
-        buf[0], buf[1], buf[2] = c, -c, int(_STOP["signal"] is not None)
+        buf[0], buf[1], buf[2] = c, -c, int(stop_requested())
         comm.Allreduce(buf, op="max")
         if buf[0] != -buf[1]:
             raise RunError(f"parameters differ between ranks after iteration {self.iteration}; stopping")
@@ -193,47 +120,6 @@ class Trainer:
         """This rank's rows of a global batch; a step copies them out of the shard when it needs them."""
         rows = local_rows(indices, self.shard.lo, self.shard.hi)
         return Batch(self.shard.x_train, self.shard.y_train, rows, self.xbuf, self.ybuf)
-
-    # ------------------------------------------------------------------ telemetry to rank 0
-    def _gather_iterations(self, cols: dict, epoch: int, a: int, b: int) -> tuple[dict, np.ndarray, np.ndarray] | None:
-        """Rows a..b-1 of the per-iteration figures and the call records of every rank, gathered to
-        rank 0 (phase ``telemetry``). Returns (iteration columns, records, their ranks) on rank 0."""
-        comm = self.comm
-        records = comm.drain()
-        comm.set_phase("telemetry", self.iteration)
-        cols = {k: v[a:b] for k, v in cols.items()}
-        m = b - a
-        local = np.concatenate([cols[k].astype(np.float64) for k in PER_RANK_GATHERED])
-        allv = comm.Gatherv(local)
-        recs, rec_ranks = self._gather_records(records)
-        if comm.rank != 0:
-            return None
-        per = allv.reshape(comm.size, len(PER_RANK_GATHERED), m)
-        get = {k: per[:, j, :].T for j, k in enumerate(PER_RANK_GATHERED)}
-        kind = cols["kind"]
-        iters = cols["iteration"]
-        loss_sum = get["loss_sum"].sum(axis=1)
-        comm_s, wait_s = split_times(recs, rec_ranks, self.offsets_start, iters, comm.size)
-        rows = {
-            "iteration": iters, "epoch": np.full(m, epoch), "kind": kind,
-            "batch_loss": np.where(kind == KIND_ES, np.nan, loss_sum / self.cfg.batch),
-            "grad_norm": cols["grad_norm"], "grad_var": cols["grad_var"], "sigma": cols["sigma"],
-            "es_cost": cols["es_cost"], "es_rank": cols["es_rank"], "es_k": cols["es_k"],
-            "step_s": get["step_s"], "comm_s": comm_s, "wait_s": wait_s,
-            "compute_s": np.maximum(get["step_s"] - comm_s - wait_s, 0.0),
-            "local_n": get["local_n"], "rss_hwm_bytes": get["rss_hwm_bytes"], "step_bytes": get["step_bytes"],
-        }
-        return rows, recs, rec_ranks
-
-    def _gather_records(self, records: np.ndarray) -> tuple[np.ndarray | None, np.ndarray | None]:
-        """Every rank's call records on rank 0, with the rank of each (None elsewhere)."""
-        comm = self.comm
-        counts = np.zeros(comm.size, dtype=np.int64)
-        comm.Allgather(np.array([records.size], dtype=np.int64), counts)
-        rec_bytes = comm.Gatherv(records.view(np.uint8))
-        if comm.rank != 0:
-            return None, None
-        return rec_bytes.view(RECORD_DTYPE), np.repeat(np.arange(comm.size, dtype=np.int32), counts)
 
     def probe_step_memory(self) -> dict:
         """Transient bytes allocated by one step of each kind (tracemalloc), on copies, after training.
@@ -258,28 +144,7 @@ class Trainer:
             algo.comm = saved
         return out
 
-    # ------------------------------------------------------------------ flushing and checkpoints
-    def flush(self, cols: dict, epoch: int, a: int, b: int, epoch_row: dict | None = None) -> None:
-        """Gather rows a..b-1 of this epoch (and the records) to rank 0 and append them to the run log.
-        Every rank learns whether rank 0's write failed (disk full, unwritable), so none is left waiting."""
-        gathered = self._gather_iterations(cols, epoch, a, b)
-
-        def write():
-            if self.writer is None:
-                return
-            rows, recs, rec_ranks = gathered
-            if epoch_row is not None:
-                self.writer.add_epoch(epoch_row)
-            if b > a:
-                self.writer.add_iterations(rows)
-            self.writer.add_records(recs, rec_ranks)
-            try:
-                self.writer.flush()
-            except OSError as e:
-                raise RunError(f"cannot write the run log {self.cfg.out}: {e}") from None
-
-        self.comm.agree(write)
-
+    # ------------------------------------------------------------------ checkpoints
     def save_checkpoint(self, epoch: int, batch: int) -> None:
         """Rank 0 writes the checkpoint (theta and g are equal on all ranks); every rank learns the outcome."""
 
@@ -287,8 +152,7 @@ class Trainer:
             if self.comm.rank != 0:
                 return
             rows = self.writer.rows() if self.writer is not None else {}
-            state = {"theta": self.theta, "g": self.algo.g, "has_grad": bool(self.algo.has_grad),
-                     **self.algo.extra_state(), "epoch": epoch, "batch": batch,
+            state = {"theta": self.theta, **self.algo.state(), "epoch": epoch, "batch": batch,
                      "iteration": self.iteration, "checks": self.checks, "ranks": self.comm.size,
                      **{f"rows_{k}": v for k, v in rows.items()}}
             try:
@@ -316,9 +180,7 @@ class Trainer:
 
     def _restore(self, state: dict) -> None:
         self.theta[:] = state["theta"]
-        self.algo.g[:] = state["g"]
-        self.algo.has_grad = bool(state["has_grad"])
-        self.algo.load_extra_state(state)
+        self.algo.load_state(state)
         self.iteration = int(state["iteration"])
         self.checks = int(state["checks"])
         self.start = (int(state["epoch"]), int(state["batch"]))
@@ -346,56 +208,43 @@ class Trainer:
     def run(self) -> dict:
         cfg, comm = self.cfg, self.comm
         m = self.iters_per_epoch
-        cols = {k: np.zeros(m) for k in (*PER_RANK_GATHERED, "grad_norm", "grad_var", "sigma", "es_cost")}
-        cols.update({k: np.zeros(m, dtype=np.int64) for k in ("iteration", "kind", "es_rank", "es_k")})
+        rec = Recorder(comm, self.writer, m, cfg.batch, cfg.out)
         log.info("training %s on %s: %d ranks, %s network (%d parameters), %d iterations/epoch, %d epochs",
                  cfg.algo + (" (assisted)" if cfg.algo == "hes" and cfg.assisted else ""), self.shard.name,
                  comm.size, self.model.layers, self.model.param_count,
                  m, cfg.epochs)
         self.offsets_start, self.rtt_start = comm.clock_offsets()
+        rec.offsets_start = self.offsets_start
         comm.Barrier()
         t_start = comm.wtime()
         metrics: dict = {}
         epoch_times = []
         start_epoch, start_batch = self.start
-        with _stop_on_signals():
+        with stop_on_signals():
             for epoch in range(start_epoch, cfg.epochs):
                 t_epoch = comm.wtime()
                 batches = global_batches(self.shard.n_train, cfg.batch, cfg.seed, epoch)
                 flushed = j0 = start_batch if epoch == start_epoch else 0
                 for j in range(j0, m):
                     i = self.iteration
-                    if self._fault is not None and i == self._fault[1]:
-                        if self._fault[0] == "raise":
-                            raise RuntimeError(f"fault injected by HES_MPI_INJECT_FAULT at iteration {i}")
-                        self.theta[:] = np.nan
+                    if self._fault is not None:
+                        self._fault.apply(i, self.theta)
                     batch = self._batch(batches[j])
                     t0 = comm.wtime()
                     info = self.algo.step(i, self.theta, batch)
-                    cols["step_s"][j] = comm.wtime() - t0
-                    if not (math.isfinite(info.grad_norm) or info.kind == KIND_ES) or (
-                            info.kind != KIND_GRAD and not math.isfinite(info.es_cost)):
+                    step_s = comm.wtime() - t0
+                    if not (math.isfinite(info.grad_norm) or info.kind == StepKind.ES) or (
+                            info.kind != StepKind.GRAD and not math.isfinite(info.es_cost)):
                         raise RunError(f"loss or gradient is not finite at iteration {i} (learning rate too large?)"
                                        + (f"; the last checkpoint is {self.ckpt_path}" if self.ckpt_written else ""))
-                    cols["rss_hwm_bytes"][j] = rss_hwm_bytes()
-                    cols["step_bytes"][j] = self.algo.work_bytes(info.kind, batch.n)
-                    cols["local_n"][j] = batch.n
-                    cols["loss_sum"][j] = info.loss_sum if info.kind != KIND_ES else 0.0
-                    cols["iteration"][j] = i
-                    cols["kind"][j] = info.kind
-                    cols["grad_norm"][j] = info.grad_norm
-                    cols["grad_var"][j] = info.grad_var
-                    cols["sigma"][j] = info.sigma
-                    cols["es_cost"][j] = info.es_cost
-                    cols["es_rank"][j] = info.es_rank
-                    cols["es_k"][j] = info.es_k
+                    rec.record(j, i, info, step_s, self.algo.work_bytes(info.kind, batch.n), batch.n)
                     self.iteration += 1
                     stop = False
                     if cfg.check_every and self.iteration % cfg.check_every == 0:
                         stop = self.check_consistency()
                     due = cfg.checkpoint_every and self.iteration % cfg.checkpoint_every == 0
                     if (due or stop) and j + 1 < m:
-                        self.flush(cols, epoch, flushed, j + 1)
+                        rec.flush(epoch, flushed, j + 1, self.iteration)
                         flushed = j + 1
                         self.save_checkpoint(epoch, j + 1)
                         self.ckpt_written = True
@@ -411,7 +260,7 @@ class Trainer:
                 if not math.isfinite(metrics["dev_loss"] if self.shard.n_dev else metrics["train_loss"]):
                     raise RunError(f"loss is not finite after epoch {epoch + 1} (learning rate too large?)")
                 wall = comm.wtime() - t_start
-                self.flush(cols, epoch, flushed, m, {"epoch": epoch + 1, "iteration": self.iteration, **metrics,
+                rec.flush(epoch, flushed, m, self.iteration, {"epoch": epoch + 1, "iteration": self.iteration, **metrics,
                                                      "epoch_s": epoch_s, "eval_s": eval_s, "wall_s": wall})
                 log.info("epoch %*d/%d  loss %.4f  train %.2f%%  dev %.2f%%  %.2f s (+%.2f s eval)",
                          len(str(cfg.epochs)), epoch + 1, cfg.epochs, metrics["train_loss"],
@@ -435,7 +284,7 @@ class Trainer:
         transient[0] = memory.get("step_transient_bytes_grad", 0)
         transient[1] = memory.get("step_transient_bytes_es", 0)
         comm.Allreduce(transient, op="max")
-        recs, rec_ranks = self._gather_records(comm.drain())
+        recs, rec_ranks = rec.gather_records(comm.drain())
 
         def final_write():
             if self.writer is None:
@@ -463,35 +312,6 @@ class Trainer:
         return summary
 
 
-class Stopped(Exception):
-    """SIGTERM or SIGUSR1 reached a rank: the run checkpointed and stops (exit status 3)."""
-
-    exit_code = 3
-
-    def __init__(self, iteration: int):
-        super().__init__(f"stopped by {_STOP['signal'] or 'a signal on another rank'} after iteration {iteration}; "
-                         "checkpoint written: run again with --resume to continue")
-
-
-_STOP: dict = {"signal": None}
-
-
-@contextlib.contextmanager
-def _stop_on_signals():
-    """SIGTERM and SIGUSR1 (what Slurm sends before a time limit, or with --signal) set a flag that the
-    next consistency check shares with every rank; the run then checkpoints and exits."""
-    def handler(signum, frame):
-        _STOP["signal"] = signal.Signals(signum).name
-
-    _STOP["signal"] = None
-    old = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGUSR1)}
-    try:
-        yield
-    finally:
-        for sig, h in old.items():
-            signal.signal(sig, h)
-
-
 def train(cfg: RunConfig, comm, argv=None) -> dict:
     start = time.time()
     trainer = Trainer(cfg, comm, argv)
@@ -500,4 +320,4 @@ def train(cfg: RunConfig, comm, argv=None) -> dict:
     return out
 
 
-__all__ = ["Trainer", "UsageError", "train"]
+__all__ = ["Stopped", "Trainer", "train"]

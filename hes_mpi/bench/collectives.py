@@ -1,4 +1,5 @@
-"""Benchmarks run through the instrumented communicator (``hes-mpi bench ...``).
+"""Benchmarks of the communication (``hes-mpi bench osu|overhead|emulation``), through the instrumented
+communicator.
 
 ``osu``: the OSU micro-benchmark protocol for one collective — for each message size (powers of two):
 a barrier, warm-up iterations, then a timed loop of ``MPI_Wtime()`` around each call followed by a
@@ -18,15 +19,11 @@ record (the only work instrumentation adds to a call, besides two ``MPI_Wtime``)
 
 from __future__ import annotations
 
-import json
-import time
-
 import numpy as np
 
-from .comm import InstrumentedComm
-from .log import get_logger
-
-log = get_logger("bench")
+from ..collectives import collective_time, parse_network
+from ..comm import InstrumentedComm
+from .harness import BenchSetup, interleave, slowest
 
 OSU_OPS = ("allreduce", "allgather", "bcast")
 LARGE_MESSAGE = 8192  # bytes: OSU switches to fewer iterations above this
@@ -87,54 +84,9 @@ def format_osu(rows: list[dict], op: str, raw: bool, ranks: int) -> str:
     return "\n".join(lines)
 
 
-def record_cost_us(comm: InstrumentedComm, n: int = 200_000) -> float:
-    """Microseconds that recording one call costs (timestamps excluded), measured in a tight loop."""
-    saved = comm.n_records, comm.phase, comm.iteration
-    t0 = time.perf_counter()
-    for _ in range(n):
-        comm._record("allreduce", 4, 4, 0, 0.0, 0.0)
-        comm.n_records = saved[0]
-    t1 = time.perf_counter()
-    comm.set_phase(saved[1], saved[2])
-    return (t1 - t0) * 1e6 / n
-
-
-class BenchSetup:
-    """What a benchmark of training steps needs, prepared as training prepares it: BLAS threads, this
-    rank's shard, the network, warm kernels, and row buffers for its part of a global batch."""
-
-    def __init__(self, comm: InstrumentedComm, cfg):
-        from .trainer import load_run_data, set_threads, warm_kernels
-
-        self.cfg = cfg
-        self.threads = set_threads(comm, cfg.threads)
-        self.shard, self.model = load_run_data(comm, cfg)
-        warm_kernels(comm)
-        self.max_rows = min(self.shard.hi - self.shard.lo, cfg.batch)
-        self.xbuf = np.empty((self.max_rows, self.model.n_in), dtype=np.float32)
-        self.ybuf = np.empty(self.max_rows, dtype=np.int32)
-
-    def batches(self, epoch: int):
-        """This rank's Batch of every global batch of ``epoch``."""
-        from .data import Batch, global_batches, local_rows
-
-        for idx in global_batches(self.shard.n_train, self.cfg.batch, self.cfg.seed, epoch):
-            rows = local_rows(idx, self.shard.lo, self.shard.hi)
-            yield Batch(self.shard.x_train, self.shard.y_train, rows, self.xbuf, self.ybuf)
-
-
-def slowest(comm: InstrumentedComm, values) -> np.ndarray:
-    """The largest of each value over the ranks (phase ``telemetry``). Every rank's step ends in the
-    same collective, so the slowest rank's medians are the step's."""
-    out = np.array(values, dtype=np.float64)
-    comm.set_phase("telemetry", -1)
-    comm.Allreduce(out, op="max")
-    return out
-
-
 def _bgd_setup(comm: InstrumentedComm, cfg):
     """A BGD step on this rank's part of the first global batch (threads as in training)."""
-    from .algorithms import BGD
+    from ..algorithms import BGD
 
     s = BenchSetup(comm, cfg)
     X, y = next(s.batches(0)).full()
@@ -145,22 +97,13 @@ def _bgd_setup(comm: InstrumentedComm, cfg):
 def _paired_steps(comm: InstrumentedComm, algo, theta, X, y, variants: dict, steps: int, warmup: int) -> dict:
     """Step times of each variant (a function that prepares the algorithm), in adjacent pairs whose
     order alternates, so that slow drifts of the machine's load cancel in paired statistics."""
-    from .data import Batch
+    from ..data import Batch
 
     batch = Batch(X, y)
-    names = list(variants)
-    times = {n: [] for n in names}
-    for i in range(warmup + steps):
-        for name in names if i % 2 == 0 else names[::-1]:
-            variants[name]()
-            comm.Barrier()
-            t0 = comm.wtime()
-            algo.step(i, theta, batch)
-            dt = comm.wtime() - t0
-            if i >= warmup:
-                times[name].append(dt)
+    timed = {name: (prep, lambda i: algo.step(i, theta, batch)) for name, prep in variants.items()}
+    times = interleave(timed, steps, warmup, barrier=comm.Barrier, clock=comm.wtime)
     comm.drain()
-    return {n: np.array(t) for n, t in times.items()}
+    return times
 
 
 def overhead(comm: InstrumentedComm, cfg, steps: int = 50, warmup: int = 5) -> dict:
@@ -173,7 +116,7 @@ def overhead(comm: InstrumentedComm, cfg, steps: int = 50, warmup: int = 5) -> d
     # the median of the ratios of adjacent (instrumented, raw) pairs, which cancels slow drifts of load.
     ratio = np.median(times["instrumented"] / times["raw"])
     med = slowest(comm, [np.median(times["instrumented"]), np.median(times["raw"]), ratio])
-    per_call = record_cost_us(comm)
+    per_call = comm.record_cost_us()
     return {
         "bench": "instrumentation_overhead",
         "ranks": comm.size,
@@ -192,8 +135,6 @@ def overhead(comm: InstrumentedComm, cfg, steps: int = 50, warmup: int = 5) -> d
 def emulation(comm: InstrumentedComm, cfg, network: str, steps: int = 50, warmup: int = 5) -> dict:
     """How much an emulated network lengthens a BGD step, against the cost model's figure for its
     Allreduce: steps with and without emulation, interleaved on the same batch, median paired difference."""
-    from .netmodel import collective_time, parse_network
-
     name, alpha, beta = parse_network(network)
     algo, model, theta, X, y = _bgd_setup(comm, cfg)
 
@@ -220,5 +161,3 @@ def emulation(comm: InstrumentedComm, cfg, network: str, steps: int = 50, warmup
     }
 
 
-def dumps(obj) -> str:
-    return json.dumps(obj, sort_keys=False)

@@ -34,9 +34,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .comm import OPS, PHASES
-from .errors import UsageError
-from .runlog import RunLog, check_writable
+from ..errors import UsageError
+from ..runlog import RunLog, check_writable
 
 #: Thread ids within each rank's process.
 TID_MPI = 1
@@ -63,25 +62,14 @@ def parse_iterations(text: str) -> tuple[int | None, int | None]:
     return start, stop
 
 
-def _names(group, attr: str, default: tuple[str, ...]) -> list[str]:
-    if group is None or attr not in group.attrs:
-        return list(default)
-    return [v.decode() if isinstance(v, bytes) else str(v) for v in group.attrs[attr]]
-
-
 def _read(rl: RunLog) -> tuple[dict, list[str], list[str], np.ndarray, bool, int]:
     """Records (dict of columns), op and phase names, clock offsets, whether aligned, rank count."""
-    f = rl.f
     try:
-        comm = f.get("comm")
-        if comm is not None and "records" in comm:
-            rec = {k: comm["records"][k][()] for k in comm["records"]}
-        else:
-            rec = {}
-        ops = _names(comm, "op_names", OPS)
-        phases = _names(comm, "phase_names", PHASES)
-        env = rl.environment if "environment" in f else {}
-        offsets = f["clock/offset_start"][()] if "clock/offset_start" in f else None
+        rec = rl.records()
+        ops = rl.names("op_names")
+        phases = rl.names("phase_names")
+        env = rl.environment if "environment" in rl.f else {}
+        offsets = rl.clock_offsets()
     except (OSError, KeyError, ValueError) as e:
         raise UsageError(f"{rl.path}: cannot read the call records ({e}; truncated?)") from None
     needed = ("rank", "seq", "op", "phase", "iteration", "bytes_sent", "bytes_recv", "wire_bytes", "t_enter", "t_exit")

@@ -1,10 +1,10 @@
-"""The main job (``compare``) and parameter sweeps (``sweep``): runs one after the other in one MPI job,
-then the tables and figures.
+"""The main job (``compare``) and parameter sweeps (``sweep``): runs one after the other in one MPI job.
 
 ``mpirun -n 2 python -m hes_mpi`` (or ``hes-mpi compare``) fetches MNIST when it is missing, trains the
 reference (BGD), Assisted H-ES (r = 1) and H-ES for each ``--r`` one after the other in the same MPI
-job, writes one run log per run, the accuracy and savings tables (Markdown and CSV) and the figures into
-one folder, and prints the tables.
+job and writes one run log per run into one folder; the command then has the tables and figures made
+from them (:mod:`hes_mpi.post.tables`, :mod:`hes_mpi.post.figures`). A sweep trains every run of a
+parameter file (:mod:`.params`) whose run log is not already complete.
 """
 
 from __future__ import annotations
@@ -13,11 +13,10 @@ import dataclasses
 import datetime as _dt
 from pathlib import Path
 
-from .analysis import load_runs, run_label, write_figures, write_tables
-from .config import PLAIN, RunConfig
-from .data import fetch_mnist, mnist_status, resolve_data_dir
-from .errors import UsageError
-from .log import get_logger
+from ..config import RunConfig, result_options, run_label
+from ..data import fetch_mnist, mnist_status, resolve_data_dir
+from ..errors import UsageError
+from ..log import get_logger
 from .trainer import train
 
 log = get_logger("suite")
@@ -77,59 +76,13 @@ def run_suite(comm, base: RunConfig, out_dir: str, r_values: list[int], assisted
         log.info("== run %d/%d: %s", n, len(todo), run_label(cfg.to_dict()))
         train(cfg, comm, argv)
         paths.append(cfg.out)
-    if comm.rank == 0:
-        runs = load_runs(paths)
-        acc_md, sav_md = write_tables(runs, out)
-        figures = write_figures(runs, out)
-        print(f"\nAccuracy ({base.epochs} epochs, {comm.size} ranks, {base.data}):\n\n{acc_md}\n")
-        print(f"Savings relative to the reference (measured from the run logs):\n\n{sav_md}\n")
-        print(f"Run logs, tables (accuracy.md/.csv, savings.md/.csv) and figures ({len(figures)} PNG) in {out}/",
-              flush=True)
     return paths
 
 
 # ------------------------------------------------------------------------------------------ sweeps
-def read_params(path: str) -> list[tuple[int, str, list[str]]]:
-    """The configurations of a sweep file: (line number, NAME, train options) per line ``NAME OPTIONS...``;
-    ``#`` starts a comment, blank lines are skipped."""
-    import re
-    import shlex
-
-    try:
-        text = Path(path).read_text()
-    except OSError as e:
-        raise UsageError(f"parameter file {path}: {e.strerror or e}") from None
-    out, names = [], set()
-    for n, line in enumerate(text.splitlines(), 1):
-        words = shlex.split(line, comments=True)
-        if not words:
-            continue
-        name, opts = words[0], words[1:]
-        if not re.fullmatch(r"[A-Za-z0-9_.-]+", name) or name.startswith("-"):
-            raise UsageError(f"{path}:{n}: a line is NAME OPTIONS... (NAME: letters, digits, _ . -), got {name!r}")
-        if name in names:
-            raise UsageError(f"{path}:{n}: NAME {name!r} is used twice")
-        if any(o in ("--out", "--seed", "--resume") or o.startswith(("--out=", "--seed=")) for o in opts):
-            raise UsageError(f"{path}:{n}: --out, --seed and --resume are set by the sweep")
-        names.add(name)
-        out.append((n, name, opts))
-    if not out:
-        raise UsageError(f"parameter file {path} has no configuration lines")
-    return out
-
-
-#: Options that do not change what a run computes: a finished run log is reused across them.
-_SAME_RUN_IGNORES = {"out", "force", "data_dir", "threads", "check_every", "checkpoint", "checkpoint_every",
-                     "resume"}
-
-
-#: Options BGD does not read.
-_HES_ONLY = {"K", "r", "sigma2", "sigma_scale", "assisted", "noise", *PLAIN}
-
-
 def finished(path: Path, cfg: RunConfig) -> bool:
     """True when ``path`` is a complete run log of the same configuration (so a sweep can skip it)."""
-    from .runlog import RunLog
+    from ..runlog import RunLog
 
     if not path.exists():
         return False
@@ -139,14 +92,12 @@ def finished(path: Path, cfg: RunConfig) -> bool:
             saved = rl.config
     except Exception:  # noqa: BLE001  (unreadable or foreign: run it again)
         return False
-    want = cfg.to_dict()
-    ignore = _SAME_RUN_IGNORES | (_HES_ONLY if cfg.algo == "bgd" else set())
-    # A log older than an H-ES method option ran the poster's plain algorithm (as hes_mpi.analysis reads it).
-    return done and all(saved.get(k, PLAIN.get(k)) == v for k, v in want.items() if k not in ignore)
+    # The options that decide the result; a log older than an option ran as config.LEGACY says.
+    return done and result_options(saved) == result_options(cfg.to_dict())
 
 
 def run_sweep(comm, runs: list[tuple[str, RunConfig]], out_dir: str, argv=None) -> list[str]:
-    """Train every (name, config) whose run log is not already complete, then tabulate them all."""
+    """Train every (name, config) whose run log is not already complete; returns every run log path."""
     out = Path(out_dir)
 
     make_out_dir(comm, out)
@@ -163,11 +114,4 @@ def run_sweep(comm, runs: list[tuple[str, RunConfig]], out_dir: str, argv=None) 
             continue
         log.info("== run %d/%d: %s (%s, seed %d)", n, len(runs), name, run_label(cfg.to_dict()), cfg.seed)
         train(cfg, comm, argv)
-    if comm.rank == 0:
-        table = load_runs(paths)
-        acc_md, sav_md = write_tables(table, out)
-        print(f"\nAccuracy ({comm.size} ranks; seeds as mean ± std):\n\n{acc_md}\n")
-        if sav_md:
-            print(f"Savings relative to the reference (measured from the run logs):\n\n{sav_md}\n")
-        print(f"Run logs and tables (accuracy.md/.csv, savings.md/.csv) in {out}/", flush=True)
     return paths

@@ -1,0 +1,62 @@
+"""Command line: ``python -m hes_mpi`` / ``hes-mpi``.
+
+Subcommands: ``compare`` (the default: the main job), ``train`` (under mpirun/mpiexec/srun), ``sweep``
+(a parameter file x seeds), ``data fetch|list``, ``evaluate`` (test accuracy), ``summary``,
+``bench osu|overhead|emulation|steps|forward|torch|all``. One module per command group; the work is done
+by the package's other layers (docs/architecture.md).
+Exit status: 0 success, 1 a run that could not go on (or an MPI abort), 2 bad input.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from .. import __version__
+from ..errors import UsageError
+from ..run.control import say_error
+from . import bench, data, post, train
+from .common import Parser, show_help
+
+COMMANDS = ("compare", "train", "sweep", "data", "bench", "evaluate", "summary")
+#: Tokens that the top-level parser itself answers.
+TOP_LEVEL = ("-h", "--help", "--version")
+
+
+def build_parser() -> Parser:
+    p = Parser(prog="hes-mpi", description="Train MLPs across MPI ranks with BGD and Hybrid-ES, and measure "
+               "what distributed training costs. Launch training as: mpirun -n N python -m hes_mpi train ...")
+    p.add_argument("--version", action="version", version=f"hes_mpi {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
+    train.add_parsers(sub)
+    data.add_parsers(sub)
+    bench.add_parsers(sub)
+    post.add_parsers(sub)
+    p.set_defaults(func=lambda a: show_help(p))
+    return p
+
+
+def with_default_command(raw: list[str]) -> list[str]:
+    """The arguments with ``compare`` in front unless they start with a command or a top-level option: the
+    command is the first argument, so option values such as ``--out-dir train`` are never taken for one."""
+    if raw and (raw[0] in COMMANDS or raw[0] in TOP_LEVEL):
+        return raw
+    return ["compare", *raw]
+
+
+def main(argv: list[str] | None = None) -> int:
+    raw = with_default_command(sys.argv[1:] if argv is None else list(argv))
+    args = build_parser().parse_args(raw)
+    try:
+        if getattr(args, "wants_argv", False):
+            return args.func(args, ["hes-mpi", *raw])
+        return args.func(args)
+    except UsageError as e:
+        say_error(str(e))
+        return e.exit_code
+    except KeyboardInterrupt:
+        say_error("interrupted")
+        return 130
+    except BrokenPipeError:  # output piped into head & co.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1

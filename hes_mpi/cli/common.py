@@ -1,0 +1,102 @@
+"""What every command of the command line shares: the parser class (one-line errors, exit status 2), the
+options of one training run and the H-ES method options."""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+from ..config import DISTS, PERTURB, PLAIN, RECOMBINE, SIGMA_SCALES, RunConfig
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with a one-line error (no usage dump) and exit status 2."""
+
+    def error(self, message):
+        # Every rank parses the same argv: only the launcher's rank 0 says so (MPI is not started yet).
+        quiet = launcher_rank() not in (None, 0)
+        self.exit(2, None if quiet else f"{self.prog}: error: {message} (see --help)\n")
+
+
+def launcher_rank() -> int | None:
+    """This process's rank as the launcher (mpiexec, srun) tells it, without initialising MPI."""
+    for var in ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK", "SLURM_PROCID"):
+        v = os.environ.get(var)
+        if v and v.isdigit():
+            return int(v)
+    return None
+
+
+def es_method_args(p: argparse.ArgumentParser) -> None:
+    """The H-ES method options (train and compare). Their defaults are resolved by :func:`es_methods`."""
+    d = RunConfig()
+    g = p.add_argument_group("H-ES methods", "how ES steps perturb, compare and select candidates; defaults are "
+                             "the measured best (docs/results.md); --plain gives the poster's algorithm")
+    a = g.add_argument
+    a("--plain", action="store_true", help="the poster's plain H-ES: every option below at its plain value "
+      f"({', '.join(f'{k}={v}' for k, v in PLAIN.items())}); options given explicitly still apply")
+    a("--perturb", choices=PERTURB, default=None, help="perturb every parameter, or only the output layer (the "
+      f"hidden layer is then computed once and shared by the K candidates; default {d.perturb})")
+    a("--baseline", action=argparse.BooleanOptionalAction, default=None, help="cost candidates relative to the "
+      f"unperturbed one on the same rows, so that ranks compare fairly (default {_on(d.baseline)})")
+    a("--antithetic", action=argparse.BooleanOptionalAction, default=None, help="candidates in +z/-z pairs "
+      f"(K even; default {_on(d.antithetic)})")
+    a("--recombine", choices=RECOMBINE, default=None, help="apply the single best perturbation, or the log-rank "
+      f"weighted mean of the best half of all ranks' candidates (8 bytes per candidate; default {d.recombine})")
+    a("--carry", action=argparse.BooleanOptionalAction, default=None, help="keep the chosen perturbation in the "
+      f"direction of the next ES steps until the next gradient (default {_on(d.carry)})")
+    a("--adapt-sigma", action=argparse.BooleanOptionalAction, default=None, help="grow sigma after an ES step "
+      "that beat the unperturbed candidate, shrink it otherwise (needs --baseline; default "
+      f"{_on(d.adapt_sigma)})")
+    a("--dist", choices=DISTS, default=None, help=f"perturbation components: normal or +-1 (default {d.dist})")
+    a("--es-rows", type=float, default=None, metavar="F", help="cost the candidates on this fraction of the rank's "
+      f"batch rows (default {d.es_rows:g})")
+    a("--es-step", type=float, default=None, metavar="F", help="ES steps move along the stored gradient by F x lr "
+      "(a damped step on an older gradient); 0: 1 for r <= 2, 0.7 for r >= 3 (default 0)")
+
+
+def _on(flag: bool) -> str:
+    return "on" if flag else "off"
+
+
+def es_methods(args) -> dict:
+    """The H-ES method fields of a RunConfig from parsed options: given > --plain > defaults."""
+    d = RunConfig()
+    out = {}
+    for k in PLAIN:
+        v = getattr(args, k)
+        out[k] = v if v is not None else PLAIN[k] if args.plain else getattr(d, k)
+    return out
+
+
+def run_args(p: argparse.ArgumentParser) -> None:
+    """The options of one training run that ``train`` and ``compare`` share (one help text each)."""
+    d = RunConfig()
+    a = p.add_argument
+    a("--K", type=int, default=d.K, help="ES candidates (perturbations) per rank per ES step (default %(default)s)")
+    a("--sigma2", type=float, default=d.sigma2, help="H-ES perturbation variance; with --sigma-scale relative a "
+      "multiple of the last gradient's per-component variance (default %(default)s)")
+    a("--sigma-scale", choices=SIGMA_SCALES, default=d.sigma_scale, help="how --sigma2 is read: relative to the "
+      "gradient's per-component variance, or absolute (default %(default)s)")
+    a("--noise", choices=("philox", "table"), default=d.noise, help="H-ES perturbation source: a Philox stream per "
+      "(seed, iteration, rank, k), or a slice of a shared table of normals at an offset hashed from the same key "
+      "(no generation cost; default %(default)s)")
+    a("--lr", type=float, default=d.lr, help="learning rate (default %(default)s)")
+    a("--batch", type=int, default=d.batch, help="global minibatch, split across ranks (default %(default)s)")
+    a("--hidden", type=int, default=d.hidden, help="hidden units (default %(default)s)")
+    a("--seed", type=int, default=d.seed, help="run seed: initial weights, batches, perturbations (default %(default)s)")
+    a("--data", default=d.data, help="dataset: mnist, idx:DIR or synthetic[:N[:SEED]] (default %(default)s)")
+    a("--data-dir", default=None, help="where fetched datasets live (default $HES_MPI_DATA or ~/.cache/hes_mpi)")
+    a("--threads", type=int, default=d.threads, help="BLAS threads per rank; 0 = cores on the node / ranks on the "
+      "node (default)")
+    a("--emulate-net", default=None, metavar="PRESET|ALPHA,BETA", help="hold every MPI call for its modelled "
+      "cost on this network (presets: 1gbe, 10gbe, 100gbe, ib-hdr; or latency in s and inverse bandwidth in "
+      "s/byte), so time-to-accuracy on a slower cluster is measured end to end")
+    es_method_args(p)
+
+
+
+
+def show_help(p) -> int:
+    p.print_help()
+    return 0

@@ -1,0 +1,201 @@
+"""The poster's tables from run logs: accuracy, and savings relative to the BGD reference.
+
+Runs are grouped by configuration (every option that decides a result, :func:`hes_mpi.config.result_options`,
+apart from the seed) and labelled as in the poster ("Reference (BGD)", "Assisted H-ES (r = 1)",
+"H-ES, r = 2"), followed by every other option that differs between the configurations of the table
+(e.g. "Reference (BGD), lr 2"), so no two rows of a table look alike; several seeds of one
+configuration are reported as mean and standard deviation.
+
+Savings relative to the reference (BGD), each measured from the logs:
+
+- Runtime %: training wall time (no evaluation) relative to the reference's.
+- Memory %: the step memory averaged over the iterations (work buffers of each step plus its
+  measured transient allocations, see :mod:`hes_mpi.telemetry`) relative to the reference's.
+- Net BW %: payload bytes the algorithm sent per rank per iteration relative to the reference's.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..config import LABELLED, method_label, result_options, run_label
+from ..runlog import RunLog
+from ..schema import StepKind
+
+
+@dataclass
+class Run:
+    path: str
+    summary: dict
+    config: dict
+    epochs: dict
+    iterations: dict
+    records: dict = field(default_factory=dict)
+    phase_names: list = field(default_factory=list)
+    #: Set by :func:`label_runs`: the options that tell this run's configuration apart in its table.
+    distinguishing: dict = field(default_factory=dict)
+
+    @property
+    def label(self) -> str:
+        base = run_label(self.config)
+        if not self.distinguishing:
+            return base
+        return base + ", " + ", ".join(f"{k.replace('_', '-')} {_value(v)}" for k, v in self.distinguishing.items())
+
+    @property
+    def key(self) -> tuple:
+        """Configuration identity: every option that decides the result but the seed, and the rank count."""
+        opts = result_options(self.config)
+        opts.pop("seed", None)
+        return (*sorted(opts.items()), ("ranks", self.summary["ranks"]))
+
+    def mean_step_bytes(self) -> float:
+        it = self.iterations
+        if "step_bytes" not in it or it["step_bytes"].size == 0:
+            return math.nan
+        per_iter = it["step_bytes"].max(axis=1).astype(float)
+        s = self.summary  # plus the measured transient allocations of each step kind
+        transient = np.where(it["kind"] == StepKind.ES, s.get("step_transient_bytes_es", 0),
+                             s.get("step_transient_bytes_grad", 0))
+        return float((per_iter + transient).mean())
+
+
+def _value(v) -> str:
+    return f"{v:g}" if isinstance(v, float) else str(v)
+
+
+def label_runs(runs: list[Run]) -> list[Run]:
+    """Give every run the options, beyond its poster label, whose values differ between the runs of the
+    table (options a run does not read, such as H-ES options for BGD, are not shown for it); returns ``runs``."""
+    keys = [dict(r.key) for r in runs]
+    differing = set()
+    for k in set().union(*keys) if keys else set():
+        values = {repr(opts[k]) for opts in keys if k in opts}
+        if len(values) > 1 and k not in LABELLED:
+            differing.add(k)
+    for r, opts in zip(runs, keys):
+        r.distinguishing = {k: opts[k] for k in sorted(differing) if k in opts}
+    return runs
+
+
+def load_run(path: str) -> Run:
+    with RunLog(path) as rl:
+        return Run(path=str(path), summary=rl.summary(), config=rl.config, epochs=rl.table("epochs"),
+                   iterations=rl.table("iterations"), records=rl.records(), phase_names=rl.names("phase_names"))
+
+
+def load_runs(paths) -> list[Run]:
+    """The run logs at ``paths``, labelled so that every configuration of the set reads differently."""
+    return label_runs([load_run(p) for p in paths])
+
+
+def group_runs(runs: list[Run]) -> list[list[Run]]:
+    """Runs grouped by configuration, reference (BGD) first, then by assisted, r."""
+    groups: dict[tuple, list[Run]] = {}
+    for r in runs:
+        groups.setdefault(r.key, []).append(r)
+
+    def order(g):
+        c = g[0].config
+        return (c["algo"] != "bgd", not c.get("assisted", False), c["r"], c["K"], c["sigma2"],
+                method_label(c) != "plain", method_label(c), g[0].label)
+
+    return sorted(groups.values(), key=order)
+
+
+def _mean_std(values) -> tuple[float, float]:
+    v = np.asarray([x for x in values if x is not None and not (isinstance(x, float) and math.isnan(x))], float)
+    if v.size == 0:
+        return math.nan, math.nan
+    return float(v.mean()), float(v.std(ddof=1)) if v.size > 1 else 0.0
+
+
+def _pct(mean: float, std: float, n: int) -> str:
+    if math.isnan(mean):
+        return "n/a"
+    return f"{100 * mean:.2f}%" + (f" ± {100 * std:.2f}" if n > 1 else "")
+
+
+def accuracy_rows(runs: list[Run]) -> list[dict]:
+    rows = []
+    for g in group_runs(runs):
+        c = g[0].config
+        tr = _mean_std([r.summary["train_acc"] for r in g])
+        dv = _mean_std([r.summary["dev_acc"] for r in g])
+        r = (1 if c.get("assisted") else c["r"]) if c["algo"] == "hes" else ""
+        rows.append({"run": g[0].label, "algo": c["algo"], "r": r,
+                     "K": c["K"] if c["algo"] == "hes" else "", "sigma2": c["sigma2"] if c["algo"] == "hes" else "",
+                     "epochs": g[0].summary["epochs"], "seeds": len(g), "train_acc": tr[0], "train_acc_std": tr[1],
+                     "dev_acc": dv[0], "dev_acc_std": dv[1]})
+    return rows
+
+
+def savings_rows(runs: list[Run]) -> list[dict]:
+    """Runtime, memory and network savings of every configuration relative to the BGD reference."""
+    groups = group_runs(runs)
+    ref = next((g for g in groups if g[0].config["algo"] == "bgd"), None)  # the first BGD configuration
+    if ref is None:
+        return []
+
+    def metrics(g):
+        wall = _mean_std([float(np.sum(r.epochs["epoch_s"])) for r in g])[0]
+        mem = _mean_std([r.mean_step_bytes() for r in g])[0]
+        bw = _mean_std([r.summary.get("comm_bytes_sent_per_rank", math.nan) / max(1, r.summary["iterations"])
+                        for r in g])[0]
+        return wall, mem, bw
+
+    rw, rm, rb = metrics(ref)
+    rows = []
+    for g in groups:
+        w, m, b = metrics(g)
+        rows.append({"run": g[0].label, "seeds": len(g), "train_s": w, "runtime_pct": 100 * w / rw,
+                     "step_bytes_mean": m, "memory_pct": 100 * m / rm, "bytes_per_iteration": b,
+                     "net_bw_pct": 100 * b / rb})
+    return rows
+
+
+def markdown_accuracy(rows: list[dict]) -> str:
+    out = ["| run | r | K | sigma^2 | epochs | seeds | train | dev |", "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        out.append(f"| {r['run']} | {r['r'] or '-'} | {r['K'] or '-'} | {r['sigma2'] if r['sigma2'] != '' else '-'} "
+                   f"| {r['epochs']} | {r['seeds']} | {_pct(r['train_acc'], r['train_acc_std'], r['seeds'])} "
+                   f"| {_pct(r['dev_acc'], r['dev_acc_std'], r['seeds'])} |")
+    return "\n".join(out)
+
+
+def markdown_savings(rows: list[dict]) -> str:
+    out = ["| run | training time (s) | Runtime | mean step memory | Memory | bytes/iteration/rank | Net BW |",
+           "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        out.append(f"| {r['run']} | {r['train_s']:.2f} | {r['runtime_pct']:.1f}% | {r['step_bytes_mean'] / 1e6:.2f} MB "
+                   f"| {r['memory_pct']:.1f}% | {r['bytes_per_iteration']:,.0f} | {r['net_bw_pct']:.1f}% |")
+    return "\n".join(out)
+
+
+def to_csv(rows: list[dict]) -> str:
+    if not rows:
+        return ""
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(rows[0]))
+    w.writeheader()
+    w.writerows(rows)
+    return buf.getvalue()
+
+
+def write_tables(runs: list[Run], out_dir: Path) -> tuple[str, str]:
+    """Write accuracy and savings tables (Markdown + CSV) into ``out_dir``; return the Markdown."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    acc = accuracy_rows(runs)
+    sav = savings_rows(runs)
+    acc_md, sav_md = markdown_accuracy(acc), markdown_savings(sav)
+    (out_dir / "accuracy.md").write_text(acc_md + "\n")
+    (out_dir / "accuracy.csv").write_text(to_csv(acc))
+    (out_dir / "savings.md").write_text(sav_md + "\n")
+    (out_dir / "savings.csv").write_text(to_csv(sav))
+    return acc_md, sav_md

@@ -1,0 +1,139 @@
+"""How a run stops: signals (checkpoint and exit 3), injected faults (for the fault tests), and the abort
+policy of every MPI command (one-line errors, agreed exit codes, ``MPI_Abort`` on anything else)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import sys
+import time
+
+import numpy as np
+
+from ..errors import RunError, UsageError
+
+#: Seconds a failing rank waits after printing its message and before MPI_Abort.
+ABORT_GRACE_S = 0.5
+
+
+class Stopped(Exception):
+    """SIGTERM or SIGUSR1 reached a rank: the run checkpointed and stops (exit status 3)."""
+
+    exit_code = 3
+
+    def __init__(self, iteration: int):
+        super().__init__(f"stopped by {_STOP['signal'] or 'a signal on another rank'} after iteration {iteration}; "
+                         "checkpoint written: run again with --resume to continue")
+
+
+_STOP: dict = {"signal": None}
+
+
+def stop_requested() -> bool:
+    """True once SIGTERM or SIGUSR1 reached this rank (inside :func:`stop_on_signals`)."""
+    return _STOP["signal"] is not None
+
+
+@contextlib.contextmanager
+def stop_on_signals():
+    """SIGTERM and SIGUSR1 (what Slurm sends before a time limit, or with --signal) set a flag that the
+    next consistency check shares with every rank; the run then checkpoints and exits."""
+    def handler(signum, frame):
+        _STOP["signal"] = signal.Signals(signum).name
+
+    _STOP["signal"] = None
+    old = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGUSR1)}
+    try:
+        yield
+    finally:
+        for sig, h in old.items():
+            signal.signal(sig, h)
+
+
+class Fault:
+    """A fault for the fault tests, from ``HES_MPI_INJECT_FAULT``: ``RANK:ITERATION`` raises an exception
+    on that rank at that iteration; ``nan:ITERATION`` turns the parameters into NaN on every rank (a
+    diverging run). :meth:`from_env` gives None when the variable is not set (or names another rank)."""
+
+    def __init__(self, what: str, iteration: int):
+        self.what = what
+        self.iteration = iteration
+
+    @classmethod
+    def from_env(cls, rank: int) -> Fault | None:
+        spec = os.environ.get("HES_MPI_INJECT_FAULT")
+        if not spec:
+            return None
+        who, it = spec.split(":")
+        if who == "nan":
+            return cls("nan", int(it))
+        return cls("raise", int(it)) if int(who) == rank else None
+
+    def apply(self, i: int, theta: np.ndarray) -> None:
+        """Inject the fault when iteration ``i`` is its iteration."""
+        if i != self.iteration:
+            return
+        if self.what == "raise":
+            raise RuntimeError(f"fault injected by HES_MPI_INJECT_FAULT at iteration {i}")
+        theta[:] = np.nan
+
+
+def say_error(msg: str, rank_info: str = "") -> None:
+    """The one-line error every command prints: ``hes-mpi: error[ (rank r/p)]: MESSAGE``."""
+    print(f"hes-mpi: error{rank_info}: {msg}", file=sys.stderr, flush=True)
+
+
+def run_mpi(body, json_output: bool = False) -> int:
+    """Run ``body(comm)`` on every rank of this MPI job and return its exit status, with the abort policy:
+
+    - a :class:`UsageError` or :class:`RunError` prints one line (naming the rank when there are several)
+      and exits 2 or 1; an error that the ranks agreed on (``comm.agree``) is printed by one rank only;
+    - :class:`Stopped` (a signal; every rank stops at the same iteration): rank 0 says so, exit 3;
+    - anything else prints its traceback and takes every rank down with ``MPI_Abort``, so that no rank is
+      left waiting in a collective.
+
+    With ``json_output`` progress goes to standard error, so that standard output is the JSON object alone.
+    """
+    from ..comm import InstrumentedComm, SilentExit
+    from ..log import setup_logging
+
+    comm = InstrumentedComm()
+    setup_logging(comm.rank, comm.size, stderr=json_output)
+    where = f" (rank {comm.rank}/{comm.size})" if comm.size > 1 else ""
+    try:
+        return body(comm)
+    except SilentExit as e:
+        return e.exit_code
+    except Stopped as e:
+        if comm.rank == 0:
+            say_error(str(e))
+        return e.exit_code
+    except (UsageError, RunError) as e:
+        say_error(str(e), where)
+        _exit_now_if_hdf5_damaged(comm, e.exit_code)
+        return e.exit_code
+    except BaseException as e:  # noqa: BLE001  anything else: say it here, then take every rank down
+        import traceback
+
+        traceback.print_exc()
+        say_error(f"{type(e).__name__}: {e}; aborting all ranks", where)
+        if comm.size > 1:
+            # MPI_Abort makes the launcher kill every rank at once: give it a moment to forward this
+            # rank's message first (it was lost now and then under mpiexec without the pause).
+            sys.stderr.flush()
+            time.sleep(ABORT_GRACE_S)
+            comm.Abort(1)
+        return 1
+
+
+def _exit_now_if_hdf5_damaged(comm, code: int) -> None:
+    """After a failed write (disk full), HDF5's teardown at exit can crash on the damaged file handle:
+    finalise MPI and leave without it, so the exit status stays the one we chose."""
+    from ..runlog import damaged_handles
+
+    if damaged_handles():
+        sys.stdout.flush()
+        sys.stderr.flush()
+        comm.finalize()
+        os._exit(code)

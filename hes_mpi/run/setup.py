@@ -1,0 +1,74 @@
+"""What every run and every step benchmark prepares the same way: BLAS threads, this rank's shard and
+the network it sizes, warm kernels, and the run log's ``/environment``."""
+
+from __future__ import annotations
+
+import platform
+import socket
+import sys
+
+import numpy as np
+
+from .. import __version__, kernels
+from ..comm import cpu_count
+from ..config import RunConfig
+from ..data import Shard, load_shard
+from ..model import MLP
+
+
+def set_threads(comm, requested: int) -> int:
+    """Limit BLAS threads per rank: ``requested``, or the node's cores divided by its ranks."""
+    import scipy.linalg.cython_blas  # noqa: F401  (the BLAS Numba's np.dot calls)
+    from threadpoolctl import threadpool_limits
+
+    n = requested or max(1, cpu_count() // comm.local_size())
+    threadpool_limits(limits=n, user_api="blas")
+    return n
+
+
+def load_run_data(comm, cfg: RunConfig) -> tuple[Shard, MLP]:
+    """This rank's shard (every rank agrees it loaded, and that the options fit the rank count) and the
+    network it sizes."""
+    shard = comm.agree(load_shard, cfg.data, comm.rank, comm.size, cfg.data_dir, cfg.dev_size)
+    comm.agree(cfg.validate_for, comm.size, shard.n_train)
+    return shard, MLP(shard.n_features, cfg.hidden, shard.n_classes)
+
+
+def warm_kernels(comm) -> None:
+    """Compile (or load cached) kernels on rank 0 first: concurrent cache writes race."""
+    if comm.rank == 0:
+        kernels.warm_up()
+    comm.Barrier()
+    if comm.rank != 0:
+        kernels.warm_up()
+
+
+def environment(comm, threads: int, shard: Shard, model: MLP) -> dict:
+    """The run log's ``/environment`` attributes: versions, the MPI library, host, ranks, threads, data, network."""
+    import h5py
+    import numba
+
+    return {
+        "python": sys.version.split()[0],
+        "numpy": np.__version__,
+        "numba": numba.__version__,
+        "h5py": h5py.__version__,
+        "hdf5": h5py.version.hdf5_version,
+        "mpi4py": comm.mpi4py_version(),
+        "mpi_vendor": comm.vendor(),
+        "mpi_library": comm.library_version().splitlines()[0],
+        "hostname": socket.gethostname(),
+        "platform": platform.platform(),
+        "hes_mpi": __version__,
+        "ranks": comm.size,
+        "threads_per_rank": threads,
+        "wtick": comm.wtick(),
+        "param_count": model.param_count,
+        "layers": model.layers,
+        "dataset": shard.name,
+        "n_train": shard.n_train,
+        "n_dev": shard.n_dev,
+        "emulated_network": comm.emulation[0] if comm.emulation else "",
+        "emulated_alpha_s": comm.emulation[1] if comm.emulation else 0.0,
+        "emulated_beta_s_per_byte": comm.emulation[2] if comm.emulation else 0.0,
+    }

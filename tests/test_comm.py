@@ -1,0 +1,298 @@
+"""The instrumented communicator, inside an MPI job of any size: what every collective returns and records
+(the wire-byte model it records is tested in test_collectives.py):
+
+    mpiexec -n 2 python -m pytest -p no:cacheprovider --with-mpi -m mpi tests/test_comm.py
+    mpiexec -n 4 python -m pytest -p no:cacheprovider --with-mpi -m mpi tests/test_comm.py
+
+Run serially with ``--with-mpi -m mpi`` the MPI tests check the 1-rank case.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from hes_mpi.collectives import wire_bytes as wire_bytes_model
+from hes_mpi.comm import SilentExit
+from hes_mpi.errors import RunError, UsageError
+from hes_mpi.schema import OPS, PHASES, RECORD_DTYPE
+
+
+# ------------------------------------------------------------------------------------------ inside MPI
+@pytest.fixture(scope="module")
+def comm():
+    from hes_mpi.comm import InstrumentedComm
+
+    return InstrumentedComm()
+
+
+def op_of(rec) -> list[str]:
+    return [OPS[i] for i in rec["op"]]
+
+
+def seq_everywhere(comm, seq: int) -> np.ndarray:
+    """Every rank's value of ``seq`` (one uninstrumented Allgather)."""
+    out = np.empty(comm.size, dtype=np.int64)
+    comm.raw().Allgather(np.array([seq], dtype=np.int64), out)
+    return out
+
+
+def check_record(comm, row, op, sent, recv, wire, phase, iteration):
+    assert OPS[row["op"]] == op
+    assert (row["bytes_sent"], row["bytes_recv"], row["wire_bytes"]) == (sent, recv, wire)
+    assert PHASES[row["phase"]] == phase and row["iteration"] == iteration
+    assert row["t_exit"] >= row["t_enter"]
+    assert np.all(seq_everywhere(comm, int(row["seq"])) == row["seq"])  # the same call on every rank
+
+
+@pytest.mark.mpi
+def test_allreduce_in_place(comm):
+    comm.drain()
+    comm.set_phase("grad", 7)
+    buf = np.arange(5, dtype=np.float64) + comm.rank
+    out = comm.Allreduce(buf)
+    assert out is buf
+    assert np.array_equal(buf, comm.size * np.arange(5) + sum(range(comm.size)))
+    rec = comm.drain()
+    assert rec.dtype == RECORD_DTYPE and rec.shape == (1,)
+    check_record(comm, rec[0], "allreduce", 40, 40, wire_bytes_model("allreduce", 40, comm.size), "grad", 7)
+
+
+@pytest.mark.mpi
+def test_allreduce_out_of_place_and_other_ops(comm):
+    comm.drain()
+    comm.set_phase("es", 3)
+    comm.set_phase("eval")  # no iteration: the previous one stays
+    n = 1000  # 4000 bytes: above the short-message limit
+    buf = np.full(n, comm.rank + 1, dtype=np.float32)
+    out = np.empty(n, dtype=np.float32)
+    got = comm.Allreduce(buf, out)
+    assert got is out
+    assert np.all(out == comm.size * (comm.size + 1) / 2)
+    assert np.all(buf == comm.rank + 1)  # the send buffer is left alone
+    ints = np.array([comm.rank, -comm.rank], dtype=np.int64)
+    assert comm.Allreduce(ints.copy(), op="max").tolist() == [comm.size - 1, 0]
+    assert comm.Allreduce(ints.copy(), op="min").tolist() == [0, 1 - comm.size]
+    rec = comm.drain()
+    assert op_of(rec) == ["allreduce"] * 3
+    check_record(comm, rec[0], "allreduce", 4000, 4000, wire_bytes_model("allreduce", 4000, comm.size), "eval", 3)
+    check_record(comm, rec[1], "allreduce", 16, 16, wire_bytes_model("allreduce", 16, comm.size), "eval", 3)
+    assert rec["seq"].tolist() == [rec["seq"][0] + i for i in range(3)]  # one number per collective
+
+
+@pytest.mark.mpi
+def test_minloc(comm):
+    comm.drain()
+    comm.set_phase("es", 11)
+    size, rank = comm.size, comm.rank
+    assert comm.minloc(1.5, rank) == (1.5, 0)  # a tie everywhere: the lowest index
+    assert comm.minloc(float(size - rank), rank) == (1.0, size - 1)
+    # a tie between all ranks but 0, which holds more
+    assert comm.minloc(3.0 if rank == 0 else 1.0, rank) == ((1.0, 1) if size > 1 else (3.0, 0))
+    # the index need not be the rank; the value is a double
+    value, index = comm.minloc(0.1 + rank, 100 + rank)
+    assert value == 0.1 and index == 100 and type(value) is float and type(index) is int
+    rec = comm.drain()
+    assert op_of(rec) == ["minloc"] * 4
+    for row in rec:
+        check_record(comm, row, "minloc", 12, 12, wire_bytes_model("minloc", 12, size), "es", 11)
+
+
+@pytest.mark.mpi
+def test_allgather(comm):
+    comm.drain()
+    comm.set_phase("telemetry", 2)
+    send = np.array([comm.rank, 10 * comm.rank], dtype=np.int64)
+    recv = np.empty(2 * comm.size, dtype=np.int64)
+    assert comm.Allgather(send, recv) is recv
+    assert recv.tolist() == [v for r in range(comm.size) for v in (r, 10 * r)]
+    rec = comm.drain()
+    assert rec.shape == (1,)
+    check_record(comm, rec[0], "allgather", 16, 16 * comm.size, 16 * (comm.size - 1), "telemetry", 2)
+
+
+@pytest.mark.mpi
+@pytest.mark.parametrize("where", ["first", "last"])
+def test_bcast_counts_sent_on_the_root_and_received_elsewhere(comm, where):
+    root = 0 if where == "first" else comm.size - 1
+    comm.drain()
+    comm.set_phase("setup", 0)
+    buf = np.full(3, comm.rank, dtype=np.float64)
+    assert comm.Bcast(buf, root=root) is buf
+    assert np.all(buf == root)
+    rec = comm.drain()
+    assert rec.shape == (1,)
+    sent, recv = (24, 0) if comm.rank == root else (0, 24)
+    check_record(comm, rec[0], "bcast", sent, recv, wire_bytes_model("bcast", 24, comm.size), "setup", 0)
+
+
+@pytest.mark.mpi
+@pytest.mark.parametrize("where", ["first", "last"])
+def test_gatherv_concatenates_on_the_root(comm, where):
+    root = 0 if where == "first" else comm.size - 1
+    comm.drain()
+    comm.set_phase("telemetry", 5)
+    send = np.full(comm.rank + 1, comm.rank, dtype=np.float32)  # rank r sends r + 1 values
+    got = comm.Gatherv(send, root=root)
+    if comm.rank == root:
+        assert got.dtype == np.float32
+        assert got.tolist() == [r for r in range(comm.size) for _ in range(r + 1)]
+    else:
+        assert got is None
+    rec = comm.drain()
+    assert op_of(rec) == ["allgather", "gather"]  # the counts first, then the data
+    check_record(comm, rec[0], "allgather", 8, 8 * comm.size, 8 * (comm.size - 1), "telemetry", 5)
+    n = 4 * (comm.rank + 1)
+    total = 4 * comm.size * (comm.size + 1) // 2
+    if comm.rank == root:
+        check_record(comm, rec[1], "gather", n, total, 0, "telemetry", 5)
+    else:
+        check_record(comm, rec[1], "gather", n, 0, n, "telemetry", 5)
+    assert rec["seq"][1] == rec["seq"][0] + 1
+
+
+@pytest.mark.mpi
+def test_barrier_records_no_bytes(comm):
+    comm.drain()
+    comm.set_phase("check", 9)
+    comm.Barrier()
+    rec = comm.drain()
+    assert rec.shape == (1,)
+    check_record(comm, rec[0], "barrier", 0, 0, 0, "check", 9)
+
+
+@pytest.mark.mpi
+def test_drain_returns_the_records_and_empties(comm):
+    comm.drain()
+    calls = comm.total_calls
+    for _ in range(3):
+        comm.Barrier()
+    first = comm.drain()
+    assert first.shape == (3,) and comm.n_records == 0
+    assert comm.total_calls == calls + 3
+    assert comm.drain().shape == (0,)
+    comm.Allreduce(np.zeros(2))
+    assert op_of(first) == ["barrier"] * 3  # a copy: later calls do not overwrite it
+    assert op_of(comm.drain()) == ["allreduce"]
+
+
+@pytest.mark.mpi
+def test_records_grow_past_the_initial_capacity():
+    from hes_mpi.comm import InstrumentedComm
+
+    small = InstrumentedComm(capacity=2)
+    small.set_phase("eval", 1)
+    for i in range(5):
+        small.Allreduce(np.array([float(i)]))
+    rec = small.drain()
+    assert rec["seq"].tolist() == [0, 1, 2, 3, 4]
+    assert op_of(rec) == ["allreduce"] * 5 and np.all(rec["bytes_sent"] == 8)
+    assert small.records.shape[0] >= 5
+
+
+@pytest.mark.mpi
+def test_raw_records_nothing(comm):
+    comm.set_phase("eval", 1)
+    comm.drain()
+    calls = comm.total_calls
+    raw = comm.raw()
+    buf = np.full(4, 1.0)
+    assert np.all(raw.Allreduce(buf) == comm.size)
+    out = np.empty(4)
+    assert np.all(raw.Allreduce(np.full(4, 2.0), out, op="max") == 2.0)
+    assert raw.minloc(float(comm.size - comm.rank), comm.rank) == (1.0, comm.size - 1)
+    gathered = np.empty(comm.size, dtype=np.int64)
+    assert raw.Allgather(np.array([comm.rank], dtype=np.int64), gathered).tolist() == list(range(comm.size))
+    b = np.array([comm.rank], dtype=np.int64)
+    assert raw.Bcast(b, root=comm.size - 1)[0] == comm.size - 1
+    raw.Barrier()
+    raw.set_phase("grad", 99)
+    assert comm.drain().shape == (0,) and comm.total_calls == calls
+    assert (comm.phase, comm.iteration) == ("eval", 1)
+    comm.Barrier()  # the instrumented calls go on numbering in step
+    rec = comm.drain()
+    assert np.all(seq_everywhere(comm, int(rec["seq"][0])) == rec["seq"][0])
+
+
+@pytest.mark.mpi
+def test_uninstrumented_comm_counts_calls_but_keeps_no_records():
+    from hes_mpi.comm import InstrumentedComm
+
+    quiet = InstrumentedComm(instrument=False)
+    quiet.Allreduce(np.ones(3))
+    quiet.Barrier()
+    assert quiet.total_calls == 2 and quiet.drain().shape == (0,) and quiet.comm_seconds >= 0
+
+
+# ------------------------------------------------------------------------------------------------ agree
+FAILING = {
+    "last": lambda size: {size - 1},
+    "all": lambda size: set(range(size)),
+    "upper_half": lambda size: set(range(size // 2, size)),
+}
+
+
+@pytest.mark.mpi
+@pytest.mark.parametrize("error", [UsageError, RunError])
+@pytest.mark.parametrize("who", list(FAILING))
+def test_agree_lowest_failing_rank_reraises_the_others_exit_silently(comm, error, who):
+    failing = FAILING[who](comm.size)
+    lowest = min(failing)
+
+    def maybe_fail(a, b=0):
+        if comm.rank in failing:
+            raise error(f"failed on rank {comm.rank}")
+        return a + b
+
+    comm.drain()
+    comm.set_phase("setup", 0)
+    if comm.rank == lowest:
+        with pytest.raises(error, match=f"^failed on rank {lowest}$"):
+            comm.agree(maybe_fail, 1, b=2)
+    else:
+        with pytest.raises(SilentExit) as e:
+            comm.agree(maybe_fail, 1, b=2)
+        assert e.value.exit_code == error.exit_code
+    rec = comm.drain()
+    assert op_of(rec) == ["allreduce"] and rec["bytes_sent"][0] == 16  # one Allreduce of two int64
+    # nobody hangs or is left behind: every rank is at the same collective next
+    assert comm.agree(lambda a, b=0: a + b, 1, b=2) == 3
+    assert np.all(seq_everywhere(comm, comm._seq) == comm._seq)
+
+
+@pytest.mark.mpi
+def test_agree_other_exceptions_are_not_caught(comm):
+    # (raised on every rank alike, so no rank waits in agree's Allreduce)
+    def broken():
+        raise ValueError("a bug, not a user error")
+
+    with pytest.raises(ValueError):
+        comm.agree(broken)
+    assert comm.agree(lambda: "ok") == "ok"
+
+
+# ---------------------------------------------------------------------------------- small helpers
+@pytest.mark.mpi
+def test_same_everywhere(comm):
+    size, rank = comm.size, comm.rank
+    assert comm.same_everywhere(7) is True
+    assert comm.same_everywhere(-5) is True
+    assert comm.same_everywhere(2**62 + 12345) is True
+    assert comm.same_everywhere(rank) is (size == 1)
+    assert comm.same_everywhere(2**62 + (rank == size - 1)) is (size == 1)  # only the last rank differs, by 1
+    assert comm.same_everywhere(-rank) is (size == 1)
+
+
+@pytest.mark.mpi
+def test_bcast_str(comm):
+    size, rank = comm.size, comm.rank
+    text = "héllo wörld ✓" if rank == 0 else "ignored"
+    assert comm.bcast_str(text) == "héllo wörld ✓"
+    assert comm.bcast_str(f"from rank {rank}", root=size - 1) == f"from rank {size - 1}"
+    assert comm.bcast_str("" if rank == 0 else "x") == ""
+    assert comm.bcast_str("a" * 100, max_bytes=16) == "a" * 15  # cut to fit, with the final NUL
+    comm.drain()
+    comm.bcast_str("abc", max_bytes=64)
+    rec = comm.drain()
+    assert op_of(rec) == ["bcast"]
+    assert rec["bytes_sent"][0] + rec["bytes_recv"][0] == 64  # one fixed-size buffer
