@@ -16,18 +16,15 @@ on errors and the MPI_Init watchdog all need mpi4py.
 
 from __future__ import annotations
 
-import contextlib
-import faulthandler
 import math
 import os
-import signal
-import sys
 
 import numpy as np
 
 from .collectives import collective_time, wire_bytes
 from .errors import RunError, UsageError
 from .schema import ALGORITHM_PHASES, OPS, PHASES, RECORD_DTYPE
+from .watchdog import CollectiveWatchdog, init_watchdog
 
 _OP = {name: i for i, name in enumerate(OPS)}
 _PHASE = {name: i for i, name in enumerate(PHASES)}
@@ -41,7 +38,7 @@ class InstrumentedComm:
     """
 
     def __init__(self, comm=None, capacity: int = 4096, instrument: bool = True, sync_barrier: bool = False):
-        with _init_watchdog():
+        with init_watchdog():
             from mpi4py import MPI
 
         self.MPI = MPI
@@ -52,6 +49,8 @@ class InstrumentedComm:
         #: OSU's trick: a timed barrier before every algorithm collective separates waiting for late ranks.
         self.sync_barrier = sync_barrier
         self._seq = 0
+        #: Ends the process when a collective hangs (:meth:`watch_collectives`); None: off.
+        self.watchdog: CollectiveWatchdog | None = None
         #: Network emulation: (name, alpha, beta) or None; see :meth:`emulate_network`.
         self.emulation: tuple[str, float, float] | None = None
         self.emulated_seconds = 0.0
@@ -96,7 +95,31 @@ class InstrumentedComm:
             pass
         return now
 
+    def _enter(self, op: str) -> float:
+        """The entry time of a call; arms the collective watchdog (outside the setup phase)."""
+        if self.watchdog is not None and self._phase_code:
+            self.watchdog.arm(op, self.phase, self.iteration)
+        return self.MPI.Wtime()
+
+    def watch_collectives(self, timeout_s: float, hint: str = "") -> None:
+        """End this process with one line and exit status 1 when a collective (outside the setup phase)
+        does not complete within ``timeout_s`` seconds; 0 turns the watchdog off. ``hint`` is appended to
+        the message (e.g. where the last checkpoint is)."""
+        if timeout_s <= 0:
+            if self.watchdog is not None:
+                self.watchdog.stop()
+            self.watchdog = None
+            return
+        if self.watchdog is None:
+            where = f" (rank {self.rank}/{self.size})" if self.size > 1 else ""
+            self.watchdog = CollectiveWatchdog(timeout_s, where, grace_s=3.0 if self.rank else 0.0,
+                                               abort=self.comm.Abort)
+        self.watchdog.timeout_s = float(timeout_s)
+        self.watchdog.hint = hint
+
     def _record(self, op: str, sent: int, recv: int, wire: int, t0: float, t1: float, p2p: bool = False) -> None:
+        if self.watchdog is not None:
+            self.watchdog.disarm()
         if self.emulation is not None and not p2p:
             t1 = self._hold(op, sent if op in ("allgather", "gather") else max(sent, recv), t1)
         self.comm_seconds += t1 - t0
@@ -146,7 +169,7 @@ class InstrumentedComm:
         MPI = self.MPI
         nbytes = buf.nbytes
         self._pre_sync()
-        t0 = MPI.Wtime()
+        t0 = self._enter("allreduce")
         if out is None:
             self.comm.Allreduce(MPI.IN_PLACE, buf, op=self._ops[op])
             out = buf
@@ -164,7 +187,7 @@ class InstrumentedComm:
         buf["index"][0] = index
         nbytes = self._minloc_type_size
         self._pre_sync()
-        t0 = MPI.Wtime()
+        t0 = self._enter("minloc")
         self.comm.Allreduce(MPI.IN_PLACE, [buf, MPI.DOUBLE_INT], op=MPI.MINLOC)
         t1 = MPI.Wtime()
         self._record("minloc", nbytes, nbytes, wire_bytes("minloc", nbytes, self.size), t0, t1)
@@ -172,7 +195,7 @@ class InstrumentedComm:
 
     def Allgather(self, sendbuf: np.ndarray, recvbuf: np.ndarray) -> np.ndarray:
         MPI = self.MPI
-        t0 = MPI.Wtime()
+        t0 = self._enter("allgather")
         self.comm.Allgather(sendbuf, recvbuf)
         t1 = MPI.Wtime()
         n = sendbuf.nbytes
@@ -181,7 +204,7 @@ class InstrumentedComm:
 
     def Bcast(self, buf: np.ndarray, root: int = 0) -> np.ndarray:
         MPI = self.MPI
-        t0 = MPI.Wtime()
+        t0 = self._enter("bcast")
         self.comm.Bcast(buf, root=root)
         t1 = MPI.Wtime()
         n = buf.nbytes
@@ -198,7 +221,7 @@ class InstrumentedComm:
         self.Allgather(np.array([sendbuf.shape[0]], dtype=np.int64), counts)
         is_root = self.rank == root
         recv = np.empty(int(counts.sum()), dtype=sendbuf.dtype) if is_root else None
-        t0 = MPI.Wtime()
+        t0 = self._enter("gather")
         if is_root:
             self.comm.Gatherv(sendbuf, [recv, counts.tolist()], root=root)
         else:
@@ -212,7 +235,7 @@ class InstrumentedComm:
 
     def Barrier(self) -> None:
         MPI = self.MPI
-        t0 = MPI.Wtime()
+        t0 = self._enter("barrier")
         self.comm.Barrier()
         t1 = MPI.Wtime()
         self._record("barrier", 0, 0, 0, t0, t1)
@@ -320,6 +343,16 @@ class InstrumentedComm:
         self.Allreduce(buf, op="max")
         return bool(buf[0] == -buf[1])
 
+    def processor_names(self, max_bytes: int = 64) -> list[str]:
+        """``MPI.Get_processor_name()`` of every rank, in rank order (one Allgather of fixed-size buffers)."""
+        mine = np.zeros(max_bytes, dtype=np.uint8)
+        raw = self.MPI.Get_processor_name().encode()[: max_bytes - 1]
+        mine[: len(raw)] = np.frombuffer(raw, dtype=np.uint8)
+        everyone = np.zeros(max_bytes * self.size, dtype=np.uint8)
+        self.Allgather(mine, everyone)
+        return [bytes(everyone[r * max_bytes:(r + 1) * max_bytes]).split(b"\0", 1)[0].decode(errors="replace")
+                for r in range(self.size)]
+
     def library_version(self) -> str:
         return self.MPI.Get_library_version().strip()
 
@@ -334,40 +367,6 @@ class InstrumentedComm:
 
     def wtick(self) -> float:
         return self.MPI.Wtick()
-
-
-#: Exit status of a process whose MPI_Init did not return in time: killed by SIGALRM (128 + 14), as srun
-#: and mpiexec report it. The job scripts start such a step again.
-INIT_TIMEOUT_EXIT = 142
-
-
-@contextlib.contextmanager
-def _init_watchdog():
-    """Kill the process if MPI_Init does not return within ``$HES_MPI_INIT_TIMEOUT`` seconds (default 300;
-    0: wait for ever). Seen with the MPICH wheel under srun: now and then both ranks spin in MPI_Init for
-    ever, holding Python's lock, so no Python code can run. Two mechanisms that need no Python: faulthandler's
-    watchdog thread prints where the process is stuck, then SIGALRM with its default action ends it (exit
-    status 142); ``srun --kill-on-bad-exit`` ends the step, and the job scripts start it again."""
-    if "mpi4py.MPI" in sys.modules:  # already started in this process
-        yield
-        return
-    try:
-        timeout = float(os.environ.get("HES_MPI_INIT_TIMEOUT", "300"))
-    except ValueError:
-        timeout = 300.0
-    if timeout <= 0:
-        yield
-        return
-    sys.stderr.write("")  # make sure stderr exists before faulthandler needs it
-    faulthandler.dump_traceback_later(timeout, exit=False)
-    previous = signal.signal(signal.SIGALRM, signal.SIG_DFL)
-    signal.alarm(max(1, math.ceil(timeout)) + 1)
-    try:
-        yield
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, previous)
-        faulthandler.cancel_dump_traceback_later()
 
 
 class SilentExit(Exception):

@@ -29,7 +29,7 @@ PLAIN = {"perturb": "all", "baseline": False, "antithetic": False, "recombine": 
 #: Options that never change what a run computes or records, only where and how it runs: a finished run
 #: log is the same run whatever they were (sweeps reuse it), and tables do not tell runs apart by them.
 NOT_RESULT = frozenset({"out", "force", "data_dir", "threads", "check_every", "checkpoint", "checkpoint_every",
-                        "resume"})
+                        "resume", "collective_timeout"})
 #: Options that may differ between an interrupted run and its resumption from a checkpoint (the final
 #: parameters do not depend on them; --epochs extends the run).
 MAY_CHANGE_ON_RESUME = NOT_RESULT | {"epochs", "eval_train", "sync_barrier"}
@@ -78,6 +78,7 @@ class RunConfig:
     checkpoint: str | None = None
     resume: bool = False
     noise: str = "table"
+    collective_timeout: float | None = None  # seconds; None: $HES_MPI_COLLECTIVE_TIMEOUT or 120; 0: no watchdog
     # H-ES methods (see hes_mpi.algorithms.hes); PLAIN gives the poster's algorithm.
     perturb: str = "output"
     baseline: bool = True
@@ -136,6 +137,10 @@ class RunConfig:
             raise UsageError("--adapt-sigma needs --baseline (success means beating the unperturbed candidate)")
         if self.checkpoint_every < 0:
             raise UsageError(f"--checkpoint-every must be >= 0, got {self.checkpoint_every}")
+        if self.collective_timeout is not None and not (self.collective_timeout >= 0
+                                                        and math.isfinite(self.collective_timeout)):
+            raise UsageError(f"--collective-timeout must be a number of seconds >= 0 (0: off), got "
+                             f"{self.collective_timeout}")
         if self.threads < 0:
             raise UsageError(f"--threads must be >= 0, got {self.threads}")
         return self

@@ -407,6 +407,7 @@ class RunLog:
             "K": cfg["K"], "r": cfg["r"], "sigma2": cfg["sigma2"], "sigma_scale": cfg["sigma_scale"],
             "lr": cfg["lr"], "batch": cfg["batch"], "seed": cfg["seed"],
             "emulated_network": env.get("emulated_network") or None,
+            "emulated_cluster": env.get("emulated_cluster") or None,
         }
         if "theta_checksum" in final_attrs:
             out["theta_checksum"] = int(final_attrs["theta_checksum"])

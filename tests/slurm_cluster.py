@@ -99,6 +99,35 @@ class SlurmCluster:
         self._procs: dict[str, subprocess.Popen] = {}
         self._logs: dict[str, tuple[Path | None, Path]] = {}  # daemon: (log file, stdout and stderr)
 
+    # ------------------------------------------------------------------ where things run (overridden below)
+    @property
+    def node_names(self) -> list[str]:
+        return [self.host]
+
+    def slurmd_name(self, node: str) -> str:
+        return "slurmd"
+
+    def slurmd_log(self, node: str) -> Path:
+        return self.dir / "slurmd.log"
+
+    def client(self, cmd: list[str]) -> list[str]:
+        """A client command (sinfo, sbatch, ...) as it must be run to reach the controller."""
+        return cmd
+
+    def on_controller(self, cmd: list[str]) -> list[str]:
+        return cmd
+
+    def on_node(self, node: str, cmd: list[str]) -> list[str]:
+        return cmd
+
+    def controller_address(self) -> tuple[str, str]:
+        return self.host, "127.0.0.1"
+
+    def nodes_conf(self) -> str:
+        return (f"NodeName={self.host} NodeAddr=127.0.0.1 CPUs={self.cpus} RealMemory={self.real_memory_mb} "
+                f"State=UNKNOWN\nPartitionName=debug Nodes={self.host} Default=YES MaxTime=INFINITE State=UP "
+                "OverSubscribe=YES\n")
+
     # ------------------------------------------------------------------ public
 
     def env(self, **extra: str) -> dict[str, str]:
@@ -122,9 +151,11 @@ class SlurmCluster:
         try:
             self._start_munge()
             self._write_conf()
-            self._spawn("slurmctld", [_which("slurmctld"), "-D", "-f", str(self.conf)], self.dir / "slurmctld.log")
-            self._spawn("slurmd", [_which("slurmd"), "-D", "-f", str(self.conf), "-N", self.host],
-                        self.dir / "slurmd.log")
+            self._spawn("slurmctld", self.on_controller([_which("slurmctld"), "-D", "-f", str(self.conf)]),
+                        self.dir / "slurmctld.log")
+            for node in self.node_names:
+                self._spawn(self.slurmd_name(node), self.on_node(node, [_which("slurmd"), "-D", "-f", str(self.conf),
+                                                                        "-N", node]), self.slurmd_log(node))
             self._wait_idle()
         except BaseException:
             self.stop()
@@ -135,12 +166,12 @@ class SlurmCluster:
         if self.dir is None:
             return
         if self._procs.get("slurmctld") and self._procs["slurmctld"].poll() is None:
-            subprocess.run([_which("scancel"), "--full", "--quiet", "--user", getpass.getuser()],
+            subprocess.run(self.client([_which("scancel"), "--full", "--quiet", "--user", getpass.getuser()]),
                            env=self.env(), capture_output=True, timeout=30, check=False)
             deadline = time.monotonic() + 20
             while time.monotonic() < deadline and self.squeue():
                 time.sleep(0.5)
-        for name in ("slurmd", "slurmctld", "munged"):  # reverse order of start
+        for name in (*(self.slurmd_name(n) for n in self.node_names), "slurmctld", "munged"):  # reverse order
             proc = self._procs.pop(name, None)
             if proc is None or proc.poll() is not None:
                 continue
@@ -162,7 +193,7 @@ class SlurmCluster:
 
     def squeue(self) -> list[str]:
         """Job ids still known to the controller (pending, running or completing)."""
-        p = subprocess.run([_which("squeue"), "-h", "-o", "%i %T"], env=self.env(), capture_output=True,
+        p = subprocess.run(self.client([_which("squeue"), "-h", "-o", "%i %T"]), env=self.env(), capture_output=True,
                            text=True, timeout=30, check=False)
         return p.stdout.split("\n") if p.returncode == 0 and p.stdout.strip() else []
 
@@ -216,7 +247,7 @@ class SlurmCluster:
         self.conf.write_text(f"""\
 # Written by tests/slurm_cluster.py: a one-node cluster for the tests, in {d}
 ClusterName={self.cluster_name}
-SlurmctldHost={self.host}(127.0.0.1)
+SlurmctldHost={self.controller_address()[0]}({self.controller_address()[1]})
 SlurmctldPort={_free_port()}
 SlurmdPort={_free_port()}
 SlurmUser={user}
@@ -250,25 +281,24 @@ MailProg=/bin/true
 MinJobAge=5
 KillWait=5
 InactiveLimit=0
-NodeName={self.host} NodeAddr=127.0.0.1 CPUs={self.cpus} RealMemory={self.real_memory_mb} State=UNKNOWN
-PartitionName=debug Nodes={self.host} Default=YES MaxTime=INFINITE State=UP OverSubscribe=YES
-""")
+""" + self.nodes_conf())
 
     def _wait_idle(self) -> None:
         deadline = time.monotonic() + self.start_timeout
         last = ""
         while time.monotonic() < deadline:
-            for name in ("munged", "slurmctld", "slurmd"):
+            for name in ("munged", "slurmctld", *(self.slurmd_name(n) for n in self.node_names)):
                 if self._procs[name].poll() is not None:
                     raise SlurmClusterError(f"{name} exited with status {self._procs[name].returncode}\n"
                                             f"{self.logs()}")
-            p = subprocess.run([_which("sinfo"), "-h", "-N", "-o", "%N %T"], env=self.env(), capture_output=True,
-                               text=True, timeout=30, check=False)
+            p = subprocess.run(self.client([_which("sinfo"), "-h", "-N", "-o", "%N %T"]), env=self.env(),
+                               capture_output=True, text=True, timeout=30, check=False)
             last = (p.stdout + p.stderr).strip()
-            if p.returncode == 0 and p.stdout.split() == [self.host, "idle"]:
+            if p.returncode == 0 and sorted(p.stdout.split()) == sorted(
+                    [w for n in self.node_names for w in (n, "idle")]):
                 return
             time.sleep(0.25)
-        raise SlurmClusterError(f"node {self.host} not idle after {self.start_timeout:.0f} s "
+        raise SlurmClusterError(f"nodes {', '.join(self.node_names)} not idle after {self.start_timeout:.0f} s "
                                 f"(last sinfo: {last!r})\n{self.logs()}")
 
     def _kill_leftovers(self) -> None:
@@ -287,3 +317,54 @@ PartitionName=debug Nodes={self.host} Default=YES MaxTime=INFINITE State=UP Over
                     os.kill(int(entry.name), signal.SIGKILL)
                 except OSError:
                     pass
+
+
+class EmulatedSlurmCluster(SlurmCluster):
+    """Slurm across the nodes of an emulated cluster (``hes-mpi cluster up``): slurmctld on node0, one slurmd
+    in every node's namespaces (its hostname, its cgroup), started through the cluster's launcher, all on
+    the management network; MUNGE's socket is a file, so one munged serves every node. Clients run on node0
+    (the login node): ``client()`` wraps their command lines. Jobs get the variables that put MPI on the
+    node links (``FI_TCP_IFACE=eth0``) and name the cluster, so their run logs record it."""
+
+    def __init__(self, cluster, cluster_name: str = "hesemu", start_timeout: float = 90.0):
+        super().__init__(cluster_name, start_timeout)
+        self.cluster = cluster
+        self.cpus = 2
+
+    @property
+    def node_names(self) -> list[str]:
+        return [n.name for n in self.cluster.nodes]
+
+    def slurmd_name(self, node: str) -> str:
+        return f"slurmd-{node}"
+
+    def slurmd_log(self, node: str) -> Path:
+        return self.dir / f"slurmd-{node}.log"
+
+    def _wrap(self, node: str, cmd: list[str]) -> list[str]:
+        import shlex
+
+        return [str(self.cluster.launcher), self.cluster.node(node).mgmt_address, shlex.join(cmd)]
+
+    def client(self, cmd: list[str]) -> list[str]:
+        return self._wrap(self.cluster.nodes[0].name, cmd)
+
+    def on_controller(self, cmd: list[str]) -> list[str]:
+        return self._wrap(self.cluster.nodes[0].name, cmd)
+
+    def on_node(self, node: str, cmd: list[str]) -> list[str]:
+        return self._wrap(node, cmd)
+
+    def controller_address(self) -> tuple[str, str]:
+        return self.cluster.nodes[0].name, self.cluster.nodes[0].mgmt_address
+
+    def nodes_conf(self) -> str:
+        lines = [f"NodeName={n.name} NodeAddr={n.mgmt_address} CPUs={self.cpus} RealMemory="
+                 f"{self.real_memory_mb // len(self.cluster.nodes)} State=UNKNOWN" for n in self.cluster.nodes]
+        lines.append(f"PartitionName=debug Nodes={','.join(self.node_names)} Default=YES MaxTime=INFINITE State=UP "
+                     "OverSubscribe=YES")
+        return "\n".join(lines) + "\n"
+
+    def env(self, **extra: str) -> dict[str, str]:
+        return super().env(MPIR_CVAR_CH4_NETMOD="ofi", FI_PROVIDER="tcp", FI_TCP_IFACE="eth0",
+                           HES_MPI_CLUSTER=str(self.cluster.state_path), **extra)

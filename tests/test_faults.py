@@ -197,8 +197,8 @@ def test_resume_refuses_other_options(tmp_path):
 def test_mpi_start_watchdog(tmp_path):
     """A process whose MPI_Init does not return in time ends with status 75 and says why (never a hang)."""
     # MPI_Init cannot be made to hang on purpose here: a stand-in that holds Python's lock the same way
-    code = ("import time, hes_mpi.comm as c\n"
-            "with c._init_watchdog():\n"
+    code = ("import time, hes_mpi.watchdog as w\n"
+            "with w.init_watchdog():\n"
             "    t = time.time()\n"
             "    while time.time() - t < 30: pass\n")
     proc = subprocess.run([sys.executable, "-c", code], env={**os.environ, "HES_MPI_INIT_TIMEOUT": "1"},

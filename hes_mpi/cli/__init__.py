@@ -2,7 +2,7 @@
 
 Subcommands: ``compare`` (the default: the main job), ``train`` (under mpirun/mpiexec/srun), ``sweep``
 (a parameter file x seeds), ``data fetch|list``, ``evaluate`` (test accuracy), ``summary``,
-``bench osu|overhead|emulation|steps|forward|torch|all``. One module per command group; the work is done
+``bench osu|overhead|emulation|steps|forward|torch|all``, ``cluster up|status|run|fault|down``. One module per command group; the work is done
 by the package's other layers (docs/architecture.md).
 Exit status: 0 success, 1 a run that could not go on (or an MPI abort), 2 bad input.
 """
@@ -15,10 +15,10 @@ import sys
 from .. import __version__
 from ..errors import UsageError
 from ..run.control import say_error
-from . import bench, data, post, train
+from . import bench, cluster, data, post, train
 from .common import Parser, show_help
 
-COMMANDS = ("compare", "train", "sweep", "data", "bench", "evaluate", "summary")
+COMMANDS = ("compare", "train", "sweep", "data", "bench", "evaluate", "summary", "cluster")
 #: Tokens that the top-level parser itself answers.
 TOP_LEVEL = ("-h", "--help", "--version")
 
@@ -32,6 +32,7 @@ def build_parser() -> Parser:
     data.add_parsers(sub)
     bench.add_parsers(sub)
     post.add_parsers(sub)
+    cluster.add_parsers(sub)
     p.set_defaults(func=lambda a: show_help(p))
     return p
 

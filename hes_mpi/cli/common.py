@@ -89,6 +89,9 @@ def run_args(p: argparse.ArgumentParser) -> None:
     a("--data-dir", default=None, help="where fetched datasets live (default $HES_MPI_DATA or ~/.cache/hes_mpi)")
     a("--threads", type=int, default=d.threads, help="BLAS threads per rank; 0 = cores on the node / ranks on the "
       "node (default)")
+    a("--collective-timeout", type=float, default=None, metavar="S", help="end the run with a one-line error "
+      "when an MPI collective does not complete within S seconds (a dead link or node; 0: wait for ever; default "
+      "$HES_MPI_COLLECTIVE_TIMEOUT or 120)")
     a("--emulate-net", default=None, metavar="PRESET|ALPHA,BETA", help="hold every MPI call for its modelled "
       "cost on this network (presets: 1gbe, 10gbe, 100gbe, ib-hdr; or latency in s and inverse bandwidth in "
       "s/byte), so time-to-accuracy on a slower cluster is measured end to end")

@@ -90,7 +90,8 @@ def cmd_compare(args, argv=None) -> int:
         raise UsageError("--r values must be >= 1")
     base = RunConfig(K=args.K, sigma2=args.sigma2, sigma_scale=args.sigma_scale, noise=args.noise, lr=args.lr,
                      batch=args.batch, epochs=args.epochs, hidden=args.hidden, seed=args.seed, data=args.data,
-                     data_dir=args.data_dir, threads=args.threads, emulate_net=args.emulate_net, **es_methods(args))
+                     data_dir=args.data_dir, threads=args.threads, emulate_net=args.emulate_net,
+                     collective_timeout=args.collective_timeout, **es_methods(args))
 
     def body(comm):
         comm.agree(base.validate)
@@ -124,7 +125,8 @@ def _train_config(args) -> RunConfig:
                      dev_size=args.dev_size, out=args.out, force=args.force, check_every=args.check_every,
                      threads=args.threads, eval_train=args.eval_train, sync_barrier=args.sync_barrier,
                      emulate_net=args.emulate_net, checkpoint_every=args.checkpoint_every,
-                     checkpoint=args.checkpoint, resume=args.resume, noise=args.noise, **es_methods(args))
+                     checkpoint=args.checkpoint, resume=args.resume, noise=args.noise,
+                     collective_timeout=args.collective_timeout, **es_methods(args))
 
 
 def cmd_train(args, argv=None) -> int:

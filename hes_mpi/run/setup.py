@@ -17,11 +17,15 @@ from ..model import MLP
 
 
 def set_threads(comm, requested: int) -> int:
-    """Limit BLAS threads per rank: ``requested``, or the node's cores divided by its ranks."""
+    """Limit BLAS threads per rank: ``requested``, or the node's cores divided by its ranks. The nodes of an
+    emulated cluster share this host's cores, so there every rank of the job counts."""
     import scipy.linalg.cython_blas  # noqa: F401  (the BLAS Numba's np.dot calls)
     from threadpoolctl import threadpool_limits
 
-    n = requested or max(1, cpu_count() // comm.local_size())
+    from ..cluster.state import from_environment
+
+    sharing = comm.size if from_environment() is not None else comm.local_size()
+    n = requested or max(1, cpu_count() // sharing)
     threadpool_limits(limits=n, user_api="blas")
     return n
 
@@ -43,10 +47,13 @@ def warm_kernels(comm) -> None:
         kernels.warm_up()
 
 
-def environment(comm, threads: int, shard: Shard, model: MLP) -> dict:
-    """The run log's ``/environment`` attributes: versions, the MPI library, host, ranks, threads, data, network."""
+def environment(comm, threads: int, shard: Shard, model: MLP, processor_names: list[str] | None = None) -> dict:
+    """The run log's ``/environment`` attributes: versions, the MPI library, host, ranks (and the processor
+    name of each), threads, data, the emulated network or cluster."""
     import h5py
     import numba
+
+    from ..cluster.state import from_environment
 
     return {
         "python": sys.version.split()[0],
@@ -71,4 +78,18 @@ def environment(comm, threads: int, shard: Shard, model: MLP) -> dict:
         "emulated_network": comm.emulation[0] if comm.emulation else "",
         "emulated_alpha_s": comm.emulation[1] if comm.emulation else 0.0,
         "emulated_beta_s_per_byte": comm.emulation[2] if comm.emulation else 0.0,
+        "processor_names": ",".join(processor_names or []),
+        **cluster_environment(from_environment()),
     }
+
+
+def cluster_environment(cluster) -> dict:
+    """``emulated_cluster`` (one line), ``cluster_nodes``, ``cluster_link_rates`` and ``cluster`` (its state as
+    JSON) for a run on an emulated cluster; empty strings otherwise."""
+    import json
+
+    if cluster is None:
+        return {"emulated_cluster": "", "cluster": ""}
+    return {"emulated_cluster": cluster.describe(), "cluster_nodes": len(cluster.nodes),
+            "cluster_link_rates": ",".join(n.rate for n in cluster.nodes),
+            "cluster": json.dumps(cluster.to_dict(), sort_keys=True)}

@@ -22,6 +22,7 @@ from ..log import get_logger
 from ..runlog import RunLogWriter, collapse_summary
 from ..schema import StepKind
 from ..telemetry import traced_peak
+from ..watchdog import default_collective_timeout
 from .control import Fault, Stopped, stop_on_signals, stop_requested
 from .recorder import Recorder
 from .setup import environment, load_run_data, set_threads, warm_kernels
@@ -45,6 +46,7 @@ class Trainer:
 
             comm.emulate_network(*parse_network(cfg.emulate_net))
         self.shard, self.model = load_run_data(comm, cfg)
+        self.processor_names = comm.processor_names()
         self.ckpt_path = cfg.checkpoint or checkpoint.default_path(cfg.out)
         state = comm.agree(self._resume_state)
         self.writer = comm.agree(self._open_writer, state)
@@ -68,12 +70,15 @@ class Trainer:
         self.collapse_warned = False
         if state is not None:
             self._restore(state)
+            self.ckpt_written = True  # the checkpoint it resumed from
+        timeout = cfg.collective_timeout if cfg.collective_timeout is not None else default_collective_timeout()
+        comm.watch_collectives(timeout, self._checkpoint_hint())
 
     def _open_writer(self, state: dict | None):
         cfg = self.cfg
         if self.comm.rank != 0 or not cfg.out:
             return None
-        env = environment(self.comm, self.threads, self.shard, self.model)
+        env = environment(self.comm, self.threads, self.shard, self.model, self.processor_names)
         rows = None
         if state is not None:
             rows = {k: int(state[f"rows_{k}"]) for k in ("epochs", "iterations", "records")}
@@ -163,7 +168,16 @@ class Trainer:
 
         self.comm.set_phase("telemetry", self.iteration)
         self.comm.agree(write)
+        self.ckpt_written = True
+        if self.comm.watchdog is not None:
+            self.comm.watchdog.hint = self._checkpoint_hint()
         log.info("checkpoint at iteration %d -> %s", self.iteration, self.ckpt_path)
+
+    def _checkpoint_hint(self) -> str:
+        """What a stopped run tells the user about its checkpoint."""
+        if self.ckpt_written:
+            return f"the last checkpoint is {self.ckpt_path}: continue with --resume"
+        return "no checkpoint was written (--checkpoint-every N writes them)"
 
     def _resume_state(self) -> dict | None:
         cfg = self.cfg
@@ -247,7 +261,6 @@ class Trainer:
                         rec.flush(epoch, flushed, j + 1, self.iteration)
                         flushed = j + 1
                         self.save_checkpoint(epoch, j + 1)
-                        self.ckpt_written = True
                         if stop:
                             raise Stopped(self.iteration)
                     # a stop seen at the epoch's last iteration: the epoch ends first (evaluation, log), and
@@ -269,7 +282,6 @@ class Trainer:
                 stop = self.check_consistency() and epoch + 1 < cfg.epochs
                 if cfg.checkpoint_every or stop:
                     self.save_checkpoint(epoch + 1, 0)
-                    self.ckpt_written = True
                 if stop:
                     raise Stopped(self.iteration)
         if not metrics:  # resumed after the last epoch: nothing left to train

@@ -1,0 +1,101 @@
+"""Measured, not modelled: BGD and H-ES on emulated clusters (``hes-mpi cluster bench``).
+
+For every (node count, link rate): a cluster is brought up, and over its links run
+- ``bench osu`` (the allreduce latency table),
+- ``train --algo bgd`` and ``train --algo hes`` (r = 2), each with the kernel's byte counters of every link
+  read before and after,
+- and, on this host without the cluster, ``train --algo bgd --emulate-net ALPHA,BETA`` with the link's
+  nominal bandwidth (the modelled busy-wait of the first phase, to compare with the real links),
+then the cluster is taken down again. Everything lands in ``OUT/NODESn_RATE/``: the run logs, ``osu.json``
+and ``links.json`` (bytes per link and run). :mod:`hes_mpi.post.clustertables` makes the table.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from ..cluster import launch, net, state
+from ..errors import RunError, UsageError
+from ..log import get_logger
+
+log = get_logger("bench")
+
+#: A fixed, short latency for the emulated-network comparison runs (alpha, s): a veth hop and TCP on this host.
+EMULATED_ALPHA_S = 50e-6
+
+
+def config_dir(out: Path, nodes: int, rate: str) -> Path:
+    return out / f"{nodes}n_{rate}"
+
+
+def _hes_mpi(*args: str) -> list[str]:
+    return [sys.executable, "-m", "hes_mpi", *args]
+
+
+def run_matrix(out: Path, nodes_list: list[int], rates: list[str], train_args: list[str], name: str = "bench",
+               emulated: bool = True) -> list[Path]:
+    """Run the measurements of the module docstring for every node count and rate; returns the folders."""
+    net.require_privileges()
+    for r in rates:
+        state.parse_rate(r)
+    if any(n < 2 for n in nodes_list):
+        raise UsageError("--nodes: a cluster bench needs at least 2 nodes")
+    out.mkdir(parents=True, exist_ok=True)
+    folders = []
+    for nodes in nodes_list:
+        for rate in rates:
+            d = config_dir(out, nodes, rate)
+            d.mkdir(parents=True, exist_ok=True)
+            log.info("== cluster bench: %d nodes at %s -> %s", nodes, rate, d)
+            net.down(name, quiet=True)
+            cluster = net.up(name, nodes, rate, {}, {}, None)
+            try:
+                _measure(cluster, d, train_args)
+            finally:
+                net.down(name, quiet=True)
+            if emulated:
+                _emulated(d, nodes, rate, train_args)
+            folders.append(d)
+    return folders
+
+
+def _run_on(cluster, argv: list[str], what: str) -> subprocess.CompletedProcess:
+    cmd = launch.on_node(cluster, cluster.nodes[0].name, launch.mpiexec_command(cluster, None, 1, argv))
+    proc = subprocess.run(cmd, env=launch.job_environment(cluster), capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise RunError(f"cluster bench: {what} failed (exit {proc.returncode}): "
+                       f"{(proc.stderr.strip().splitlines() or ['?'])[-1]}")
+    return proc
+
+
+def _measure(cluster, d: Path, train_args: list[str]) -> None:
+    osu = _run_on(cluster, ["bench", "osu", "--json", "--max-size", str(1 << 22), "--iterations", "200",
+                            "--iterations-large", "20", "--warmup", "20", "--warmup-large", "3"], "bench osu")
+    (d / "osu.json").write_text(osu.stdout.strip().splitlines()[-1] + "\n")
+    links = {}
+    for algo in ("bgd", "hes"):
+        log.info("   %s over the links", algo)
+        before = net.link_bytes(cluster)
+        _run_on(cluster, ["train", "--algo", algo, *train_args, "--out", str(d / f"{algo}.h5"), "--force"],
+                f"train --algo {algo}")
+        after = net.link_bytes(cluster)
+        links[algo] = {n: {k: after[n][k] - before[n][k] for k in ("tx", "rx")} for n in after}
+    (d / "links.json").write_text(json.dumps({"cluster": cluster.to_dict(), "bytes": links}, indent=1) + "\n")
+
+
+def _emulated(d: Path, nodes: int, rate: str, train_args: list[str]) -> None:
+    """BGD on this host with ``--emulate-net`` at the link's nominal bandwidth (all ranks in shared memory)."""
+    beta = 8 / state.parse_rate(rate)
+    mpiexec = launch.mpiexec_path()
+    log.info("   bgd with --emulate-net %g,%g on this host", EMULATED_ALPHA_S, beta)
+    env = {**os.environ, "MPIR_CVAR_CH4_NETMOD": os.environ.get("MPIR_CVAR_CH4_NETMOD", "ofi")}
+    cmd = [mpiexec, "-n", str(nodes), *_hes_mpi("train", "--algo", "bgd", *train_args, "--threads", "1",
+                                              "--emulate-net", f"{EMULATED_ALPHA_S:g},{beta:g}",
+                                              "--out", str(d / "bgd_emulated.h5"), "--force")]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise RunError(f"cluster bench: the emulated run failed: {(proc.stderr.strip().splitlines() or ['?'])[-1]}")

@@ -1,0 +1,53 @@
+"""Faults on an emulated cluster (``hes-mpi cluster fault ...``): a node's link down and up again, a node
+slowed to a fraction of a core, a node's processes killed."""
+
+from __future__ import annotations
+
+import shlex
+import subprocess
+
+from ..errors import UsageError
+from ..log import get_logger
+from .net import kill_pids, node_pids, set_cpu_quota, sh
+from .state import Cluster
+
+log = get_logger("cluster")
+
+
+def link_command(cluster: Cluster, node: str, state: str) -> list[str]:
+    """``ip`` command that sets ``node``'s link (its end at the bridge) ``up`` or ``down``."""
+    return ["ip", "-n", cluster.switch_netns, "link", "set", cluster.node(node).peer, state]
+
+
+def link(cluster: Cluster, node: str, state: str, after_s: float = 0.0) -> None:
+    """Take ``node``'s link down (or bring it up) now, or ``after_s`` seconds from now (in the background:
+    the command returns at once, so it can be given while a job runs)."""
+    cmd = link_command(cluster, node, state)
+    if after_s < 0:
+        raise UsageError(f"--after must be >= 0 seconds, got {after_s}")
+    if after_s == 0:
+        sh(*cmd)
+        log.info("cluster %s: %s's link is %s", cluster.name, node, state)
+        return
+    subprocess.Popen(["sh", "-c", f"sleep {after_s:g}; exec {shlex.join(cmd)}"], start_new_session=True,
+                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    log.info("cluster %s: %s's link goes %s in %g s", cluster.name, node, state, after_s)
+
+
+def slow(cluster: Cluster, node: str, fraction: float | None) -> None:
+    """Limit ``node`` to ``fraction`` of one core (None: no limit); takes effect at once, running jobs too."""
+    n = cluster.node(node)
+    if not n.cgroup:
+        raise UsageError("this host has no cgroup v1 cpu controller: nodes cannot be slowed")
+    if fraction is not None and not 0 < fraction <= 64:
+        raise UsageError(f"slow {node} {fraction}: a fraction of one core > 0 (e.g. 0.25), or 'off'")
+    set_cpu_quota(n, fraction)
+    cluster.save()
+    log.info("cluster %s: %s %s", cluster.name, node, f"limited to {fraction:g} of a core" if fraction else "unlimited")
+
+
+def kill(cluster: Cluster, node: str) -> int:
+    """SIGKILL every process on ``node``; returns how many there were."""
+    n = kill_pids(node_pids(cluster.node(node)))
+    log.info("cluster %s: killed %d processes on %s", cluster.name, n, node)
+    return n

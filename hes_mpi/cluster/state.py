@@ -1,0 +1,157 @@
+"""The description of an emulated cluster, kept as JSON so that every later command finds it.
+
+One folder per cluster, ``$HES_MPI_CLUSTER_DIR/NAME`` (default ``/run/hes_mpi/cluster/NAME``): ``state.json``
+(this module's :class:`Cluster`) and ``launch.sh`` (the launcher Hydra calls to start a process on a
+node). A run started by ``hes-mpi cluster run`` gets ``HES_MPI_CLUSTER`` = the path of ``state.json``, and
+its run log's ``/environment`` records the cluster from it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import UsageError
+
+#: Environment variable that names the state file of the cluster a process runs on.
+ENV_STATE = "HES_MPI_CLUSTER"
+#: Environment variable for the folder of all clusters' state (default :data:`DEFAULT_ROOT`).
+ENV_ROOT = "HES_MPI_CLUSTER_DIR"
+DEFAULT_ROOT = "/run/hes_mpi/cluster"
+NAME_RE = re.compile(r"[a-z][a-z0-9]{0,5}")
+#: Units tc understands for --link, and their bits per second.
+RATE_UNITS = {"bit": 1, "kbit": 10**3, "mbit": 10**6, "gbit": 10**9, "tbit": 10**12}
+
+
+def parse_rate(text: str) -> int:
+    """Bits per second of a rate such as ``1gbit``, ``100mbit``, ``2.5gbit`` (tc's units); UsageError else."""
+    m = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([a-z]+)\s*", str(text).lower())
+    if not m or m.group(2) not in RATE_UNITS or float(m.group(1)) <= 0:
+        raise UsageError(f"rate {text!r}: a number and one of {', '.join(RATE_UNITS)}, e.g. 1gbit or 100mbit")
+    return int(float(m.group(1)) * RATE_UNITS[m.group(2)])
+
+
+def format_rate(bits_per_s: int) -> str:
+    for unit in ("tbit", "gbit", "mbit", "kbit"):
+        v = bits_per_s / RATE_UNITS[unit]
+        if v >= 1 and float(f"{v:g}") == v:
+            return f"{v:g}{unit}"
+    return f"{bits_per_s}bit"
+
+
+@dataclass
+class Node:
+    """One emulated node."""
+
+    name: str  # node0, node1, ...: its hostname inside its UTS namespace
+    netns: str  # its network namespace (ip netns)
+    address: str  # its address on the cluster subnet (interface eth0 in its namespace)
+    peer: str  # its link's other end, attached to the bridge in the switch namespace
+    rate_bps: int  # rate limit of its link, each direction
+    cpu: float | None = None  # CPU quota as a fraction of one core (None: no limit)
+    cgroup: str = ""  # its cpu cgroup (cgroup v1), every process started on it joins
+    mgmt_address: str = ""  # its address on the management network (interface mgmt0; Hydra's control traffic)
+    mgmt_peer: str = ""  # the management link's other end, on the management bridge
+
+    @property
+    def rate(self) -> str:
+        return format_rate(self.rate_bps)
+
+
+@dataclass
+class Cluster:
+    name: str
+    subnet: str  # e.g. 10.231.0.0/24
+    switch_netns: str  # the namespace of the bridge
+    bridge: str
+    nodes: list[Node] = field(default_factory=list)
+    mgmt_subnet: str = ""
+    mgmt_bridge: str = ""
+    delay: str | None = None  # netem delay on every link, where the kernel has netem
+    directory: str = ""
+
+    @property
+    def state_path(self) -> Path:
+        return Path(self.directory) / "state.json"
+
+    @property
+    def launcher(self) -> Path:
+        return Path(self.directory) / "launch.sh"
+
+    def node(self, name: str) -> Node:
+        for n in self.nodes:
+            if n.name == name:
+                return n
+        raise UsageError(f"cluster {self.name} has no node {name!r} (nodes: {', '.join(n.name for n in self.nodes)})")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Cluster:
+        return cls(**{**d, "nodes": [Node(**n) for n in d.get("nodes", [])]})
+
+    def describe(self) -> str:
+        """One line: ``NAME: N nodes, links RATE (node1 RATE'), cpu node1 0.5, delay D``."""
+        rates = {n.rate for n in self.nodes}
+        common = max(rates, key=lambda r: sum(n.rate == r for n in self.nodes)) if rates else "-"
+        parts = [f"{self.name}: {len(self.nodes)} nodes, links {common}"]
+        other = [f"{n.name} {n.rate}" for n in self.nodes if n.rate != common]
+        if other:
+            parts[0] += f" ({', '.join(other)})"
+        cpus = [f"{n.name} {n.cpu:g}" for n in self.nodes if n.cpu is not None]
+        if cpus:
+            parts.append("cpu " + ", ".join(cpus))
+        parts.append(f"delay {self.delay}" if self.delay else "no added delay")
+        return ", ".join(parts)
+
+    def save(self) -> None:
+        Path(self.directory).mkdir(parents=True, exist_ok=True)
+        tmp = self.state_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.to_dict(), indent=1) + "\n")
+        os.replace(tmp, self.state_path)
+
+
+def root_dir() -> Path:
+    return Path(os.environ.get(ENV_ROOT) or DEFAULT_ROOT)
+
+
+def check_name(name: str) -> str:
+    if not NAME_RE.fullmatch(name or ""):
+        raise UsageError(f"--name {name!r}: 1-6 lower-case letters and digits, starting with a letter "
+                         "(it prefixes the namespaces and interface names)")
+    return name
+
+
+def load(name: str) -> Cluster:
+    """The cluster NAME; a one-line UsageError when it is not up."""
+    path = root_dir() / check_name(name) / "state.json"
+    try:
+        return Cluster.from_dict(json.loads(path.read_text()))
+    except FileNotFoundError:
+        raise UsageError(f"no emulated cluster {name!r} is up (no {path}); start one with 'hes-mpi cluster up'") \
+            from None
+    except (ValueError, TypeError, KeyError) as e:
+        raise UsageError(f"{path}: not a cluster state file ({e}); 'hes-mpi cluster down --name {name}' "
+                         "removes what it can") from None
+
+
+def names() -> list[str]:
+    """The clusters that have a state folder."""
+    root = root_dir()
+    return sorted(p.name for p in root.iterdir() if (p / "state.json").exists()) if root.is_dir() else []
+
+
+def from_environment() -> Cluster | None:
+    """The cluster this process runs on (``$HES_MPI_CLUSTER``), or None (also when the file is unreadable)."""
+    path = os.environ.get(ENV_STATE)
+    if not path:
+        return None
+    try:
+        return Cluster.from_dict(json.loads(Path(path).read_text()))
+    except (OSError, ValueError, TypeError, KeyError):
+        return None

@@ -1,0 +1,172 @@
+"""Watchdogs that end a process which MPI would leave hanging.
+
+- :func:`init_watchdog`: ``MPI_Init`` that does not return (seen with the MPICH wheel under srun) holds
+  Python's lock, so no Python code can run: faulthandler's C thread prints where the process is stuck and
+  SIGALRM's default action ends it (exit status 142, :data:`INIT_TIMEOUT_EXIT`).
+- :class:`CollectiveWatchdog`: a collective that does not complete, e.g. when a peer's link is down and TCP
+  retransmits for minutes. mpi4py releases Python's lock inside MPI calls, so a watcher thread runs while
+  the main thread waits: past the timeout it prints one line naming the operation, the phase and the
+  iteration, and calls ``MPI_Abort`` (exit status 1), so that the launcher ends every rank. Checkpoints are
+  written atomically, so the last one is whole.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import faulthandler
+import math
+import os
+import signal
+import sys
+import threading
+import time
+
+#: Environment variable for the collective timeout in seconds (``train --collective-timeout``); 0: off.
+ENV_COLLECTIVE_TIMEOUT = "HES_MPI_COLLECTIVE_TIMEOUT"
+DEFAULT_COLLECTIVE_TIMEOUT_S = 120.0
+#: Seconds the watchdog gives MPI_Abort before the process exits by itself.
+ABORT_TIMEOUT_S = 10.0
+
+
+def default_collective_timeout() -> float:
+    try:
+        return float(os.environ.get(ENV_COLLECTIVE_TIMEOUT, DEFAULT_COLLECTIVE_TIMEOUT_S))
+    except ValueError:
+        return DEFAULT_COLLECTIVE_TIMEOUT_S
+
+
+class CollectiveWatchdog:
+    """A daemon thread that ends the process when an armed call stays armed longer than ``timeout_s``.
+
+    :meth:`arm` and :meth:`disarm` only set attributes (a few hundred nanoseconds per call); the thread
+    looks at them a few times per second.
+    """
+
+    def __init__(self, timeout_s: float, where: str = "", grace_s: float = 0.0, abort=None):
+        self.timeout_s = float(timeout_s)
+        self.where = where
+        #: Extra seconds before this rank gives up: the other ranks wait a little longer than rank 0, whose
+        #: exit then ends the job with its line alone (unless rank 0 is the one that is gone).
+        self.grace_s = float(grace_s)
+        #: How to take the whole job down (``MPI_Abort``: the launcher then ends every rank; a rank that only
+        #: exits leaves the others of a multi-host job waiting). The process exits on its own if it hangs.
+        self.abort = abort
+        self.hint = ""
+        self._call: tuple[str, str, int] | None = None
+        self._since = 0.0
+        self._stop = threading.Event()
+        self._signals = self._signal_pipe()
+        self._thread = threading.Thread(target=self._watch, name="hes_mpi-collective-watchdog", daemon=True)
+        self._thread.start()
+
+    @staticmethod
+    def _signal_pipe() -> int | None:
+        """The read end of a pipe that Python's C-level signal handler writes every signal number to, even
+        while the main thread is stuck inside MPI and no Python handler can run (``signal.set_wakeup_fd``);
+        None when this is not the main thread or a wakeup fd is taken already."""
+        if threading.current_thread() is not threading.main_thread():
+            return None
+        r, w = os.pipe()
+        os.set_blocking(r, False)
+        os.set_blocking(w, False)
+        try:
+            if signal.set_wakeup_fd(w, warn_on_full_buffer=False) != -1:  # someone else's: give it back
+                signal.set_wakeup_fd(-1)
+                raise ValueError
+        except ValueError:
+            os.close(r)
+            os.close(w)
+            return None
+        return r
+
+    def _terminated_while_stuck(self, wait_s: float) -> bool:
+        """Wait up to ``wait_s``; True when SIGTERM came while a call has been stuck for over a second: the
+        launcher is ending the job (another rank gave up first), and this rank can only leave quietly."""
+        if self._signals is None:
+            self._stop.wait(wait_s)
+            return False
+        import select
+
+        ready, _, _ = select.select([self._signals], [], [], wait_s)
+        if not ready:
+            return False
+        try:
+            got = os.read(self._signals, 64)
+        except BlockingIOError:
+            return False
+        stuck = self._call is not None and time.monotonic() - self._since > 1.0
+        return stuck and signal.SIGTERM in got
+
+    def arm(self, op: str, phase: str, iteration: int) -> None:
+        self._since = time.monotonic()
+        self._call = (op, phase, iteration)
+
+    def disarm(self) -> None:
+        self._call = None
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def message(self, call: tuple[str, str, int], waited: float) -> str:
+        op, phase, iteration = call
+        text = (f"hes-mpi: error{self.where}: {op} (phase {phase}, iteration {iteration}) did not complete within "
+                f"{self.timeout_s:g} s (waited {waited:.0f} s): a node or its link is down, or a rank died; "
+                "stopping (--collective-timeout)")
+        return text + (f"; {self.hint}" if self.hint else "")
+
+    def _watch(self) -> None:
+        while not self._stop.is_set():
+            if self._terminated_while_stuck(min(0.5, max(0.05, self.timeout_s / 20))):
+                os._exit(128 + signal.SIGTERM)
+            call = self._call
+            if call is None:
+                continue
+            waited = time.monotonic() - self._since
+            if waited > self.timeout_s + self.grace_s and self._call is call:
+                with contextlib.suppress(Exception):  # nothing may stop the exit
+                    sys.stdout.flush()
+                os.write(2, (self.message(call, waited) + "\n").encode())
+                self._end(1)
+
+    def _end(self, code: int) -> None:
+        if self.abort is not None:
+            threading.Timer(ABORT_TIMEOUT_S, os._exit, (code,)).start()  # if MPI_Abort cannot reach the launcher
+            with contextlib.suppress(Exception):
+                self.abort(code)
+        os._exit(code)
+
+
+#: Exit status of a process whose MPI_Init did not return in time: killed by SIGALRM (128 + 14), as srun
+#: and mpiexec report it. The job scripts start such a step again.
+INIT_TIMEOUT_EXIT = 142
+
+
+@contextlib.contextmanager
+def init_watchdog():
+    """Kill the process if MPI_Init does not return within ``$HES_MPI_INIT_TIMEOUT`` seconds (default 300;
+    0: wait for ever). Seen with the MPICH wheel under srun: now and then both ranks spin in MPI_Init for
+    ever, holding Python's lock, so no Python code can run. Two mechanisms that need no Python: faulthandler's
+    watchdog thread prints where the process is stuck, then SIGALRM with its default action ends it (exit
+    status 142); ``srun --kill-on-bad-exit`` ends the step, and the job scripts start it again."""
+    if "mpi4py.MPI" in sys.modules:  # already started in this process
+        yield
+        return
+    try:
+        timeout = float(os.environ.get("HES_MPI_INIT_TIMEOUT", "300"))
+    except ValueError:
+        timeout = 300.0
+    if timeout <= 0:
+        yield
+        return
+    sys.stderr.write("")  # make sure stderr exists before faulthandler needs it
+    faulthandler.dump_traceback_later(timeout, exit=False)
+    previous = signal.signal(signal.SIGALRM, signal.SIG_DFL)
+    signal.alarm(max(1, math.ceil(timeout)) + 1)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+        faulthandler.cancel_dump_traceback_later()
+
+
