@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Install a one-node Slurm (slurmctld, slurmd, the client commands) and MUNGE from Debian's packages, for
-# tests/test_slurm.py (tests/slurm_cluster.py starts and stops the daemons itself; nothing is enabled or
+# tests/test_slurm.py (hes_mpi/cluster/slurm.py starts and stops the daemons itself; nothing is enabled or
 # started here). Idempotent: does nothing when everything is already installed. Needs root (or sudo).
 set -euo pipefail
 packages=(slurmctld slurmd slurm-client munge)

@@ -231,3 +231,97 @@ def test_link_down_ends_the_job_then_resume_is_bitwise_identical(state_root, tmp
     with RunLog(str(out)) as rl:
         assert rl.complete and int(rl.f.attrs["resumed"]) == 1
         assert np.array_equal(rl.table("epochs")["epoch"], np.arange(1, 31))
+
+
+# ---------------------------------------------------------------------------------------------- Slurm
+@pytest.fixture(scope="module")
+def emulated_slurm(tmp_path_factory):
+    """Slurm on a 2-node emulated cluster: slurmctld on node0, a slurmd in each node (hes_mpi/cluster/slurm.py)."""
+    from hes_mpi.cluster import state
+    from hes_mpi.cluster.slurm import PACKAGES, EmulatedSlurmCluster, SlurmClusterError, missing_binaries
+
+    missing = missing_binaries()
+    if missing:
+        pytest.skip(f"Slurm not installed ({', '.join(missing)} missing): apt-get install {' '.join(PACKAGES)} "
+                    "(done by .ci/install-slurm.sh)")
+    root = tmp_path_factory.mktemp("slurm-clusters")
+    env = {"HES_MPI_CLUSTER_DIR": str(root)}
+    proc = run_cli(["cluster", "up", "--name", "tslrm", "--nodes", "2", "--link", "1gbit"], n=None, env=env)
+    assert proc.returncode == 0, proc.stderr
+    old = os.environ.get("HES_MPI_CLUSTER_DIR")
+    os.environ["HES_MPI_CLUSTER_DIR"] = str(root)
+    slurm = EmulatedSlurmCluster(state.load("tslrm"))
+    try:
+        try:
+            slurm.start()
+        except SlurmClusterError as e:
+            pytest.fail(f"could not start Slurm on the emulated nodes: {e}", pytrace=False)
+        yield slurm
+    finally:
+        slurm.stop()
+        run_cli(["cluster", "down", "--name", "tslrm"], n=None, env=env)
+        if old is None:
+            os.environ.pop("HES_MPI_CLUSTER_DIR", None)
+        else:
+            os.environ["HES_MPI_CLUSTER_DIR"] = old
+    assert leftovers("tslrm") == []
+
+
+def test_sbatch_across_two_emulated_nodes(emulated_slurm, tmp_path):
+    """``sbatch -N 2 jobs/train.sbatch``: one task on each emulated node, srun --mpi=pmi2, MPI over the links."""
+    slurm = emulated_slurm
+    path = os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "/usr/bin:/bin")
+    env = slurm.env(PATH=path, HES_MPI_INIT_TIMEOUT="30",
+                    HES_MPI_ARGS="--data synthetic:4000 --hidden 256 --batch 400 --lr 1 --epochs 2")
+    before = json.loads(cli("cluster", "status", "--name", "tslrm", "--json").stdout)["link_bytes"]
+    cmd = slurm.client(["sbatch", "--parsable", f"--chdir={tmp_path}", "-N", "2", "--ntasks-per-node", "1",
+                        "--wait", str(Path(__file__).resolve().parents[1] / "jobs" / "train.sbatch")])
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300, check=False)
+    outputs = "\n".join(p.read_text(errors="replace") for p in tmp_path.glob("*.out"))
+    assert proc.returncode == 0, f"{proc.stderr}\n{outputs}\n{slurm.logs()}"
+    job = proc.stdout.strip().split(";")[0]
+    assert f"== job {job} on node[0-1]: 2 tasks" in outputs
+    after = json.loads(cli("cluster", "status", "--name", "tslrm", "--json").stdout)["link_bytes"]
+    log = tmp_path / "runs" / f"train_{job}.h5"
+    with RunLog(str(log)) as rl:
+        env_attrs = rl.environment
+        assert rl.complete
+    assert env_attrs["processor_names"] == "node0,node1"
+    assert env_attrs["emulated_cluster"].startswith("tslrm: 2 nodes, links 1gbit")
+    sent = sum(after[n]["tx"] - before[n]["tx"] for n in after)
+    assert sent >= logged_wire_bytes(log) > 0
+
+
+def test_sweep_array_across_two_emulated_nodes(emulated_slurm, tmp_path):
+    """The sweep as a job array, every task on both emulated nodes."""
+    slurm = emulated_slurm
+    params = tmp_path / "small.params"
+    params.write_text("bgd --algo bgd\nhes2 --algo hes --r 2\n")
+    path = os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "/usr/bin:/bin")
+    env = slurm.env(PATH=path, HES_MPI_INIT_TIMEOUT="30", HES_MPI_PARAMS=str(params), HES_MPI_PYTHON=sys.executable,
+                    HES_MPI_SEEDS="0", HES_MPI_ARGS="--data synthetic:800 --hidden 16 --batch 200 --lr 1 --epochs 2")
+    cmd = slurm.client(["sbatch", "--parsable", f"--chdir={tmp_path}", "-N", "2", "--ntasks-per-node", "1",
+                        "--array=0-1", "--wait", str(Path(__file__).resolve().parents[1] / "jobs" / "sweep.sbatch")])
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300, check=False)
+    outputs = "\n".join(p.read_text(errors="replace") for p in tmp_path.glob("*.out"))
+    assert proc.returncode == 0, f"{proc.stderr}\n{outputs}"
+    job = proc.stdout.strip().split(";")[0]
+    logs = sorted((tmp_path / "runs" / f"sweep_{job}").glob("*.h5"))
+    assert [p.name for p in logs] == ["bgd_s0.h5", "hes2_s0.h5"], outputs
+    for log in logs:
+        with RunLog(str(log)) as rl:
+            assert rl.complete and rl.environment["processor_names"] == "node0,node1"
+
+
+def test_cluster_slurm_runs_a_command_with_slurm_on_the_nodes(state_root, tmp_path):
+    from hes_mpi.cluster.slurm import missing_binaries
+
+    if missing_binaries():
+        pytest.skip("Slurm not installed (done by .ci/install-slurm.sh)")
+    with cluster("tslc", "--nodes", "2"):
+        proc = cli("cluster", "slurm", "--name", "tslc", "--", "sinfo", "-h", "-N", "-o", "%N %T", cwd=tmp_path)
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stdout.split() == ["node0", "idle", "node1", "idle"]
+        proc = cli("cluster", "slurm", "--name", "tslc", "--", "sh", "-c", "exit 7", cwd=tmp_path)
+        assert proc.returncode == 7  # the command's own status
+    assert leftovers("tslc") == []

@@ -1,4 +1,4 @@
-"""The job scripts in jobs/ on a real one-node Slurm cluster (tests/slurm_cluster.py starts and stops it).
+"""The job scripts in jobs/ on a real one-node Slurm cluster (hes_mpi/cluster/slurm.py starts and stops it).
 
 Each job is submitted with ``sbatch`` from a temporary submit folder (not the repository), with the
 virtual environment's bin first on PATH, and waited for with ``sbatch --wait`` under a timeout, so a
@@ -22,8 +22,8 @@ import h5py
 import numpy as np
 import pytest
 from conftest import mpi_size
-from slurm_cluster import PACKAGES, SlurmCluster, SlurmClusterError, missing_binaries
 
+from hes_mpi.cluster.slurm import PACKAGES, SlurmCluster, SlurmClusterError, missing_binaries
 from hes_mpi.runlog import RunLog
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -73,6 +73,16 @@ def add_parsers(sub) -> None:
     r.add_argument("argv", nargs="+", metavar="COMMAND", help="the hes-mpi command and its options, after --")
     r.set_defaults(func=cmd_run)
 
+    sl = csub.add_parser("slurm", help="a Slurm on the nodes for one command (sbatch, srun, ...)",
+                         description="Start a Slurm on the emulated nodes (slurmctld on node0, a slurmd on every "
+                         "node, MUNGE), run COMMAND on node0 as on a login node (the current folder and PATH "
+                         "kept), then stop Slurm again. Exit status: COMMAND's. E.g. hes-mpi cluster slurm -- "
+                         "sbatch --wait -N 2 jobs/train.sbatch",
+                         usage="hes-mpi cluster slurm [--name NAME] -- COMMAND ...")
+    sl.add_argument("--name", default="hes", help=NAME_HELP)
+    sl.add_argument("argv", nargs="+", metavar="COMMAND", help="the command to run on node0, after --")
+    sl.set_defaults(func=cmd_slurm)
+
     f = csub.add_parser("fault", help="faults: link-down, link-up, slow, kill",
                         description="Inject a fault into the emulated cluster, now or while a job runs.")
     fsub = f.add_subparsers(dest="fault", metavar="FAULT", parser_class=Parser)
@@ -229,3 +239,13 @@ def cmd_bench(args) -> int:
     print(md)
     print(f"\nRun logs, osu.json and links.json per configuration, cluster.md and cluster.json in {out}/")
     return 0
+
+
+def cmd_slurm(args) -> int:
+    from ..cluster import net, state
+    from ..cluster.slurm import run_with_slurm
+
+    _logging()
+    net.require_privileges()
+    argv = args.argv[1:] if args.argv and args.argv[0] == "--" else args.argv
+    return run_with_slurm(state.load(args.name), argv)

@@ -1,6 +1,8 @@
-"""A real one-node Slurm cluster for the tests: MUNGE, slurmctld and slurmd, started here and stopped again.
+"""A real Slurm cluster of this host's own: MUNGE, slurmctld and slurmd, started here and stopped again.
 
-Not a test file. ``tests/test_slurm.py`` uses it through a session fixture::
+:class:`SlurmCluster` is one node (this host; ``tests/test_slurm.py`` runs the job scripts on it);
+:class:`EmulatedSlurmCluster` has a slurmd in every node of an emulated cluster (``hes-mpi cluster slurm``,
+``tests/test_cluster.py``)::
 
     with SlurmCluster() as cluster:
         subprocess.run(["sbatch", "--wait", ...], env=cluster.env(...))
@@ -108,7 +110,7 @@ class SlurmCluster:
         return "slurmd"
 
     def slurmd_log(self, node: str) -> Path:
-        return self.dir / "slurmd.log"
+        return self.dir / f"slurmd-{node}.log"
 
     def client(self, cmd: list[str]) -> list[str]:
         """A client command (sinfo, sbatch, ...) as it must be run to reach the controller."""
@@ -134,7 +136,7 @@ class SlurmCluster:
         """The environment for client commands: os.environ plus SLURM_CONF (and ``extra``), minus the
         variables of any Slurm job or MPI launcher this process itself runs under."""
         env = {k: v for k, v in os.environ.items()
-               if k.startswith(("MPIR_CVAR_", "FI_")) or  # MPICH/libfabric settings (see tests/conftest.py)
+               if k.startswith(("MPIR_CVAR_", "FI_")) or  # MPICH/libfabric settings (MPI's transport)
                not k.startswith(("SLURM_", "SBATCH_", "SRUN_", "SALLOC_", "PMI_", "PMIX_", "HYDRA_",
                                  "MPIR_", "OMPI_"))}
         env["SLURM_CONF"] = str(self.conf)
@@ -240,12 +242,12 @@ class SlurmCluster:
 
     def _write_conf(self) -> None:
         d = self.dir
-        for sub in ("state", "spool"):
+        for sub in ("state", "spool", *(f"spool/{n}" for n in self.node_names)):
             (d / sub).mkdir()
         self.conf = d / "slurm.conf"
         user = getpass.getuser()
         self.conf.write_text(f"""\
-# Written by tests/slurm_cluster.py: a one-node cluster for the tests, in {d}
+# Written by hes_mpi/cluster/slurm.py ({type(self).__name__}), in {d}
 ClusterName={self.cluster_name}
 SlurmctldHost={self.controller_address()[0]}({self.controller_address()[1]})
 SlurmctldPort={_free_port()}
@@ -256,11 +258,11 @@ AuthType=auth/munge
 CredType=cred/munge
 AuthInfo=socket={self.munge_socket}
 StateSaveLocation={d / 'state'}
-SlurmdSpoolDir={d / 'spool'}
+SlurmdSpoolDir={d / 'spool' / '%n'}
 SlurmctldPidFile={d / 'slurmctld.pid'}
-SlurmdPidFile={d / 'slurmd.pid'}
+SlurmdPidFile={d / 'slurmd-%n.pid'}
 SlurmctldLogFile={d / 'slurmctld.log'}
-SlurmdLogFile={d / 'slurmd.log'}
+SlurmdLogFile={d / 'slurmd-%n.log'}
 SlurmctldDebug=info
 SlurmdDebug=info
 ProctrackType=proctrack/linuxproc
@@ -338,9 +340,6 @@ class EmulatedSlurmCluster(SlurmCluster):
     def slurmd_name(self, node: str) -> str:
         return f"slurmd-{node}"
 
-    def slurmd_log(self, node: str) -> Path:
-        return self.dir / f"slurmd-{node}.log"
-
     def _wrap(self, node: str, cmd: list[str]) -> list[str]:
         import shlex
 
@@ -368,3 +367,30 @@ class EmulatedSlurmCluster(SlurmCluster):
     def env(self, **extra: str) -> dict[str, str]:
         return super().env(MPIR_CVAR_CH4_NETMOD="ofi", FI_PROVIDER="tcp", FI_TCP_IFACE="eth0",
                            HES_MPI_CLUSTER=str(self.cluster.state_path), **extra)
+
+
+def run_with_slurm(cluster, argv: list[str]) -> int:
+    """Start Slurm on the emulated ``cluster``, run ``argv`` on node0 (the login node) with the cluster's
+    SLURM_CONF, stop Slurm again; returns the command's exit status (``hes-mpi cluster slurm``)."""
+    import shlex
+
+    from ..errors import RunError, UsageError
+
+    missing = missing_binaries()
+    if missing:
+        raise UsageError(f"Slurm is not installed ({', '.join(missing)} missing): apt-get install {' '.join(PACKAGES)}")
+    if not argv:
+        raise UsageError("cluster slurm: give the command after --, e.g. -- sbatch --wait -N 2 jobs/train.sbatch")
+    slurm = EmulatedSlurmCluster(cluster)
+    try:
+        try:
+            slurm.start()
+        except SlurmClusterError as e:
+            raise RunError(f"could not start Slurm on the emulated nodes: {str(e).splitlines()[0]}") from None
+        path = os.path.dirname(os.path.realpath(shutil.which("python3") or "/usr/bin/python3"))
+        env = slurm.env(PATH=os.environ.get("PATH", path))
+        proc = subprocess.run(slurm.client(["sh", "-c", f"cd {shlex.quote(os.getcwd())} && exec {shlex.join(argv)}"]),
+                              env=env, check=False)
+        return proc.returncode
+    finally:
+        slurm.stop()
