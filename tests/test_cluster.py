@@ -137,17 +137,17 @@ def test_a_second_cluster_of_the_same_name_is_refused(state_root):
     assert leftovers("tdup") == []
 
 
-def test_without_privileges_one_line_and_exit_2(state_root, tmp_path):
+def test_without_privileges_one_line_and_exit_2(state_root):
+    """Without CAP_NET_ADMIN and CAP_SYS_ADMIN (root whose capabilities setpriv dropped): one line, exit 2."""
     if shutil.which("setpriv") is None:
-        pytest.skip("needs setpriv (util-linux) to drop root")
-    os.chmod(tmp_path, 0o777)
-    env = {**os.environ, "HOME": str(tmp_path)}
-    for args in (["cluster", "up", "--name", "tpriv"], ["cluster", "down", "--name", "tpriv"]):
-        proc = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all",
-                               sys.executable, "-m", "hes_mpi", *args], capture_output=True, text=True, env=env,
-                              timeout=60, check=False)
+        pytest.skip("needs setpriv (util-linux) to drop the capabilities")
+    for args in (["cluster", "up", "--name", "tpriv"], ["cluster", "down", "--name", "tpriv"],
+                 ["cluster", "run", "--name", "tpriv", "--", "train"]):
+        proc = subprocess.run(["setpriv", "--bounding-set=-all", "--inh-caps=-all", sys.executable, "-m", "hes_mpi",
+                               *args], capture_output=True, text=True, timeout=60, check=False)
         assert proc.returncode == 2, proc.stderr
         assert "needs root" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    assert leftovers("tpriv") == []
 
 
 def test_status_of_a_cluster_that_is_not_up(state_root):
@@ -325,3 +325,28 @@ def test_cluster_slurm_runs_a_command_with_slurm_on_the_nodes(state_root, tmp_pa
         proc = cli("cluster", "slurm", "--name", "tslc", "--", "sh", "-c", "exit 7", cwd=tmp_path)
         assert proc.returncode == 7  # the command's own status
     assert leftovers("tslc") == []
+
+
+def test_a_killed_node_ends_the_job(state_root, tmp_path):
+    """``cluster fault kill`` takes a node's ranks down mid-run: the job ends (non-zero) instead of hanging."""
+    name = "tkill"
+    with cluster(name, "--nodes", "2"):
+        out = tmp_path / "run.h5"
+        job = subprocess.Popen([sys.executable, "-m", "hes_mpi", "cluster", "run", "--name", name, "--", "train", *SYN,
+                                "--hidden", "1024", "--epochs", "200", "--collective-timeout", "8", "--out", str(out)],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            deadline = time.monotonic() + 60
+            while not out.exists() and time.monotonic() < deadline:  # training has started
+                time.sleep(0.5)
+            time.sleep(2)
+            killed = cli("cluster", "fault", "kill", "node1", "--name", name)
+            assert killed.returncode == 0, killed.stderr
+            t0 = time.monotonic()
+            _, err = job.communicate(timeout=60)
+            assert time.monotonic() - t0 < 60
+        finally:
+            if job.poll() is None:
+                job.kill()
+        assert job.returncode != 0, err
+    assert leftovers(name) == []

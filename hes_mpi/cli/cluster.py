@@ -166,9 +166,13 @@ def _status_text(cluster, counters: dict | None = None) -> str:
 
 def cmd_status(args) -> int:
     from ..cluster import net, state
+    from ..errors import RunError
 
     cluster = state.load(args.name)
-    counters = net.link_bytes(cluster)
+    try:
+        counters = net.link_bytes(cluster)
+    except RunError:  # without root the namespaces cannot be entered: the state alone
+        counters = None
     if args.json:
         print(json.dumps({**cluster.to_dict(), "description": cluster.describe(), "link_bytes": counters}))
     else:

@@ -59,15 +59,13 @@ def require_privileges() -> None:
     if missing:
         raise UsageError(f"the emulated cluster needs {', '.join(missing)} (Debian: apt-get install iproute2 "
                          "util-linux)")
-    if os.geteuid() == 0:
-        return
     try:
         caps = int(next(ln.split()[1] for ln in Path("/proc/self/status").read_text().splitlines()
                         if ln.startswith("CapEff:")), 16)
     except (OSError, StopIteration, ValueError):
-        caps = 0
-    if not caps & (1 << 12):  # CAP_NET_ADMIN
-        raise UsageError("the emulated cluster needs root (or CAP_NET_ADMIN and CAP_SYS_ADMIN) to create network "
+        caps = (1 << 12) | (1 << 21) if os.geteuid() == 0 else 0
+    if not (caps & (1 << 12) and caps & (1 << 21)):  # CAP_NET_ADMIN, CAP_SYS_ADMIN
+        raise UsageError("the emulated cluster needs root (CAP_NET_ADMIN and CAP_SYS_ADMIN) to create network "
                          "namespaces: run it with sudo")
 
 
