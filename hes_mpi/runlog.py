@@ -19,7 +19,10 @@ Schema (``format = "hes_mpi.runlog"``, ``format_version = 1``); growable dataset
 ``/config`` attrs     every :class:`~hes_mpi.config.RunConfig` field, and ``json`` (all of them)
 ``/environment`` attrs  ``python``, ``numpy``, ``numba``, ``h5py``, ``mpi4py``, ``mpi_vendor``,
                       ``mpi_library``, ``hostname``, ``ranks``, ``threads_per_rank``, ``platform``,
-                      ``param_count``, ``n_train``, ``n_dev``, ``dataset``, ``layers``
+                      ``param_count``, ``n_train``, ``n_dev``, ``dataset``, ``layers``, ``hdf5``,
+                      ``hes_mpi``, ``wtick``, ``emulated_network``/``_alpha_s``/``_beta_s_per_byte``,
+                      ``processor_names`` (every rank's, comma-separated), ``emulated_cluster``,
+                      ``cluster`` (JSON), ``cluster_nodes``, ``cluster_link_rates`` (docs/runlog.md)
 ``/epochs/*``         one row per epoch: ``epoch``, ``iteration`` (iterations done), ``train_loss``,
                       ``train_acc``, ``dev_loss``, ``dev_acc``, ``epoch_s`` (training time, no
                       evaluation), ``eval_s``, ``wall_s`` (since the start of training)

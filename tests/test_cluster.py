@@ -106,6 +106,8 @@ def test_up_status_down_leave_nothing_behind(state_root):
     (["--cpu-of", "node1=-1"], "fraction of one core"),
     (["--nodes", "0"], "--nodes must be at least 1"),
     (["--name", "Bad_Name"], "--name 'Bad_Name'"),
+    (["--subnet", "10.231.0.1/24"], "--subnet '10.231.0.1/24'"),
+    (["--nodes", "3", "--subnet", "10.9.9.0/31"], "has room for 0 nodes"),
 ])
 def test_bad_up_options_are_one_line_errors(state_root, args, fragment):
     proc = cli("cluster", "up", "--name", "tbad", *args)

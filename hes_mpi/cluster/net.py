@@ -147,7 +147,10 @@ def up(name: str, nodes: int, link: str, link_of: dict[str, int], cpu_of: dict[s
     if nodes < 1:
         raise UsageError(f"--nodes must be at least 1, got {nodes}")
     rate = parse_rate(link)
-    net = ipaddress.ip_network(subnet, strict=True)
+    try:
+        net = ipaddress.ip_network(subnet, strict=True)
+    except ValueError as e:
+        raise UsageError(f"--subnet {subnet!r}: {e} (e.g. 10.231.0.0/24)") from None
     if net.num_addresses - 2 < nodes:
         raise UsageError(f"--subnet {subnet} has room for {net.num_addresses - 2} nodes, not {nodes}")
     node_names = [f"node{k}" for k in range(nodes)]

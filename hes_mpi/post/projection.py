@@ -54,6 +54,7 @@ class StepCosts:
     compute_es_s: float | None  # the same over ES iterations
     compute_assisted_s: float | None  # the same over assisted iterations (gradient and ES)
     median_epoch_s: float | None  # measured, training only (includes waiting and the tool's overheads)
+    ran_on: str = ""  # the emulated cluster or network the run was measured on ("": this host as it is)
 
     @property
     def schedule(self) -> str:
@@ -91,7 +92,9 @@ def step_costs(runlog) -> StepCosts:
         label=os.path.basename(runlog.path), algo=str(cfg["algo"]), assisted=bool(cfg.get("assisted", False)),
         r=int(cfg["r"]), K=int(cfg["K"]), ranks=int(env.get("ranks", 1)), param_count=int(env.get("param_count", 0)),
         batch=batch, n_train=n_train, iterations_per_epoch=per_epoch, compute_grad_s=med(StepKind.GRAD),
-        compute_es_s=med(StepKind.ES), compute_assisted_s=med(StepKind.ASSISTED), median_epoch_s=float(np.median(epoch_s)) if np.size(epoch_s) else None,
+        compute_es_s=med(StepKind.ES), compute_assisted_s=med(StepKind.ASSISTED),
+        median_epoch_s=float(np.median(epoch_s)) if np.size(epoch_s) else None,
+        ran_on=str(env.get("emulated_cluster") or env.get("emulated_network") or ""),
     )
 
 

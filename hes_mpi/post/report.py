@@ -50,6 +50,8 @@ def format_markdown(report: dict, fit_table: bool = False) -> str:
                         ("compute_assisted_s", "assisted step")):
             if c[k] is not None:
                 parts.append(f"compute {_ms(c[k])} per {what}")
+        if c.get("ran_on"):
+            parts.append(f"measured on {c['ran_on']}")
         out.append("- " + "; ".join(parts))
     if sc == "weak":
         out.append("\nWeak scaling: each node computes as measured per rank; the data set and the global batch "
