@@ -1,4 +1,5 @@
-"""docker/Dockerfile, tested without a container engine: its instructions, and its pip steps replayed.
+"""docker/Dockerfile, read without a container engine: its instructions, and its pip steps replayed (the
+image itself is built and run with podman in test_container.py).
 
 The first tests read the Dockerfile as plain text. The slow one replays the image's ``pip install`` lines
 with ``--dry-run --ignore-installed`` against a copy of exactly the files the Dockerfile COPYs (the build
@@ -42,10 +43,10 @@ def instructions(path: Path = DOCKERFILE) -> list[tuple[str, str]]:
     return out
 
 
-def run_commands() -> list[list[str]]:
+def run_commands(ins=None) -> list[list[str]]:
     """Every command of every RUN instruction (split on &&, ||, ; and | outside quotes), as argument lists."""
     cmds = []
-    for word, rest in instructions():
+    for word, rest in instructions() if ins is None else ins:
         if word != "RUN":
             continue
         lexer = shlex.shlex(rest, posix=True, punctuation_chars=";&|")
@@ -73,23 +74,47 @@ def pip_installs() -> list[list[str]]:
     return out
 
 
-def test_dockerfile_base_image_and_entrypoint():
+def stages() -> list[list[tuple[str, str]]]:
+    """The instructions of each build stage (from one FROM to the next)."""
+    out: list[list[tuple[str, str]]] = []
+    for word, rest in instructions():
+        if word == "FROM":
+            out.append([])
+        if out:
+            out[-1].append((word, rest))
+    return out
+
+
+def test_dockerfile_two_stages_on_one_base_and_entrypoint():
     ins = instructions()
-    assert ins[0][0] == "FROM"
-    assert re.fullmatch(r"python:3\.\d+-slim-bookworm", ins[0][1]), ins[0][1]
+    assert ins[0][0] == "ARG"
+    name, _, default = ins[0][1].partition("=")
+    assert name == "BASE" and re.fullmatch(r"(docker\.io/library/)?python:3\.\d+-slim-bookworm", default), ins[0]
+    froms = [rest for word, rest in ins if word == "FROM"]
+    assert froms == ["${BASE} AS build", "${BASE}"], froms
     entry = [json.loads(rest) for word, rest in ins if word == "ENTRYPOINT"]
     assert entry == [["hes-mpi"]]
 
 
+def _apt_packages(stage) -> set[str]:
+    pkgs = set()
+    for words in run_commands(stage):
+        if words[:2] == ["apt-get", "install"]:
+            assert "--no-install-recommends" in words and "-y" in words, words
+            pkgs |= {w for w in words[2:] if not w.startswith("-")}
+    return pkgs
+
+
 def test_dockerfile_installs_debian_mpich_and_compiles_mpi4py_against_it():
-    apt = [c for c in run_commands() if c[:2] == ["apt-get", "install"]]
-    assert apt, "no apt-get install"
-    packages = {a for c in apt for a in c[2:] if not a.startswith("-")}
-    assert {"mpich", "libmpich-dev"} <= packages
-    assert any("--no-install-recommends" in c for c in apt)
-    assert any("-y" in c for c in apt)
+    build, runtime = stages()
+    assert {"mpich", "libmpich-dev", "build-essential"} <= _apt_packages(build)
     mpi4py = [a for a in pip_installs() if "mpi4py" in a]
     assert mpi4py and any(x in ("--no-binary=mpi4py", "--no-binary=:all:") for x in mpi4py[0]), mpi4py
+    # the runtime stage: MPICH's runtime only, no compilers or development files; the venv and the data
+    # copied from the build stage
+    assert _apt_packages(runtime) == {"mpich"}
+    copies = [rest for word, rest in runtime if word == "COPY"]
+    assert copies == ["--from=build /opt/hes /opt/hes", "--from=build /data /data"], copies
 
 
 def test_dockerfile_does_not_install_the_mpich_wheel():
@@ -113,9 +138,10 @@ def test_dockerfile_fetches_mnist_into_data_and_runs_as_a_user():
 
 
 def copied_sources() -> list[str]:
+    """What the Dockerfile copies from the build context (not from another stage)."""
     srcs = []
     for word, rest in instructions():
-        if word in ("COPY", "ADD"):
+        if word in ("COPY", "ADD") and "--from=" not in rest:
             args = [a for a in shlex.split(rest) if not a.startswith("--")]
             srcs += args[:-1]
     return srcs
@@ -146,7 +172,7 @@ def test_dockerfile_pip_steps_resolve(tmp_path):
     context.mkdir()
     dest = {}
     for word, rest in instructions():
-        if word == "COPY":
+        if word == "COPY" and "--from=" not in rest:
             args = [a for a in shlex.split(rest) if not a.startswith("--")]
             for s in args[:-1]:
                 src, target = ROOT / s, args[-1]
