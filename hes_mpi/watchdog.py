@@ -26,6 +26,8 @@ ENV_COLLECTIVE_TIMEOUT = "HES_MPI_COLLECTIVE_TIMEOUT"
 DEFAULT_COLLECTIVE_TIMEOUT_S = 120.0
 #: Seconds the watchdog gives MPI_Abort before the process exits by itself.
 ABORT_TIMEOUT_S = 10.0
+#: A call waiting this long when SIGTERM arrives is stuck (a dead peer), not merely slow.
+STUCK_S = 5.0
 
 
 def default_collective_timeout() -> float:
@@ -80,8 +82,9 @@ class CollectiveWatchdog:
         return r
 
     def _terminated_while_stuck(self, wait_s: float) -> bool:
-        """Wait up to ``wait_s``; True when SIGTERM came while a call has been stuck for over a second: the
-        launcher is ending the job (another rank gave up first), and this rank can only leave quietly."""
+        """Wait up to ``wait_s``; True when SIGTERM came while a call has been stuck for over
+        :data:`STUCK_S` seconds: the launcher is ending the job (another rank gave up first), and this rank
+        can only leave quietly. (A SIGTERM during ordinary work is the trainer's: checkpoint and stop.)"""
         if self._signals is None:
             self._stop.wait(wait_s)
             return False
@@ -94,7 +97,7 @@ class CollectiveWatchdog:
             got = os.read(self._signals, 64)
         except BlockingIOError:
             return False
-        stuck = self._call is not None and time.monotonic() - self._since > 1.0
+        stuck = self._call is not None and time.monotonic() - self._since > STUCK_S
         return stuck and signal.SIGTERM in got
 
     def arm(self, op: str, phase: str, iteration: int) -> None:

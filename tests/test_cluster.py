@@ -202,7 +202,8 @@ def test_a_slow_node_shows_as_the_others_waiting(state_root, tmp_path):
         wait = f["iterations/wait_s"][()].sum(axis=0)
         compute = f["iterations/compute_s"][()].sum(axis=0)
     assert wait[0] > 3 * wait[1], (wait, compute)  # rank 0 (fast node) waits for rank 1 (slow node)
-    assert compute[1] > 2 * compute[0], (wait, compute)
+    # rank 1 computes longer; by how much varies with the host's load (1.97x to 4.3x seen at 0.2 of a core)
+    assert compute[1] > 1.5 * compute[0], (wait, compute)
 
 
 def test_link_down_ends_the_job_then_resume_is_bitwise_identical(state_root, tmp_path):
