@@ -64,8 +64,8 @@ def run_matrix(out: Path, nodes_list: list[int], rates: list[str], train_args: l
 
 
 def _run_on(cluster, argv: list[str], what: str) -> subprocess.CompletedProcess:
-    cmd = launch.on_node(cluster, cluster.nodes[0].name, launch.mpiexec_command(cluster, None, 1, argv))
-    proc = subprocess.run(cmd, env=launch.job_environment(cluster), capture_output=True, text=True, check=False)
+    proc = subprocess.run(launch.job_command(cluster, None, 1, argv), env=launch.job_environment(cluster),
+                          capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         raise RunError(f"cluster bench: {what} failed (exit {proc.returncode}): "
                        f"{(proc.stderr.strip().splitlines() or ['?'])[-1]}")

@@ -94,10 +94,14 @@ def on_node(cluster: Cluster, node_name: str, argv: list[str]) -> list[str]:
     return [str(cluster.launcher), cluster.node(node_name).mgmt_address, shlex.join(argv)]
 
 
+def job_command(cluster: Cluster, ranks: int | None, ppn: int, argv: list[str]) -> list[str]:
+    """The command line of one MPI job across the cluster: :func:`mpiexec_command`, started on node0."""
+    return on_node(cluster, cluster.nodes[0].name, mpiexec_command(cluster, ranks, ppn, argv))
+
+
 def run(cluster: Cluster, ranks: int | None, ppn: int, argv: list[str]) -> int:
     """Run ``argv`` as one MPI job across the cluster, mpiexec on node0; returns the job's exit status."""
-    cmd = on_node(cluster, cluster.nodes[0].name, mpiexec_command(cluster, ranks, ppn, argv))
-    proc = subprocess.Popen(cmd, env=job_environment(cluster))
+    proc = subprocess.Popen(job_command(cluster, ranks, ppn, argv), env=job_environment(cluster))
     try:
         return proc.wait()
     except KeyboardInterrupt:
