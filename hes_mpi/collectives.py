@@ -120,18 +120,16 @@ def network_of(network) -> tuple[str, float, float]:
 
 
 # ---------------------------------------------------------------------------------------- MPICH's choice
-def _auto_is(op: str, n, pf, p, algorithm: str, scalar: bool):
-    """Whether MPICH's ``auto`` choice for ``op`` on ``n`` bytes and ``p`` ranks is ``algorithm`` (the one
-    place where the switch points are applied; arrays broadcast)."""
+def _auto_short(op: str, n, pf, p, scalar: bool):
+    """Whether MPICH's ``auto`` choice for ``op`` on ``n`` bytes and ``p`` ranks is its short-message algorithm
+    (allreduce, minloc, allgather: recursive doubling; bcast: the binomial tree). The one place where the
+    switch points are applied; arrays broadcast."""
     if op in ("allreduce", "minloc"):
-        short = n <= ALLREDUCE_SHORT_MSG
-        return short if algorithm == "recursive_doubling" else ~short if not scalar else not short
+        return n <= ALLREDUCE_SHORT_MSG
     if op == "allgather":
-        rd = (pf * n < ALLGATHER_SHORT_MSG) & _is_pow2(p, scalar)
-        return rd if algorithm == "recursive_doubling" else ~rd if not scalar else not rd
+        return (pf * n < ALLGATHER_SHORT_MSG) & _is_pow2(p, scalar)
     if op == "bcast":
-        binomial = (n < BCAST_SHORT_MSG) | (pf < BCAST_MIN_PROCS)
-        return binomial if algorithm == "binomial" else ~binomial if not scalar else not binomial
+        return (n < BCAST_SHORT_MSG) | (pf < BCAST_MIN_PROCS)
     raise ValueError(f"no algorithm choice for {op!r}")
 
 
@@ -144,11 +142,11 @@ def mpich_algorithm(op: str, nbytes: int, p: int) -> str:
     ``scatter_allgather``; barrier ``dissemination``; the rest ``direct``."""
     n, pf = float(nbytes), float(p)
     if op in ("allreduce", "minloc"):
-        return "recursive_doubling" if _auto_is(op, n, pf, p, "recursive_doubling", True) else "rabenseifner"
+        return "recursive_doubling" if _auto_short(op, n, pf, p, True) else "rabenseifner"
     if op == "allgather":
-        return "recursive_doubling" if _auto_is(op, n, pf, p, "recursive_doubling", True) else "ring"
+        return "recursive_doubling" if _auto_short(op, n, pf, p, True) else "ring"
     if op == "bcast":
-        return "binomial" if _auto_is(op, n, pf, p, "binomial", True) else "scatter_allgather"
+        return "binomial" if _auto_short(op, n, pf, p, True) else "scatter_allgather"
     return "dissemination" if op == "barrier" else "direct"
 
 
@@ -212,7 +210,7 @@ def coefficients(op: str, nbytes, p, algorithm: str = "auto"):
         elif alg == "rabenseifner":
             a, b = rab
         else:
-            short = _auto_is(op, n, pf, p, "recursive_doubling", scalar)
+            short = _auto_short(op, n, pf, p, scalar)
             a, b = _select(short, rd[0], rab[0], scalar), _select(short, rd[1], rab[1], scalar)
     elif op == "allgather":
         alg = _choice(algorithm, ALLGATHER_ALGORITHMS, "allgather")
@@ -223,7 +221,7 @@ def coefficients(op: str, nbytes, p, algorithm: str = "auto"):
         elif alg == "recursive_doubling":
             a, b = rd
         else:
-            use_rd = _auto_is(op, n, pf, p, "recursive_doubling", scalar)
+            use_rd = _auto_short(op, n, pf, p, scalar)
             a, b = _select(use_rd, rd[0], ring[0], scalar), _select(use_rd, rd[1], ring[1], scalar)
     elif op == "bcast":
         alg = _choice(algorithm, BCAST_ALGORITHMS, "bcast")
@@ -234,7 +232,7 @@ def coefficients(op: str, nbytes, p, algorithm: str = "auto"):
         elif alg == "scatter_allgather":
             a, b = sag
         else:
-            short = _auto_is(op, n, pf, p, "binomial", scalar)
+            short = _auto_short(op, n, pf, p, scalar)
             a, b = _select(short, binomial[0], sag[0], scalar), _select(short, binomial[1], sag[1], scalar)
     elif op == "barrier":
         a, b = lg, 0.0
