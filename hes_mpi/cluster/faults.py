@@ -8,7 +8,7 @@ import subprocess
 
 from ..errors import UsageError
 from ..log import get_logger
-from .net import kill_pids, node_pids, set_cpu_quota, sh
+from .net import check_fraction, kill_pids, node_pids, set_cpu_quota, sh
 from .state import Cluster
 
 log = get_logger("cluster")
@@ -39,8 +39,8 @@ def slow(cluster: Cluster, node: str, fraction: float | None) -> None:
     n = cluster.node(node)
     if not n.cgroup:
         raise UsageError("this host has no cgroup v1 cpu controller: nodes cannot be slowed")
-    if fraction is not None and not 0 < fraction <= 64:
-        raise UsageError(f"slow {node} {fraction}: a fraction of one core > 0 (e.g. 0.25), or 'off'")
+    if fraction is not None:
+        check_fraction(fraction, f"slow {node} {fraction:g} (or 'off')")
     set_cpu_quota(n, fraction)
     cluster.save()
     log.info("cluster %s: %s %s", cluster.name, node, f"limited to {fraction:g} of a core" if fraction else "unlimited")

@@ -22,6 +22,7 @@ without its state file: it is idempotent.
 from __future__ import annotations
 
 import ipaddress
+import math
 import os
 import shutil
 import signal
@@ -36,7 +37,11 @@ from .state import Cluster, Node, check_name, root_dir
 log = get_logger("cluster")
 
 CGROUP_CPU = Path("/sys/fs/cgroup/cpu")
-CFS_PERIOD_US = 100_000
+#: CFS bandwidth period for ``--cpu-of``: short, so a slow node is slow in every phase of a step (with 100 ms a
+#: step of a few ms ran at full speed or not at all); longer only where the quota would fall under the kernel's 1 ms.
+CFS_PERIOD_US = 10_000
+CFS_MIN_QUOTA_US = 1_000
+CFS_MAX_PERIOD_US = 1_000_000
 #: tbf's queue: packets that would wait longer than this are dropped (TCP then backs off, as on a real link).
 TBF_LATENCY = "100ms"
 DEFAULT_SUBNET = "10.231.0.0/24"
@@ -100,11 +105,26 @@ def cgroup_dir(cluster: str, node: str | None = None) -> Path:
     return d / node if node else d
 
 
+def check_fraction(fraction: float, what: str) -> None:
+    """A CPU fraction the kernel can enforce: from 0.001 (1 ms per second) to 64 cores."""
+    if not CFS_MIN_QUOTA_US / CFS_MAX_PERIOD_US <= fraction <= 64:
+        raise UsageError(f"{what}: a fraction of one core from 0.001 to 64 (e.g. 0.5 for half a core)")
+
+
+def cfs_bandwidth(fraction: float | None) -> tuple[int, int]:
+    """(period, quota) in µs for ``fraction`` of one core: the shortest period whose quota is at least 1 ms."""
+    if fraction is None:
+        return CFS_PERIOD_US, -1
+    period = max(CFS_PERIOD_US, min(CFS_MAX_PERIOD_US, math.ceil(CFS_MIN_QUOTA_US / fraction)))
+    return period, max(CFS_MIN_QUOTA_US, round(fraction * period))
+
+
 def set_cpu_quota(node: Node, fraction: float | None) -> None:
     """A node's CPU quota: ``fraction`` of one core (None: no limit)."""
     d = Path(node.cgroup)
-    (d / "cpu.cfs_period_us").write_text(str(CFS_PERIOD_US))
-    quota = -1 if fraction is None else max(1000, round(fraction * CFS_PERIOD_US))
+    period, quota = cfs_bandwidth(fraction)
+    (d / "cpu.cfs_quota_us").write_text("-1")  # lift the old quota first: the kernel checks it against a new period
+    (d / "cpu.cfs_period_us").write_text(str(period))
     (d / "cpu.cfs_quota_us").write_text(str(quota))
     node.cpu = fraction
 
@@ -159,8 +179,7 @@ def up(name: str, nodes: int, link: str, link_of: dict[str, int], cpu_of: dict[s
         if unknown:
             raise UsageError(f"{what} {unknown[0]}: no such node (nodes: node0..node{nodes - 1})")
     for node, f in cpu_of.items():
-        if not 0 < f <= 64:
-            raise UsageError(f"--cpu-of {node}={f}: a fraction of one core > 0 (e.g. 0.5)")
+        check_fraction(f, f"--cpu-of {node}={f:g}")
     if delay is not None and not netem_available():
         raise UsageError(f"--delay {delay}: this kernel has no netem qdisc (sch_netem), so no delay can be added; "
                          "leave --delay out (links then have their real, sub-millisecond latency)")
