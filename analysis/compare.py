@@ -1,8 +1,10 @@
-"""The poster's two tables from run logs: accuracy, and savings relative to the BGD reference.
+"""The poster's two tables from run logs (accuracy, and savings relative to the BGD reference), the
+Pareto table (accuracy against bytes and time) and H-ES against gradient reuse at the same r.
 
 Usage: python analysis/compare.py RUN.h5 [RUN.h5 ...] [--out-dir DIR] [--csv]
 
-Runs of the same configuration with different seeds are reported as mean ± standard deviation.
+Runs of the same configuration with different seeds are reported as the mean and its 95% confidence
+interval, with n; H-ES against reuse as the difference, its 95% CI and Welch's p (hes_mpi.post.stats).
 Runtime %, Memory % and Net BW % are measured from the logs (see hes_mpi.post.tables).
 """
 
@@ -13,6 +15,7 @@ import sys
 from pathlib import Path
 
 from hes_mpi.errors import UsageError
+from hes_mpi.post.study import comparisons, markdown_comparisons, markdown_pareto, pareto_rows, write_tables
 from hes_mpi.post.tables import (
     accuracy_rows,
     load_runs,
@@ -20,14 +23,14 @@ from hes_mpi.post.tables import (
     markdown_savings,
     savings_rows,
     to_csv,
-    write_tables,
 )
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="compare.py", description=__doc__.split("\n\n")[0])
     p.add_argument("runs", nargs="+", help="run logs written by 'hes-mpi train --out' (or the compare command)")
-    p.add_argument("--out-dir", default=None, help="also write accuracy.md/.csv and savings.md/.csv into this folder")
+    p.add_argument("--out-dir", default=None, help="also write the tables (accuracy, savings, pareto, comparisons; "
+                   ".md and .csv) into this folder")
     p.add_argument("--csv", action="store_true", help="print CSV instead of Markdown")
     args = p.parse_args(argv)
     try:
@@ -35,16 +38,20 @@ def main(argv=None) -> int:
     except UsageError as e:
         print(f"compare.py: error: {e}", file=sys.stderr)
         return 2
-    acc, sav = accuracy_rows(runs), savings_rows(runs)
+    acc, sav, par, cmp = accuracy_rows(runs), savings_rows(runs), pareto_rows(runs), comparisons(runs)
     if args.csv:
-        print(to_csv(acc))
-        print(to_csv(sav))
+        for rows in (acc, sav, par, cmp):
+            if rows:
+                print(to_csv(rows))
     else:
         print("Accuracy\n\n" + markdown_accuracy(acc) + "\n")
         if sav:
-            print("Savings relative to the reference (BGD)\n\n" + markdown_savings(sav))
+            print("Savings relative to the reference (BGD)\n\n" + markdown_savings(sav) + "\n")
         else:
-            print("(no BGD run given: no savings table)")
+            print("(no BGD run given: no savings table)\n")
+        print("Accuracy against budget (the Pareto fronts)\n\n" + markdown_pareto(par))
+        if cmp:
+            print("\nH-ES against gradient reuse at the same r (Welch's t-test)\n\n" + markdown_comparisons(cmp))
     if args.out_dir:
         write_tables(runs, Path(args.out_dir))
     return 0

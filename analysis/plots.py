@@ -4,8 +4,10 @@ Usage: python analysis/plots.py RUN.h5 [RUN.h5 ...] [--out-dir figures]
 
 Writes training.png (loss and accuracy against iteration), budget.png (dev accuracy against
 cumulative bytes sent and against wall-clock time), time_split.png (compute / communication / waiting
-per rank), memory.png (memory per step kind, peak RSS) and gradient.png (the full gradient's norm
-and per-component variance over iterations, with the sigma^2 it suggests).
+per rank), memory.png (memory per step kind, peak RSS), gradient.png (the full gradient's norm
+and per-component variance over iterations, with the sigma^2 it suggests) and pareto.png (final dev
+accuracy, mean and 95% CI over seeds, against MB sent per rank and against training time, one point per
+configuration, the fronts joined).
 """
 
 from __future__ import annotations

@@ -14,7 +14,9 @@ from dataclasses import dataclass
 
 from .errors import UsageError
 
-ALGOS = ("bgd", "hes")
+ALGOS = ("bgd", "hes", "reuse", "localsgd")
+#: Methods whose gradient steps may be compressed (``--compress``).
+COMPRESSIBLE = ("bgd", "hes", "reuse")
 SIGMA_SCALES = ("relative", "absolute")
 PERTURB = ("all", "output")
 RECOMBINE = ("best", "weighted")
@@ -35,6 +37,10 @@ NOT_RESULT = frozenset({"out", "force", "data_dir", "threads", "check_every", "c
 MAY_CHANGE_ON_RESUME = NOT_RESULT | {"epochs", "eval_train", "sync_barrier"}
 #: Options BGD does not read.
 HES_ONLY = frozenset({"K", "r", "sigma2", "sigma_scale", "assisted", "noise", *PLAIN})
+#: Options that only some training methods read, and which of them each method reads.
+METHOD_OPTIONS = HES_ONLY | {"compress"}
+READS = {"bgd": frozenset({"compress"}), "hes": METHOD_OPTIONS, "reuse": frozenset({"r", "es_step", "compress"}),
+         "localsgd": frozenset({"r"})}
 #: Values of options that run logs older than those options ran with (the poster's plain algorithm and
 #: Philox noise); every other missing option had today's default.
 LEGACY = {**PLAIN, "noise": "philox"}
@@ -42,11 +48,11 @@ LEGACY = {**PLAIN, "noise": "philox"}
 
 def result_options(config: dict) -> dict:
     """The options of a run (a ``RunConfig.to_dict()`` or a run log's config) that decide its result:
-    everything but :data:`NOT_RESULT`, the H-ES options for BGD, and, read from old logs, missing options
-    filled in as those logs ran (:data:`LEGACY`, else the defaults)."""
+    everything but :data:`NOT_RESULT` and the method options the run's method does not read (:data:`READS`),
+    and, read from old logs, missing options filled in as those logs ran (:data:`LEGACY`, else the defaults)."""
     defaults = RunConfig().to_dict()
     full = {k: config.get(k, LEGACY.get(k, defaults[k])) for k in defaults}
-    skip = NOT_RESULT | (HES_ONLY if full["algo"] == "bgd" else frozenset())
+    skip = NOT_RESULT | (METHOD_OPTIONS - READS.get(full["algo"], METHOD_OPTIONS))
     return {k: v for k, v in full.items() if k not in skip}
 
 
@@ -89,6 +95,8 @@ class RunConfig:
     dist: str = "normal"
     es_rows: float = 1.0
     es_step: float = 0.0  # 0: auto (see effective_es_step)
+    # Gradient compression of the gradient steps (hes_mpi.algorithms.compress): none, fp16, topk:F, powersgd:R.
+    compress: str = "none"
 
     def validate(self) -> RunConfig:
         """Check every field that does not depend on the data or the rank count."""
@@ -143,6 +151,10 @@ class RunConfig:
                              f"{self.collective_timeout}")
         if self.threads < 0:
             raise UsageError(f"--threads must be >= 0, got {self.threads}")
+        parse_compress(self.compress)
+        if self.compress != "none" and self.algo not in COMPRESSIBLE:
+            raise UsageError(f"--compress works on gradient steps ({', '.join(COMPRESSIBLE)}); --algo {self.algo} "
+                             "exchanges parameters, not gradients")
         return self
 
     def validate_for(self, ranks: int, n_train: int) -> None:
@@ -163,14 +175,14 @@ class RunConfig:
         return self.algo == "hes" and self.assisted
 
     def is_grad_step(self, iteration: int) -> bool:
-        """True when iteration ``iteration`` computes and exchanges a full gradient."""
-        if self.algo == "bgd" or self.assisted:
+        """True when iteration ``iteration`` computes a gradient (and, but for local SGD, exchanges it)."""
+        if self.algo in ("bgd", "localsgd") or (self.algo == "hes" and self.assisted):
             return True
         return iteration % self.r == 0
 
     def is_es_step(self, iteration: int) -> bool:
         """True when iteration ``iteration`` selects among K perturbed candidates."""
-        if self.algo == "bgd":
+        if self.algo != "hes":
             return False
         return self.assisted or iteration % self.r != 0
 
@@ -196,6 +208,30 @@ class RunConfig:
     def from_dict(cls, d: dict) -> RunConfig:
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in names})
+
+
+def parse_compress(text: str) -> tuple[str, float]:
+    """``--compress`` as (name, parameter): ('none', 0), ('fp16', 0), ('topk', F) with 0 < F < 1, or
+    ('powersgd', R) with R a whole number >= 1."""
+    name, _, arg = str(text).partition(":")
+    if name in ("none", "fp16") and not arg:
+        return name, 0.0
+    try:
+        value = float(arg)
+    except ValueError:
+        value = math.nan
+    if name == "topk" and 0.0 < value < 1.0:
+        return name, value
+    if name == "powersgd" and value >= 1 and value == int(value):
+        return name, int(value)
+    raise UsageError(f"--compress {text!r}: one of none, fp16, topk:F (a fraction, e.g. topk:0.01) or powersgd:R "
+                     "(a rank, e.g. powersgd:4)")
+
+
+def compress_label(text: str) -> str:
+    """'fp16', 'top-k 1%', 'PowerSGD rank 4' ('' for none)."""
+    name, v = parse_compress(text)
+    return {"none": "", "fp16": "fp16", "topk": f"top-k {100 * v:g}%", "powersgd": f"PowerSGD rank {v:g}"}[name]
 
 
 # ---------------------------------------------------------------------------------------- labels
@@ -224,12 +260,23 @@ def method_label(config: dict) -> str:
 
 def run_label(config: dict) -> str:
     """The poster's name of a configuration: 'Reference (BGD)', 'Assisted H-ES (r = 1) [...]' or
-    'H-ES, r = 2 [...]', with the H-ES method options in brackets."""
-    if config["algo"] == "bgd":
-        return "Reference (BGD)"
-    head = "Assisted H-ES (r = 1)" if config.get("assisted") else f"H-ES, r = {config['r']}"
-    return f"{head} [{method_label(config)}]"
+    'H-ES, r = 2 [...]', with the H-ES method options in brackets; 'Gradient reuse, r = 2', 'Local SGD,
+    H = 2'; a compressed gradient exchange follows, e.g. 'BGD, PowerSGD rank 4'."""
+    algo = config["algo"]
+    compress = compress_label(config.get("compress", "none")) if algo in COMPRESSIBLE else ""
+    if algo == "bgd":
+        return f"BGD, {compress}" if compress else "Reference (BGD)"
+    if algo == "reuse":
+        head = f"Gradient reuse, r = {config['r']}"
+        step = config.get("es_step", 0.0)
+        head += f", step {step:g} lr" if step else ""
+    elif algo == "localsgd":
+        head = f"Local SGD, H = {config['r']}"
+    else:
+        head = "Assisted H-ES (r = 1)" if config.get("assisted") else f"H-ES, r = {config['r']}"
+        head += f" [{method_label(config)}]"
+    return f"{head}, {compress}" if compress else head
 
 
 #: Options that :func:`run_label` already shows.
-LABELLED = frozenset({"algo", "assisted", "r", *PLAIN})
+LABELLED = frozenset({"algo", "assisted", "r", "compress", *PLAIN})

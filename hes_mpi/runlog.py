@@ -72,6 +72,8 @@ from .errors import UsageError
 from .schema import (
     ALGORITHM_PHASES,
     EPOCH_COLUMNS,
+    ES_KINDS,
+    GRADIENT_KINDS,
     ITERATION_COLUMNS,
     OPS,
     PER_RANK_COLUMNS,
@@ -395,8 +397,8 @@ class RunLog:
             "ranks": int(env["ranks"]),
             "epochs": int(ep["epoch"].size),
             "iterations": int(kinds.size),
-            "grad_steps": int(np.count_nonzero(kinds != StepKind.ES)),
-            "es_steps": int(np.count_nonzero(kinds != StepKind.GRAD)),
+            "grad_steps": int(np.count_nonzero(np.isin(kinds, GRADIENT_KINDS))),
+            "es_steps": int(np.count_nonzero(np.isin(kinds, ES_KINDS))),
             "train_acc": last["train_acc"],
             "dev_acc": last["dev_acc"],
             **collapse_summary(ep.get("dev_acc", np.zeros(0))),
@@ -423,8 +425,8 @@ class RunLog:
         """What the run cost: bytes, calls, time split and memory (the instrumented figures)."""
         rec = self.records()
         phase_names = self.names("phase_names")
-        n_grad = int(np.count_nonzero(kinds != StepKind.ES))
-        n_es = int(np.count_nonzero(kinds != StepKind.GRAD))
+        is_grad, is_es = np.isin(kinds, GRADIENT_KINDS), np.isin(kinds, ES_KINDS)
+        n_grad, n_es = int(np.count_nonzero(is_grad)), int(np.count_nonzero(is_es))
         out: dict = {}
         if rec and rec["phase"].size:
             phase = rec["phase"]
@@ -449,8 +451,8 @@ class RunLog:
             te = int(final_attrs.get("step_transient_bytes_es", 0))
             out["step_transient_bytes_grad"] = tg
             out["step_transient_bytes_es"] = te
-            out["step_peak_bytes_grad"] = int(sb[kinds != StepKind.ES].max()) + tg if n_grad else 0
-            out["step_peak_bytes_es"] = int(sb[kinds != StepKind.GRAD].max()) + te if n_es else 0
+            out["step_peak_bytes_grad"] = int(sb[is_grad].max()) + tg if n_grad else 0
+            out["step_peak_bytes_es"] = int(sb[is_es].max()) + te if n_es else 0
             for name, mask in (("grad", kinds == StepKind.GRAD), ("es", kinds == StepKind.ES)):
                 if np.any(mask):
                     out[f"median_{name}_step_s"] = float(np.median(it["step_s"][mask].max(axis=1)))

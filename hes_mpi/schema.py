@@ -42,9 +42,12 @@ RECORD_FIELDS = ("rank", *RECORD_DTYPE.names)
 class StepKind(enum.IntEnum):
     """What an iteration did (``/iterations/kind``)."""
 
-    GRAD = 0  # a full gradient step (one Allreduce of the flat gradient)
+    GRAD = 0  # a full gradient step (one Allreduce of the flat gradient, or its compressed exchange)
     ES = 1  # an ES selection around an older gradient (one MINLOC of 12 bytes)
     ASSISTED = 2  # a fresh gradient followed by an ES selection around it
+    REUSE = 3  # the last full gradient applied again: no forward pass, no communication (--algo reuse)
+    LOCAL = 4  # a step on this rank's own gradient, no communication (--algo localsgd)
+    AVERAGE = 5  # a local step, then the parameters averaged over the ranks with one Allreduce (--algo localsgd)
 
     @property
     def label(self) -> str:
@@ -52,6 +55,10 @@ class StepKind(enum.IntEnum):
 
 
 KIND_UNITS = ", ".join(f"{k.value} {k.label}" for k in StepKind)
+#: Kinds whose step computes a gradient (forward and backward pass; the batch loss is known).
+GRADIENT_KINDS = (StepKind.GRAD, StepKind.ASSISTED, StepKind.LOCAL, StepKind.AVERAGE)
+#: Kinds whose step selects among perturbed candidates.
+ES_KINDS = (StepKind.ES, StepKind.ASSISTED)
 
 #: Column name -> (dtype, units) of the per-epoch table ``/epochs``.
 EPOCH_COLUMNS = {

@@ -80,7 +80,8 @@ def test_plots_script(suite, tmp_path):
     out, _ = suite
     proc = script("plots.py", *sorted(out.glob("*.h5")), "--out-dir", tmp_path / "figs")
     assert proc.returncode == 0, proc.stderr
-    assert len(list((tmp_path / "figs").glob("*.png"))) == 5
+    assert sorted(p.name for p in (tmp_path / "figs").glob("*.png")) == sorted(
+        ["training.png", "budget.png", "time_split.png", "memory.png", "gradient.png", "pareto.png"])
 
 
 @pytest.mark.parametrize("name", ["compare.py", "plots.py", "project.py", "trace.py"])

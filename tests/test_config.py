@@ -50,6 +50,13 @@ def test_defaults_validate():
         ("es_rows", 0.0, "--es-rows"),
         ("es_rows", 1.5, "--es-rows"),
         ("es_rows", math.nan, "--es-rows"),
+        ("compress", "gzip", "--compress 'gzip'"),
+        ("compress", "topk", "--compress 'topk'"),
+        ("compress", "topk:0", "--compress"),
+        ("compress", "topk:1", "--compress"),
+        ("compress", "powersgd:0", "--compress"),
+        ("compress", "powersgd:2.5", "--compress"),
+        ("compress", "fp16:2", "--compress"),
     ],
 )
 def test_bad_values_raise_usage_error(field, value, words):
@@ -65,7 +72,8 @@ def test_bad_values_raise_usage_error(field, value, words):
     "field,value",
     [("K", 1), ("r", 1), ("sigma2", 0.0), ("lr", 1e-9), ("batch", 1), ("epochs", 1), ("hidden", 1),
      ("algo", "hes"), ("l2", 0.0), ("seed", 2**63 - 1), ("dev_size", 0), ("check_every", 0),
-     ("sigma_scale", "absolute")],
+     ("sigma_scale", "absolute"), ("algo", "reuse"), ("algo", "localsgd"), ("compress", "fp16"),
+     ("compress", "topk:0.001"), ("compress", "powersgd:1")],
 )
 def test_boundary_values_are_accepted(field, value):
     dataclasses.replace(RunConfig(), **{field: value}).validate()
@@ -180,3 +188,47 @@ def test_es_step_auto_is_one_for_r2_and_damped_beyond():
     assert RunConfig(algo="hes", r=3, es_step=0.5).effective_es_step == 0.5
     with pytest.raises(UsageError, match="--es-step"):
         RunConfig(algo="hes", es_step=1.5).validate()
+
+
+def test_localsgd_refuses_a_gradient_compression():
+    with pytest.raises(UsageError, match="exchanges parameters, not gradients"):
+        RunConfig(algo="localsgd", compress="fp16").validate()
+
+
+def test_schedules_of_the_baselines():
+    reuse = RunConfig(algo="reuse", r=3)
+    assert [reuse.is_grad_step(i) for i in range(6)] == [True, False, False, True, False, False]
+    assert not any(reuse.is_es_step(i) for i in range(6))
+    local = RunConfig(algo="localsgd", r=3)
+    assert all(local.is_grad_step(i) for i in range(6)) and not any(local.is_es_step(i) for i in range(6))
+
+
+def test_result_options_keep_what_each_method_reads():
+    from hes_mpi.config import result_options
+
+    bgd = result_options(RunConfig(algo="bgd", compress="fp16", r=7, K=3).to_dict())
+    assert bgd["compress"] == "fp16" and "r" not in bgd and "K" not in bgd
+    reuse = result_options(RunConfig(algo="reuse", r=3, es_step=0.5, K=3).to_dict())
+    assert (reuse["r"], reuse["es_step"]) == (3, 0.5) and "K" not in reuse and "sigma2" not in reuse
+    local = result_options(RunConfig(algo="localsgd", r=4).to_dict())
+    assert local["r"] == 4 and "compress" not in local and "es_step" not in local
+    # logs written before --compress existed read as the exact exchange
+    old = RunConfig(algo="hes").to_dict()
+    del old["compress"]
+    assert result_options(old) == result_options(RunConfig(algo="hes").to_dict())
+
+
+@pytest.mark.parametrize(("options", "label"), [
+    ({"algo": "bgd"}, "Reference (BGD)"),
+    ({"algo": "bgd", "compress": "fp16"}, "BGD, fp16"),
+    ({"algo": "bgd", "compress": "topk:0.01"}, "BGD, top-k 1%"),
+    ({"algo": "bgd", "compress": "powersgd:4"}, "BGD, PowerSGD rank 4"),
+    ({"algo": "reuse", "r": 2}, "Gradient reuse, r = 2"),
+    ({"algo": "reuse", "r": 3, "es_step": 0.5}, "Gradient reuse, r = 3, step 0.5 lr"),
+    ({"algo": "localsgd", "r": 4}, "Local SGD, H = 4"),
+    ({"algo": "hes", "r": 2, "compress": "fp16"}, "H-ES, r = 2 [output layer, baseline, ES step auto], fp16"),
+])
+def test_labels_of_the_baselines(options, label):
+    from hes_mpi.config import run_label
+
+    assert run_label(RunConfig(**options).to_dict()) == label

@@ -209,17 +209,42 @@ def test_mpi_start_watchdog(tmp_path):
     assert "Timeout" in proc.stderr and "most recent call first" in proc.stderr  # where it was stuck
 
 
-def test_resume_restores_es_state_sigma_multiplier_and_carried_direction(tmp_path):
-    """--adapt-sigma's multiplier and --carry's direction are state: a run continued from its
-    checkpoint (here: extended from 2 to 4 epochs) ends bitwise equal to a straight 4-epoch run."""
-    opts = [*SYN, "--r", "3", "--perturb", "output", "--baseline", "--adapt-sigma", "--carry"]
+def extended_equals_straight(tmp_path, opts, check_checkpoint) -> None:
+    """A run of ``opts`` extended from 2 to 4 epochs from its checkpoint ends bitwise equal to a straight
+    4-epoch run; ``check_checkpoint(h5py.File)`` looks at the checkpoint in between."""
     straight = tmp_path / "straight.h5"
     assert run_cli(["train", *opts, "--epochs", "4", "--out", straight]).returncode == 0
     out = tmp_path / "run.h5"
     first = run_cli(["train", *opts, "--epochs", "2", "--checkpoint-every", "1000", "--out", out])
     assert first.returncode == 0, first.stderr
     with h5py.File(tmp_path / "run.h5.ckpt", "r") as f:
-        assert f.attrs["sigma_mult"] != 1.0  # the multiplier moved, so restoring it matters
+        check_checkpoint(f)
     more = run_cli(["train", *opts, "--epochs", "4", "--checkpoint-every", "1000", "--out", out, "--resume"])
     assert more.returncode == 0, more.stderr
     assert final(out)[0] == final(straight)[0]
+
+
+def test_resume_restores_es_state_sigma_multiplier_and_carried_direction(tmp_path):
+    """--adapt-sigma's multiplier and --carry's direction are state: a run continued from its
+    checkpoint (here: extended from 2 to 4 epochs) ends bitwise equal to a straight 4-epoch run."""
+
+    def moved(f):
+        assert f.attrs["sigma_mult"] != 1.0  # the multiplier moved, so restoring it matters
+
+    extended_equals_straight(tmp_path, [*SYN, "--r", "3", "--perturb", "output", "--baseline", "--adapt-sigma",
+                                        "--carry"], moved)
+
+
+@pytest.mark.parametrize("method", [["--algo", "localsgd", "--r", "3"], ["--algo", "bgd", "--compress", "topk:0.05"],
+                                    ["--algo", "hes", "--r", "2", "--compress", "powersgd:2"]],
+                         ids=["localsgd", "topk", "powersgd"])
+def test_resume_restores_the_baselines_state(tmp_path, method):
+    """Local SGD's per-rank parameters (40 iterations per epoch: an epoch ends between two averages), top-k's
+    and PowerSGD's per-rank error feedback and PowerSGD's warm-started Q are state, gathered from every rank."""
+
+    def gathered(f):
+        name = "local_all" if "localsgd" in method else "compress_error"
+        assert f[name].shape == (2 * f["theta"].shape[0],)  # both ranks' own
+
+    extended_equals_straight(tmp_path, ["--data", "synthetic:4000", "--hidden", "32", "--batch", "100", "--lr", "1",
+                                        *method], gathered)

@@ -86,3 +86,34 @@ def test_a_finished_log_is_recognised_across_irrelevant_options(swept):
     plain = d / "out" / "plain_s0.h5"
     assert finished(plain, RunConfig(algo="hes", r=2, **base, **PLAIN))
     assert not finished(plain, RunConfig(algo="hes", r=2, **base))  # the defaults are not plain
+
+
+def test_tune_lr_picks_the_best_dev_accuracy_per_line_then_runs_the_seeds(tmp_path):
+    (tmp_path / "p.params").write_text("bgd --algo bgd\nreuse --algo reuse --r 2\nfixed --algo bgd --lr 0.5\n")
+    common = "--data synthetic:2000 --hidden 16 --batch 200 --epochs 2"
+    proc = run_cli(["sweep", tmp_path / "p.params", "--seeds", "0", "1", "--tune-lr", "0.3", "3", "--args", common,
+                    "--out-dir", tmp_path / "out"])
+    assert proc.returncode == 0, proc.stderr
+    from hes_mpi.runlog import RunLog
+
+    def dev(path):
+        with RunLog(str(path)) as rl:
+            return rl.summary()["dev_acc"]
+
+    for name in ("bgd", "reuse"):
+        accs = {lr: dev(tmp_path / "out" / "tune" / f"{name}_lr{lr}.h5") for lr in ("0.3", "3")}
+        best = max(accs, key=lambda k: (accs[k], -float(k)))
+        with RunLog(str(tmp_path / "out" / f"{name}_s1.h5")) as rl:
+            assert rl.config["lr"] == float(best) and rl.config["seed"] == 1
+    assert not list((tmp_path / "out" / "tune").glob("fixed_*"))  # a line that sets --lr is not tuned
+    with RunLog(str(tmp_path / "out" / "fixed_s0.h5")) as rl:
+        assert rl.config["lr"] == 0.5
+    table = (tmp_path / "out" / "tuning.md").read_text()
+    assert "| bgd |" in table and "| reuse |" in table and "**" in table
+    assert "Learning rate chosen on the dev set" in proc.stdout and "95% confidence interval" in proc.stdout
+
+
+def test_tune_lr_refuses_an_lr_in_args(tmp_path):
+    (tmp_path / "p.params").write_text(PARAMS)
+    proc = run_cli(["sweep", tmp_path / "p.params", "--tune-lr", "1", "2", "--args", "--lr 3", "--dry-run"], n=None)
+    assert proc.returncode == 2 and "leave --lr out of --args" in proc.stderr

@@ -18,6 +18,7 @@ import numpy as np
 
 from .. import kernels
 from ..schema import StepKind
+from .compress import make_exchange
 
 
 @dataclass
@@ -45,7 +46,8 @@ class Algorithm(Protocol):
         """Bytes of the buffers a step of ``kind`` writes with ``rows`` local examples (the run log's step memory)."""
 
     def state(self) -> dict:
-        """What a checkpoint must keep to continue bitwise-identically: arrays and scalars by name."""
+        """What a checkpoint must keep to continue bitwise-identically: arrays and scalars by name. Called on
+        every rank (rank 0 writes what it returns); state that differs between ranks is gathered here."""
 
     def load_state(self, state: dict) -> None:
         """Restore :meth:`state` (from a checkpoint)."""
@@ -53,7 +55,8 @@ class Algorithm(Protocol):
 
 class GradientStep:
     """The full minibatch gradient: this rank's rows forward and backward, one in-place Allreduce of the
-    flat float32 gradient (payload 4 x param_count bytes), then the mean over the global batch plus L2."""
+    flat float32 gradient (payload 4 x param_count bytes; or its compressed exchange, ``--compress``,
+    :mod:`.compress`), then the mean over the global batch plus L2."""
 
     def __init__(self, cfg, model, comm, max_rows: int, global_batch: int):
         self.cfg = cfg
@@ -65,9 +68,16 @@ class GradientStep:
         self.ws = kernels.Workspace(model.hidden, model.n_out, max_rows)
         self.segments = model.weight_segments
         self.has_grad = False
+        self.exchange = make_exchange(cfg, model, comm.size)
 
     def compute(self, i: int, theta: np.ndarray, X: np.ndarray, y: np.ndarray, info: StepInfo) -> np.ndarray:
         """The gradient at ``theta`` into ``self.g`` (phase ``grad``); fills the loss and gradient fields of ``info``."""
+        self.backward(i, theta, X, y, info)
+        scale = self.exchange.reduce(self.comm, self.g, 1.0 / self.global_batch)
+        return self.finish(theta, scale, info)
+
+    def backward(self, i: int, theta: np.ndarray, X: np.ndarray, y: np.ndarray, info: StepInfo) -> np.ndarray:
+        """This rank's gradient sum over its rows at ``theta`` into ``self.g`` (phase ``grad``, no communication)."""
         self.comm.set_phase("grad", i)
         W = self.model.views(theta)
         if X.shape[0]:
@@ -77,8 +87,11 @@ class GradientStep:
             loss = 0.0
         info.loss_sum = loss
         info.n_local = X.shape[0]
-        self.comm.Allreduce(self.g)  # in place: payload = the flat gradient, 4 x param_count bytes
-        kernels.finish_gradient(self.g, theta, 1.0 / self.global_batch, self.cfg.l2, self.segments)
+        return self.g
+
+    def finish(self, theta: np.ndarray, scale: float, info: StepInfo) -> np.ndarray:
+        """g <- g * scale + L2 term; the gradient's norm and variance into ``info``."""
+        kernels.finish_gradient(self.g, theta, scale, self.cfg.l2, self.segments)
         _, var, sq = kernels.component_stats(self.g)
         info.grad_norm = math.sqrt(sq)
         info.grad_var = var
@@ -93,14 +106,18 @@ class GradientStep:
         """Bytes a gradient step writes: the rows copied out of the shard, the flat gradient, hidden activations
         and their backward pass (2 x rows x hidden), and the output layer (rows x classes)."""
         m = self.model
-        return self.batch_bytes(rows) + self.g.nbytes + rows * (2 * m.hidden + m.n_out) * 4
+        return (self.batch_bytes(rows) + self.g.nbytes + rows * (2 * m.hidden + m.n_out) * 4
+                + self.exchange.work_bytes())
 
     def state(self) -> dict:
-        return {"g": self.g, "has_grad": bool(self.has_grad)}
+        """The last gradient (the same on every rank) and the exchange's state (collective: see
+        :meth:`Algorithm.state`)."""
+        return {"g": self.g, "has_grad": bool(self.has_grad), **self.exchange.state(self.comm)}
 
     def load_state(self, state: dict) -> None:
         self.g[:] = state["g"]
         self.has_grad = bool(state["has_grad"])
+        self.exchange.load_state(state, self.comm)
 
 
 class UsesGradientStep:

@@ -1,9 +1,16 @@
-"""The peer check against PyTorch (``hes-mpi bench torch``): ``bgd_epoch_vs_torch``.
+"""The peer checks against PyTorch (``hes-mpi bench torch``): ``bgd_epoch_vs_torch``, and with
+``--compress`` the accuracy and bytes of a compressed exchange against PyTorch's communication hook.
 
 BGD epochs of hes_mpi against PyTorch DistributedDataParallel (gloo, CPU) training the same MLP (sigmoid
 hidden layer, softmax cross-entropy, L2 on the weights, plain SGD) on the same rows of the same global
 batches, with the same ranks and threads; epochs alternate between the two. Skipped with a message where
 torch is missing.
+
+:func:`compress_peer`: BGD with ``--compress fp16`` or ``powersgd:R`` and DDP with ``fp16_compress_hook``
+or ``PowerSGDState``/``powerSGD_hook`` (error feedback, warm start, the same rank; the hook's first
+``start_powerSGD_iter`` = 2 iterations are plain allreduces, as it requires with error feedback) train
+the same epochs from the same start; their final dev accuracies and payload bytes per step (ours from
+the instrumented communicator, the hook's from the tensors it passes to ``all_reduce``) side by side.
 """
 
 from __future__ import annotations
@@ -13,6 +20,7 @@ import socket
 
 import numpy as np
 
+from ..errors import UsageError
 from .harness import BenchSetup, interleave, slowest
 from .harness import median as _median
 
@@ -26,22 +34,10 @@ def torch_available() -> str | None:
     return None
 
 
-def torch_vs_bgd(comm, cfg, epochs: int = 5, warmup: int = 1, port: int | None = None) -> dict:
-    """Median BGD epoch time of hes_mpi over that of torch DDP (gloo) on the same rows and ranks."""
-    why = comm.agree(torch_available)
-    if why is not None:
-        return {"bench": "torch", "skipped": why, "bgd_epoch_vs_torch": None}
-    import torch
+def _init_gloo(comm, port: int | None = None) -> None:
+    """gloo's rendezvous: rank 0's address (loopback when every rank is on its node) and a free port there."""
     import torch.distributed as dist
-    from torch.nn.parallel import DistributedDataParallel
 
-    from ..algorithms import BGD
-
-    cfg = dataclasses.replace(cfg, algo="bgd")
-    s = BenchSetup(comm, cfg)
-    m = s.model
-    torch.set_num_threads(s.threads)
-    # gloo's rendezvous: rank 0's address (loopback when every rank is on its node) and a free port there.
     one_node = comm.local_size() == comm.size
     addr = comm.bcast_str("127.0.0.1" if one_node else socket.gethostname())
     if port is None and comm.rank == 0:
@@ -51,8 +47,17 @@ def torch_vs_bgd(comm, cfg, epochs: int = 5, warmup: int = 1, port: int | None =
     port = int(comm.bcast_str(str(port or 0)))
     comm.set_phase("setup", -1)
     dist.init_process_group("gloo", init_method=f"tcp://{addr}:{port}", rank=comm.rank, world_size=comm.size)
-    try:
-        theta = m.init_params(cfg.seed)
+
+
+class _TorchMLP:
+    """The same MLP in torch, from our flat parameters, under DDP with plain SGD (L2 on the weights only);
+    ``epoch(setup, e)`` trains on the same rows of the same global batches as hes_mpi."""
+
+    def __init__(self, comm, cfg, m, theta, hook=None, hook_state=None):
+        import torch
+        from torch.nn.parallel import DistributedDataParallel
+
+        self.torch, self.m = torch, m
         W1, b1, W2, b2 = (torch.from_numpy(v.copy()) for v in m.views(theta))
         net = torch.nn.Sequential(torch.nn.Linear(m.n_in, m.hidden), torch.nn.Sigmoid(),
                                   torch.nn.Linear(m.hidden, m.n_out))
@@ -61,23 +66,57 @@ def torch_vs_bgd(comm, cfg, epochs: int = 5, warmup: int = 1, port: int | None =
             net[0].bias.copy_(b1)
             net[2].weight.copy_(W2.T)
             net[2].bias.copy_(b2)
-        ddp = DistributedDataParallel(net)
+        self.net = net
+        self.ddp = DistributedDataParallel(net)
+        if hook is not None:
+            self.ddp.register_comm_hook(hook_state, hook)
         weights = [net[0].weight, net[2].weight]
         biases = [net[0].bias, net[2].bias]
-        opt = torch.optim.SGD([{"params": weights, "weight_decay": cfg.l2}, {"params": biases, "weight_decay": 0.0}],
-                              lr=cfg.lr)
-        loss_fn = torch.nn.CrossEntropyLoss(reduction="sum")
+        self.opt = torch.optim.SGD([{"params": weights, "weight_decay": cfg.l2},
+                                    {"params": biases, "weight_decay": 0.0}], lr=cfg.lr)
+        self.loss_fn = torch.nn.CrossEntropyLoss(reduction="sum")
         # DDP averages gradients over ranks: scale each rank's summed loss so that the mean is the
         # global batch mean, as in hes_mpi.
-        scale = comm.size / cfg.batch
+        self.scale = comm.size / cfg.batch
+
+    def epoch(self, setup, e: int) -> None:
+        torch = self.torch
+        for batch in setup.batches(e):
+            X, y = batch.full()
+            self.opt.zero_grad(set_to_none=True)
+            loss = self.loss_fn(self.ddp(torch.from_numpy(X)), torch.from_numpy(y).long()) * self.scale
+            loss.backward()
+            self.opt.step()
+
+    def theta(self) -> np.ndarray:
+        """The torch parameters in hes_mpi's flat layout."""
+        net = self.net
+        with self.torch.no_grad():
+            parts = [net[0].weight.T, net[0].bias, net[2].weight.T, net[2].bias]
+            return np.concatenate([p.contiguous().numpy().reshape(-1) for p in parts]).astype(np.float32)
+
+
+def torch_vs_bgd(comm, cfg, epochs: int = 5, warmup: int = 1, port: int | None = None) -> dict:
+    """Median BGD epoch time of hes_mpi over that of torch DDP (gloo) on the same rows and ranks."""
+    why = comm.agree(torch_available)
+    if why is not None:
+        return {"bench": "torch", "skipped": why, "bgd_epoch_vs_torch": None}
+    import torch
+    import torch.distributed as dist
+
+    from ..algorithms import BGD
+
+    cfg = dataclasses.replace(cfg, algo="bgd")
+    s = BenchSetup(comm, cfg)
+    m = s.model
+    torch.set_num_threads(s.threads)
+    _init_gloo(comm, port)
+    try:
+        peer = _TorchMLP(comm, cfg, m, m.init_params(cfg.seed))
+        net = peer.net
 
         def torch_epoch(epoch):
-            for batch in s.batches(epoch):
-                X, y = batch.full()
-                opt.zero_grad(set_to_none=True)
-                loss = loss_fn(ddp(torch.from_numpy(X)), torch.from_numpy(y).long()) * scale
-                loss.backward()
-                opt.step()
+            peer.epoch(s, epoch)
 
         algo = BGD(cfg, m, comm, s.max_rows, cfg.batch)
         ours = m.init_params(cfg.seed)
@@ -118,3 +157,98 @@ def torch_vs_bgd(comm, cfg, epochs: int = 5, warmup: int = 1, port: int | None =
     }
 
 
+
+
+def _dev_accuracy(comm, setup, theta: np.ndarray) -> float:
+    """Accuracy of ``theta`` on the dev set (each rank its shard, one Allreduce in phase ``eval``)."""
+    from .. import kernels
+
+    m, shard = setup.model, setup.shard
+    ws = kernels.Workspace(m.hidden, m.n_out, kernels.EVAL_BLOCK)
+    buf = np.zeros(2)
+    _, buf[0] = kernels.evaluate(shard.x_dev, shard.y_dev, m.views(theta), ws)
+    buf[1] = shard.y_dev.size
+    comm.set_phase("eval", -1)
+    comm.Allreduce(buf)
+    return float(buf[0] / buf[1]) if buf[1] else float("nan")
+
+
+def compress_peer(comm, cfg, epochs: int, port: int | None = None) -> dict:
+    """BGD with ``cfg.compress`` (fp16 or powersgd:R) and DDP with the matching PyTorch hook, the same
+    ``epochs`` from the same start on the same rows: final dev accuracy and payload bytes per step of each."""
+    from ..config import parse_compress
+
+    name, rank = parse_compress(cfg.compress)
+    if name not in ("fp16", "powersgd"):
+        raise UsageError(f"bench torch --compress {cfg.compress}: PyTorch has hooks for fp16 and powersgd:R only")
+    why = comm.agree(torch_available)
+    if why is not None:
+        return {"bench": "torch", "compress": cfg.compress, "skipped": why}
+    import torch
+    import torch.distributed as dist
+    from torch.distributed.algorithms.ddp_comm_hooks import default_hooks, powerSGD_hook
+
+    from ..algorithms import BGD
+    from ..schema import PHASES
+
+    cfg = dataclasses.replace(cfg, algo="bgd")
+    s = BenchSetup(comm, cfg)
+    m = s.model
+    torch.set_num_threads(s.threads)
+    _init_gloo(comm, port)
+    sent: list[int] = []  # payload bytes of every all_reduce the hook makes
+    real_all_reduce = dist.all_reduce
+
+    def counting_all_reduce(tensor, *args, **kwargs):
+        sent.append(tensor.numel() * tensor.element_size())
+        return real_all_reduce(tensor, *args, **kwargs)
+
+    try:
+        theta0 = m.init_params(cfg.seed)
+        if name == "fp16":
+            hook, state = default_hooks.fp16_compress_hook, None
+        else:
+            state = powerSGD_hook.PowerSGDState(process_group=None, matrix_approximation_rank=int(rank),
+                                                start_powerSGD_iter=2, use_error_feedback=True, warm_start=True,
+                                                random_seed=cfg.seed)
+            hook = powerSGD_hook.powerSGD_hook
+        peer = _TorchMLP(comm, cfg, m, theta0, hook, state)
+        ours = theta0.copy()
+        algo = BGD(cfg, m, comm, s.max_rows, cfg.batch)
+        comm.drain()
+        for e in range(epochs):
+            for batch in s.batches(e):
+                algo.step(0, ours, batch)
+        rec = comm.drain()
+        steps = epochs * sum(1 for _ in s.batches(0))
+        ours_bytes = float(rec["bytes_sent"][rec["phase"] == PHASES.index("grad")].sum()) / steps
+        dist.all_reduce = counting_all_reduce
+        try:
+            for e in range(epochs):
+                peer.epoch(s, e)
+        finally:
+            dist.all_reduce = real_all_reduce
+        # the hook's steady state: leave out PowerSGD's first 2 iterations, one plain allreduce each (the whole
+        # network is one DDP bucket: under its 25 MB default)
+        skip = 2 if name == "powersgd" else 0
+        torch_bytes = float(sum(sent[skip:]) / (steps - skip)) if steps > skip else float("nan")
+        acc_ours = _dev_accuracy(comm, s, ours)
+        acc_torch = _dev_accuracy(comm, s, peer.theta())
+    finally:
+        dist.destroy_process_group()
+    return {
+        "bench": "torch",
+        "compress": cfg.compress,
+        "ranks": comm.size,
+        "torch": torch.__version__,
+        "layers": m.layers,
+        "batch": cfg.batch,
+        "lr": cfg.lr,
+        "epochs": epochs,
+        "dev_acc_hes_mpi": acc_ours,
+        "dev_acc_torch": acc_torch,
+        "dev_acc_difference_points": 100 * (acc_ours - acc_torch),
+        "bytes_per_step_hes_mpi": ours_bytes,
+        "bytes_per_step_torch": torch_bytes,
+        "bytes_per_step_uncompressed": 4.0 * m.param_count,
+    }

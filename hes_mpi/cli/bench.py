@@ -55,9 +55,13 @@ def add_parsers(sub) -> None:
         "forward": ("K-candidate forward passes vs the bare matrix products (forward_vs_blas)",
                     ("One rank's K-candidate evaluation of an ES step against the matrix products of the same "
                      "shapes timed alone. Prints one JSON object.")),
-        "torch": ("BGD epoch time vs PyTorch DDP (gloo) on the same rows and ranks (bgd_epoch_vs_torch)",
+        "torch": (("BGD epoch time vs PyTorch DDP (gloo) on the same rows and ranks (bgd_epoch_vs_torch); with "
+                   "--compress, accuracy and bytes against PyTorch's hook"),
                   ("hes_mpi BGD epochs and torch DistributedDataParallel epochs (same MLP, rows, ranks and "
-                   "threads) alternating; skipped with a message when torch is missing. Prints one JSON object.")),
+                   "threads) alternating; with --compress fp16 or powersgd:R, BGD with that exchange and DDP with "
+                   "fp16_compress_hook or powerSGD_hook train --epochs from the same start: their final dev "
+                   "accuracies and payload bytes per step. Skipped with a message when torch is missing. Prints "
+                   "one JSON object.")),
         "all": ("every speed goal in one JSON object (benchmarks/README.md)",
                 ("forward, steps, overhead and torch in one MPI job; prints one JSON object whose top-level keys "
                  "are the goals: forward_vs_blas, bgd_epoch_vs_torch, es_over_grad_step, noise_share, "
@@ -74,7 +78,11 @@ def add_parsers(sub) -> None:
         if name in ("steps", "forward"):
             sp.add_argument("--reps", type=int, default=40, help="timed repetitions (default %(default)s)")
         if name == "torch":
-            sp.add_argument("--epochs", type=int, default=5, help="timed epochs of each (default %(default)s)")
+            sp.add_argument("--epochs", type=int, default=5, help="timed epochs of each; with --compress, trained "
+                            "epochs of each (default %(default)s)")
+            sp.add_argument("--compress", default=None, metavar="fp16|powersgd:R", help="compare this exchange with "
+                            "PyTorch's communication hook instead of timing plain BGD")
+            sp.add_argument("--lr", type=float, default=RunConfig().lr, help="learning rate (default %(default)s)")
         if name == "all":
             sp.add_argument("--smoke", action="store_true", help="a few repetitions only (CI: checks that it runs)")
             sp.add_argument("--json", action="store_true", help="print the JSON object (the default; for symmetry "
@@ -144,7 +152,8 @@ def cmd_bench_speed(args) -> int:
     from ..bench.harness import dumps
 
     cfg = RunConfig(algo="hes", data=args.data, data_dir=args.data_dir, hidden=args.hidden, batch=args.batch,
-                    K=args.K, threads=args.threads, **es_methods(args)).validate()
+                    K=args.K, threads=args.threads, lr=getattr(args, "lr", RunConfig().lr),
+                    compress=getattr(args, "compress", None) or "none", **es_methods(args)).validate()
     reps = getattr(args, "reps", 40)
     if reps < 1 or getattr(args, "epochs", 1) < 1:
         raise UsageError("--reps and --epochs must be >= 1")
@@ -155,6 +164,8 @@ def cmd_bench_speed(args) -> int:
             result = steps.steps(comm, cfg, reps=reps)
         elif name == "forward":
             result = steps.forward(comm, cfg, reps=reps)
+        elif name == "torch" and args.compress:
+            result = torch_peer.compress_peer(comm, cfg, epochs=args.epochs)
         elif name == "torch":
             result = torch_peer.torch_vs_bgd(comm, cfg, epochs=args.epochs)
         else:

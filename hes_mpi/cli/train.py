@@ -13,10 +13,15 @@ from .common import es_methods, run_args
 def _train_args(p: argparse.ArgumentParser) -> None:
     d = RunConfig()
     a = p.add_argument
-    a("--algo", choices=ALGOS, default=d.algo, help="bgd: data-parallel batch gradient descent; hes: Hybrid-ES "
+    a("--algo", choices=ALGOS, default=d.algo, help="bgd: data-parallel batch gradient descent; hes: Hybrid-ES; "
+      "reuse: a gradient step every r-th iteration, the last gradient applied again in between (H-ES without its "
+      "search); localsgd: every rank steps on its own rows, parameters averaged every r iterations "
       "(default %(default)s)")
-    a("--r", type=int, default=d.r, help="H-ES: a full gradient step every r-th iteration, ES steps between "
-      "(default %(default)s)")
+    a("--r", type=int, default=d.r, help="hes, reuse: a full gradient step every r-th iteration; localsgd: "
+      "iterations between parameter averages (H) (default %(default)s)")
+    a("--compress", default=d.compress, metavar="none|fp16|topk:F|powersgd:R", help="the gradient exchange of bgd, "
+      "hes and reuse: exact float32, float16, top-k (fraction F) with error feedback, or PowerSGD of rank R with "
+      "error feedback and warm start (default %(default)s)")
     a("--assisted", action="store_true", help="H-ES: refresh the gradient every iteration and select among K "
       "perturbations of it (the poster's 'Assisted H-ES, r = 1')")
     a("--epochs", type=int, default=d.epochs, help="passes over the training set (default %(default)s)")
@@ -78,6 +83,12 @@ def add_parsers(sub) -> None:
     w.add_argument("--out-dir", default=None, help="folder for the run logs and tables (default results/sweep-TIMESTAMP)")
     w.add_argument("--args", dest="common", default="", metavar="OPTIONS", help="train options added to every "
                    "line (before the line's own), e.g. --args '--epochs 5 --data synthetic'")
+    w.add_argument("--tune-lr", type=float, nargs="+", default=None, metavar="LR", help="first train every line "
+                   "that sets no --lr at each of these learning rates with --tune-seed, into OUT-DIR/tune/, and run "
+                   "the --seeds at the lr with the best final dev accuracy (the grid and the choice go to "
+                   "tuning.md)")
+    w.add_argument("--tune-seed", type=int, default=100, help="the seed of the tuning runs, apart from the "
+                   "reported --seeds (default %(default)s)")
     w.add_argument("--dry-run", action="store_true", help="print the runs and exit (no MPI)")
     w.set_defaults(func=cmd_sweep, wants_argv=True)
 
@@ -126,7 +137,7 @@ def _train_config(args) -> RunConfig:
                      threads=args.threads, eval_train=args.eval_train, sync_barrier=args.sync_barrier,
                      emulate_net=args.emulate_net, checkpoint_every=args.checkpoint_every,
                      checkpoint=args.checkpoint, resume=args.resume, noise=args.noise,
-                     collective_timeout=args.collective_timeout, **es_methods(args))
+                     collective_timeout=args.collective_timeout, compress=args.compress, **es_methods(args))
 
 
 def cmd_train(args, argv=None) -> int:
@@ -143,31 +154,75 @@ def cmd_train(args, argv=None) -> int:
     return run_mpi(body)
 
 
-def sweep_runs(params: str, seeds: list[int], common: str = "") -> list[tuple[str, RunConfig]]:
+def sweep_runs(params: str, seeds: list[int], common: str = "", extra: dict | None = None) -> list[tuple[str, RunConfig]]:
     """(NAME_sSEED, config) of every run of a sweep (:func:`hes_mpi.run.params.expand` with the train
     command's own parser), checked before any MPI starts."""
     from ..run.params import expand
 
     lp = _LineParser(prog="line", add_help=False)
     _train_args(lp)
-    return expand(params, seeds, common, lambda words: _train_config(lp.parse_args(words)))
+    return expand(params, seeds, common, lambda words: _train_config(lp.parse_args(words)), extra)
+
+
+def tuning_grid(params: str, lrs: list[float], seed: int, common: str = "") -> list[tuple[str, float, RunConfig]]:
+    """(NAME, lr, config) of every tuning run: each line that sets no --lr once per lr, with ``seed``."""
+    import shlex
+
+    from ..run.params import read_params, sets_lr
+
+    if sets_lr(shlex.split(common)):
+        raise UsageError("--tune-lr chooses the learning rate: leave --lr out of --args")
+    if min(lrs) <= 0:
+        raise UsageError("--tune-lr values must be > 0")
+    lp = _LineParser(prog="line", add_help=False)
+    _train_args(lp)
+    grid = []
+    for n, name, opts in read_params(params):
+        if sets_lr(opts):
+            continue
+        for lr in sorted(set(lrs)):
+            try:
+                cfg = _train_config(lp.parse_args([*shlex.split(common), *opts, "--lr", f"{lr:g}",
+                                                   "--seed", str(seed)])).validate()
+            except UsageError as e:
+                raise UsageError(f"{params}:{n} ({name}): {e}") from None
+            grid.append((name, lr, cfg))
+    return grid
 
 
 def cmd_sweep(args, argv=None) -> int:
     from ..config import run_label
 
     runs = sweep_runs(args.params, args.seeds, args.common)
+    grid = tuning_grid(args.params, args.tune_lr, args.tune_seed, args.common) if args.tune_lr else []
     if args.dry_run:
+        for name, lr, cfg in grid:
+            print(f"tune/{name}_lr{lr:g}: {run_label(cfg.to_dict())}, lr {lr:g}, seed {cfg.seed}, {cfg.epochs} epochs, "
+                  f"data {cfg.data}")
+        tuned = {g[0] for g in grid}
         for name, cfg in runs:
-            print(f"{name}: {run_label(cfg.to_dict())}, seed {cfg.seed}, {cfg.epochs} epochs, data {cfg.data}")
+            lr = "" if not grid else ", the tuned lr" if name.rsplit("_s", 1)[0] in tuned else f", lr {cfg.lr:g}"
+            print(f"{name}: {run_label(cfg.to_dict())}{lr}, seed {cfg.seed}, {cfg.epochs} epochs, data {cfg.data}")
         return 0
 
     def body(comm):
-        from ..run.suite import default_out_dir, run_sweep
+        from ..run.suite import default_out_dir, markdown_tuning, run_sweep, tune_lr
 
         out_dir = args.out_dir or default_out_dir(comm).replace("compare-", "sweep-")
-        paths = run_sweep(comm, runs, out_dir, argv)
-        _report(comm, paths, out_dir, f"{comm.size} ranks; seeds as mean ± std", figures=False)
+        final_runs, tuning = runs, ""
+        if grid:
+            chosen, rows = tune_lr(comm, grid, f"{out_dir}/tune", argv)
+            extra = {name: ["--lr", f"{lr:g}"] for name, lr in chosen.items()}
+            final_runs = sweep_runs(args.params, args.seeds, args.common, extra)
+            tuning = markdown_tuning(rows)
+            if comm.rank == 0:
+                from pathlib import Path
+
+                Path(out_dir, "tuning.md").write_text(tuning + "\n")
+        paths = run_sweep(comm, final_runs, out_dir, argv)
+        if comm.rank == 0 and tuning:
+            print(f"\nLearning rate chosen on the dev set (seed {args.tune_seed}; final dev accuracy):\n\n{tuning}\n")
+        _report(comm, paths, out_dir, f"{comm.size} ranks; seeds as mean and 95% confidence interval", figures=False)
         return 0
 
     return run_mpi(body)

@@ -1,12 +1,15 @@
-"""Figures from run logs: training curves, equal-budget curves, time split, memory, the gradient."""
+"""Figures from run logs: training curves, equal-budget curves, time split, memory, the gradient, and the
+Pareto view (accuracy against bytes and against time, one point per configuration)."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
 
-from ..schema import ALGORITHM_PHASES, StepKind
+from ..schema import ALGORITHM_PHASES, GRADIENT_KINDS
+from .study import pareto_rows
 from .tables import Run
 
 
@@ -45,7 +48,7 @@ def plot_training(runs: list[Run], path: Path) -> Path:
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(12, 4.5))
     for r in runs:
         it = r.iterations
-        grad = it["kind"] != StepKind.ES
+        grad = np.isin(it["kind"], GRADIENT_KINDS)
         a1.plot(it["iteration"][grad], it["batch_loss"][grad], lw=0.8, label=r.label)
         (line,) = a2.plot(r.epochs["iteration"], 100 * r.epochs["dev_acc"], marker="o", ms=3, label=f"{r.label} dev")
         if np.all(np.isfinite(r.epochs["train_acc"])):
@@ -121,7 +124,7 @@ def plot_memory(runs: list[Run], path: Path) -> Path:
 def gradient_variance(run: Run) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(iterations, gradient norm, per-component variance) at the full-gradient steps."""
     it = run.iterations
-    grad = (it["kind"] != StepKind.ES) & np.isfinite(it["grad_var"])
+    grad = np.isin(it["kind"], GRADIENT_KINDS) & np.isfinite(it["grad_var"])
     return it["iteration"][grad], it["grad_norm"][grad], it["grad_var"][grad]
 
 
@@ -144,12 +147,39 @@ def plot_gradient(runs: list[Run], path: Path) -> Path:
     return _save(plt, fig, path)
 
 
+def plot_pareto(runs: list[Run], path):
+    """Dev accuracy (mean, 95% CI) against MB sent per rank (log scale) and against training time, one point
+    per configuration; the fronts joined by a line."""
+    plt = _plt()
+    rows = pareto_rows(runs)
+    fig, axes = plt.subplots(1, 2, figsize=(13, 5))
+    for ax, cost, key, xlabel in ((axes[0], "bytes_per_rank", "front_bytes", "MB sent per rank by the algorithm"),
+                                  (axes[1], "train_s", "front_time", "training seconds (median over seeds)")):
+        scale = 1e6 if cost == "bytes_per_rank" else 1.0
+        for r in rows:
+            y = 100 * r["dev_acc"]
+            err = 100 * (r["dev_acc_ci_high"] - r["dev_acc_ci_low"]) / 2 if math.isfinite(r["dev_acc_ci_high"]) else 0
+            ax.errorbar(r[cost] / scale, y, yerr=err, fmt="o", ms=5, capsize=3, label=r["run"])
+        front = sorted((r[cost] / scale, 100 * r["dev_acc"]) for r in rows if r[key])
+        if front:
+            ax.plot(*zip(*front), color="k", lw=0.8, ls="--", label="front")
+        ax.set(xlabel=xlabel, ylabel="dev accuracy (%)")
+        if cost == "bytes_per_rank" and all(r[cost] > 0 for r in rows):
+            ax.set_xscale("log")
+        ax.grid(alpha=0.3)
+    axes[0].set_title("Accuracy against bytes")
+    axes[1].set_title("Accuracy against time")
+    axes[1].legend(fontsize=6, loc="lower right")
+    return _save(plt, fig, path)
+
+
 FIGURES = {
     "training.png": plot_training,
     "budget.png": plot_budget,
     "time_split.png": plot_time_split,
     "memory.png": plot_memory,
     "gradient.png": plot_gradient,
+    "pareto.png": plot_pareto,
 }
 
 

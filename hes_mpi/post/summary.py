@@ -10,7 +10,8 @@ from pathlib import Path
 
 from ..runlog import RunLog
 from .figures import write_figures
-from .tables import load_runs, write_tables
+from .study import write_tables
+from .tables import load_runs
 
 #: (summary key, column heading) of ``summary --markdown``.
 MARKDOWN_COLUMNS = (("run", "run"), ("algo", "algo"), ("ranks", "ranks"), ("r", "r"), ("K", "K"),
@@ -71,13 +72,17 @@ def report(paths, out_dir, heading: str, figures: bool = True) -> str:
     and the figures with ``figures``; return what to print (the tables, then where everything is)."""
     out = Path(out_dir)
     runs = load_runs(paths)
-    acc_md, sav_md = write_tables(runs, out)
-    text = [f"\nAccuracy ({heading}):\n\n{acc_md}\n"]
-    if sav_md:
-        text.append(f"Savings relative to the reference (measured from the run logs):\n\n{sav_md}\n")
+    tables = write_tables(runs, out)
+    text = [f"\nAccuracy ({heading}):\n\n{tables['accuracy']}\n"]
+    if tables.get("savings"):
+        text.append(f"Savings relative to the reference (measured from the run logs):\n\n{tables['savings']}\n")
+    if "comparisons" in tables:
+        text.append(f"H-ES against gradient reuse at the same r (Welch's t-test):\n\n{tables['comparisons']}\n")
     if figures:
         pngs = write_figures(runs, out)
-        text.append(f"Run logs, tables (accuracy.md/.csv, savings.md/.csv) and figures ({len(pngs)} PNG) in {out}/")
+        text.append(f"Run logs, tables ({', '.join(f'{k}.md/.csv' for k in tables)}) and figures ({len(pngs)} PNG, "
+                    f"pareto.png: accuracy against bytes and time) in {out}/")
     else:
-        text.append(f"Run logs and tables (accuracy.md/.csv, savings.md/.csv) in {out}/")
+        text.append(f"Run logs and tables ({', '.join(f'{k}.md/.csv' for k in tables)}; pareto.md: the configurations "
+                    f"on the accuracy-bytes and accuracy-time fronts) in {out}/")
     return "\n".join(text)

@@ -41,17 +41,24 @@ def read_params(path: str) -> list[tuple[int, str, list[str]]]:
     return out
 
 
-def expand(params: str, seeds: list[int], common: str, parse) -> list[tuple[str, RunConfig]]:
+def sets_lr(opts: list[str]) -> bool:
+    """True when train options set ``--lr`` themselves."""
+    return any(o == "--lr" or o.startswith("--lr=") for o in opts)
+
+
+def expand(params: str, seeds: list[int], common: str, parse, extra: dict | None = None) -> list[tuple[str, RunConfig]]:
     """(NAME_sSEED, config) of every run of a sweep: each line of ``params`` once per seed, with the
-    ``common`` options before the line's own. ``parse(words) -> RunConfig`` reads train options (raising
-    UsageError); errors name the file, the line and its NAME."""
+    ``common`` options before the line's own and ``extra[NAME]`` (a list of options) after them.
+    ``parse(words) -> RunConfig`` reads train options (raising UsageError); errors name the file, the
+    line and its NAME."""
     if not seeds or min(seeds) < 0:
         raise UsageError("--seeds must be one or more integers >= 0")
     runs = []
     for n, name, opts in read_params(params):
+        more = (extra or {}).get(name, [])
         for seed in seeds:
             try:
-                cfg = parse([*shlex.split(common), *opts, "--seed", str(seed)]).validate()
+                cfg = parse([*shlex.split(common), *opts, *more, "--seed", str(seed)]).validate()
             except UsageError as e:
                 raise UsageError(f"{params}:{n} ({name}): {e}") from None
             runs.append((f"{name}_s{seed}", cfg))

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import RunError
-from ..schema import RECORD_DTYPE, StepKind
+from ..schema import GRADIENT_KINDS, RECORD_DTYPE
 from ..telemetry import rss_hwm_bytes, split_times
 
 #: Per-iteration figures every rank keeps and gathers to rank 0 at each flush.
@@ -38,7 +38,7 @@ class Recorder:
         cols["rss_hwm_bytes"][j] = rss_hwm_bytes()
         cols["step_bytes"][j] = step_bytes
         cols["local_n"][j] = rows
-        cols["loss_sum"][j] = info.loss_sum if info.kind != StepKind.ES else 0.0
+        cols["loss_sum"][j] = info.loss_sum if info.kind in GRADIENT_KINDS else 0.0
         cols["iteration"][j] = i
         cols["kind"][j] = info.kind
         cols["grad_norm"][j] = info.grad_norm
@@ -79,7 +79,7 @@ class Recorder:
         comm_s, wait_s = split_times(recs, rec_ranks, self.offsets_start, iters, comm.size)
         rows = {
             "iteration": iters, "epoch": np.full(m, epoch), "kind": kind,
-            "batch_loss": np.where(kind == StepKind.ES, np.nan, loss_sum / self.global_batch),
+            "batch_loss": np.where(np.isin(kind, GRADIENT_KINDS), loss_sum / self.global_batch, np.nan),
             "grad_norm": cols["grad_norm"], "grad_var": cols["grad_var"], "sigma": cols["sigma"],
             "es_cost": cols["es_cost"], "es_rank": cols["es_rank"], "es_k": cols["es_k"],
             "step_s": get["step_s"], "comm_s": comm_s, "wait_s": wait_s,

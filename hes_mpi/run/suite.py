@@ -1,8 +1,8 @@
 """The main job (``compare``) and parameter sweeps (``sweep``): runs one after the other in one MPI job.
 
 ``mpirun -n 2 python -m hes_mpi`` (or ``hes-mpi compare``) fetches MNIST when it is missing, trains the
-reference (BGD), Assisted H-ES (r = 1) and H-ES for each ``--r`` one after the other in the same MPI
-job and writes one run log per run into one folder; the command then has the tables and figures made
+reference (BGD), Assisted H-ES (r = 1), H-ES for each ``--r``, and two baselines at r = 2 (gradient
+reuse, H-ES's control, and local SGD) one after the other in the same MPI job and writes one run log per run into one folder; the command then has the tables and figures made
 from them (:mod:`hes_mpi.post.tables`, :mod:`hes_mpi.post.figures`). A sweep trains every run of a
 parameter file (:mod:`.params`) whose run log is not already complete.
 """
@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
+import math
 from pathlib import Path
 
 from ..config import RunConfig, result_options, run_label
 from ..data import fetch_mnist, mnist_status, resolve_data_dir
-from ..errors import UsageError
+from ..errors import RunError, UsageError
 from ..log import get_logger
 from .trainer import train
 
@@ -27,6 +28,8 @@ def variants(r_values: list[int], assisted: bool) -> list[tuple[str, dict]]:
     if assisted:
         out.append(("hes_assisted", {"algo": "hes", "assisted": True}))
     out += [(f"hes_r{r}", {"algo": "hes", "r": r}) for r in r_values]
+    # H-ES is never shown without its control (the same steps without the search) and local SGD at equal bytes
+    out += [("reuse_r2", {"algo": "reuse", "r": 2}), ("localsgd_r2", {"algo": "localsgd", "r": 2})]
     return out
 
 
@@ -115,3 +118,66 @@ def run_sweep(comm, runs: list[tuple[str, RunConfig]], out_dir: str, argv=None) 
         log.info("== run %d/%d: %s (%s, seed %d)", n, len(runs), name, run_label(cfg.to_dict()), cfg.seed)
         train(cfg, comm, argv)
     return paths
+
+
+# --------------------------------------------------------------------------------- learning-rate tuning
+def final_dev_acc(path: Path) -> float:
+    """The last epoch's dev accuracy of a complete run log (NaN when incomplete)."""
+    from ..runlog import RunLog
+
+    with RunLog(str(path)) as rl:
+        s = rl.summary()
+    return float(s["dev_acc"]) if s.get("complete") else math.nan
+
+
+def tune_lr(comm, grid: list[tuple[str, float, RunConfig]], out_dir: str, argv=None) -> tuple[dict, list[dict]]:
+    """Train every (NAME, lr, config) of ``grid`` into OUT-DIR/NAME_lrLR.h5 (a complete log of the same
+    options is kept) and choose, per NAME, the lr with the best final dev accuracy (the smallest lr on a
+    tie); a run that diverges (a RunError: not finite) counts as NaN. Returns ({NAME: lr}, one row per run)."""
+    out = Path(out_dir)
+    make_out_dir(comm, out)
+    rows = []
+    for n, (name, lr, base) in enumerate(grid, 1):
+        path = out / f"{name}_lr{lr:g}.h5"
+        cfg = dataclasses.replace(base, out=str(path), force=True)
+        comm.agree(cfg.validate)
+        if comm.agree(finished, path, cfg):
+            log.info("== tuning %d/%d: %s at lr %g: complete in %s, kept", n, len(grid), name, lr, path)
+        else:
+            log.info("== tuning %d/%d: %s at lr %g (seed %d)", n, len(grid), name, lr, cfg.seed)
+            try:
+                train(cfg, comm, argv)
+            except RunError as e:  # every rank sees the same non-finite figure, so all of them are here
+                log.warning("tuning %s at lr %g: %s", name, lr, e)
+        dev = final_dev_acc(path) if path.exists() else math.nan
+        rows.append({"name": name, "lr": lr, "dev_acc": dev, "runlog": str(path)})
+    chosen = {}
+    for name in dict.fromkeys(r["name"] for r in rows):
+        mine = sorted((r for r in rows if r["name"] == name), key=lambda r: r["lr"])
+        finite = [r for r in mine if math.isfinite(r["dev_acc"])]
+        if not finite:
+            raise RunError(f"tuning {name}: every learning rate of the grid diverged")
+        best = max(finite, key=lambda r: r["dev_acc"])  # max keeps the first (smallest lr) on a tie
+        chosen[name] = best["lr"]
+        for r in mine:
+            r["chosen"] = r is best
+    return chosen, rows
+
+
+def markdown_tuning(rows: list[dict]) -> str:
+    """The grid and the choice: one row per configuration, one column per lr (final dev accuracy)."""
+    lrs = sorted({r["lr"] for r in rows})
+    head = "| configuration | " + " | ".join(f"lr {lr:g}" for lr in lrs) + " | chosen |"
+    out = [head, "|---|" + "---|" * (len(lrs) + 1)]
+    for name in dict.fromkeys(r["name"] for r in rows):
+        cells, pick = [], ""
+        for lr in lrs:
+            r = next((r for r in rows if r["name"] == name and r["lr"] == lr), None)
+            if r is None:
+                cells.append("")
+                continue
+            text = "diverged" if not math.isfinite(r["dev_acc"]) else f"{100 * r['dev_acc']:.2f}%"
+            cells.append(f"**{text}**" if r.get("chosen") else text)
+            pick = f"{lr:g}" if r.get("chosen") else pick
+        out.append(f"| {name} | " + " | ".join(cells) + f" | {pick} |")
+    return "\n".join(out)

@@ -20,7 +20,7 @@ from ..data import Batch, global_batches, local_rows
 from ..errors import RunError, UsageError
 from ..log import get_logger
 from ..runlog import RunLogWriter, collapse_summary
-from ..schema import StepKind
+from ..schema import ES_KINDS, GRADIENT_KINDS, StepKind
 from ..telemetry import traced_peak
 from ..watchdog import default_collective_timeout
 from .control import Fault, Stopped, stop_on_signals, stop_requested
@@ -151,13 +151,16 @@ class Trainer:
 
     # ------------------------------------------------------------------ checkpoints
     def save_checkpoint(self, epoch: int, batch: int) -> None:
-        """Rank 0 writes the checkpoint (theta and g are equal on all ranks); every rank learns the outcome."""
+        """Rank 0 writes the checkpoint (theta and g are equal on all ranks; a method whose state differs
+        between ranks gathers it in ``state()``, called on every rank); every rank learns the outcome."""
+        self.comm.set_phase("telemetry", self.iteration)
+        algo_state = self.algo.state()
 
         def write():
             if self.comm.rank != 0:
                 return
             rows = self.writer.rows() if self.writer is not None else {}
-            state = {"theta": self.theta, **self.algo.state(), "epoch": epoch, "batch": batch,
+            state = {"theta": self.theta, **algo_state, "epoch": epoch, "batch": batch,
                      "iteration": self.iteration, "checks": self.checks, "ranks": self.comm.size,
                      **{f"rows_{k}": v for k, v in rows.items()}}
             try:
@@ -247,8 +250,7 @@ class Trainer:
                     t0 = comm.wtime()
                     info = self.algo.step(i, self.theta, batch)
                     step_s = comm.wtime() - t0
-                    if not (math.isfinite(info.grad_norm) or info.kind == StepKind.ES) or (
-                            info.kind != StepKind.GRAD and not math.isfinite(info.es_cost)):
+                    if diverged(info):
                         raise RunError(f"loss or gradient is not finite at iteration {i} (learning rate too large?)"
                                        + (f"; the last checkpoint is {self.ckpt_path}" if self.ckpt_written else ""))
                     rec.record(j, i, info, step_s, self.algo.work_bytes(info.kind, batch.n), batch.n)
@@ -322,6 +324,16 @@ class Trainer:
                  comm.size, cfg.epochs, self.iteration, 100 * metrics["train_acc"], 100 * metrics["dev_acc"], wall,
                  summary["median_epoch_s"], f" -> {cfg.out}" if cfg.out else "")
         return summary
+
+
+def diverged(info) -> bool:
+    """A step whose global figures (the same on every rank, so every rank stops together) are not finite:
+    the gradient norm of a gradient step, the winning cost of an ES step. A local SGD step's figures are
+    its rank's own: it is judged at the next average, by the averaged parameters."""
+    if info.kind == StepKind.LOCAL:
+        return False
+    return not (math.isfinite(info.grad_norm) or info.kind not in GRADIENT_KINDS) or (
+        info.kind in ES_KINDS and not math.isfinite(info.es_cost))
 
 
 def train(cfg: RunConfig, comm, argv=None) -> dict:

@@ -1,0 +1,124 @@
+"""What a fair comparison needs beyond the poster's tables: accuracy against the budget it cost, the
+configurations on the Pareto front, and H-ES against its control (gradient reuse at the same r) with a
+test of the difference.
+
+- :func:`pareto_rows`: per configuration (seeds grouped as in :mod:`.tables`), the dev accuracy (mean,
+  95% CI, n), the payload bytes the algorithm sent per rank over the whole run, the training time
+  (epochs, no evaluation), and whether no other configuration is at least as accurate for fewer bytes
+  (or less time) — the fronts.
+- :func:`comparisons`: every H-ES configuration against the ``reuse`` configuration with the same r and
+  every other shared option: the difference of the mean dev accuracies, its 95% CI and Welch's p.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+
+from ..config import METHOD_OPTIONS, READS, result_options
+from .stats import mean_ci, welch
+from .tables import (
+    Run,
+    accuracy_rows,
+    group_runs,
+    markdown_accuracy,
+    markdown_savings,
+    savings_rows,
+    to_csv,
+)
+
+
+def _train_s(r: Run) -> float:
+    return float(np.sum(r.epochs["epoch_s"]))
+
+
+def _front(points: list[tuple[float, float]]) -> list[bool]:
+    """For (cost, accuracy) points: True where no other point costs no more and is no less accurate,
+    with one of the two strictly better."""
+    out = []
+    for j, (c, a) in enumerate(points):
+        if not (math.isfinite(c) and math.isfinite(a)):
+            out.append(False)
+            continue
+        out.append(not any((c2 <= c and a2 >= a) and (c2 < c or a2 > a)
+                           for k, (c2, a2) in enumerate(points) if k != j and math.isfinite(c2) and math.isfinite(a2)))
+    return out
+
+
+def pareto_rows(runs: list[Run]) -> list[dict]:
+    rows = []
+    for g in group_runs(runs):
+        m, lo, hi, n = mean_ci([r.summary["dev_acc"] for r in g])
+        rows.append({"run": g[0].label, "seeds": n, "dev_acc": m, "dev_acc_ci_low": lo, "dev_acc_ci_high": hi,
+                     "bytes_per_rank": float(np.mean([r.summary.get("comm_bytes_sent_per_rank", math.nan) for r in g])),
+                     "train_s": float(np.median([_train_s(r) for r in g]))})
+    for key, cost in (("front_bytes", "bytes_per_rank"), ("front_time", "train_s")):
+        for row, on in zip(rows, _front([(r[cost], r["dev_acc"]) for r in rows])):
+            row[key] = on
+    return rows
+
+
+def markdown_pareto(rows: list[dict]) -> str:
+    out = ["| run | seeds (n) | dev (mean ± 95% CI) | MB sent per rank | training s (median) | front: bytes | front: time |",
+           "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        ci = f" ± {100 * (r['dev_acc_ci_high'] - r['dev_acc_ci_low']) / 2:.2f}" if math.isfinite(r["dev_acc_ci_high"]) else ""
+        out.append(f"| {r['run']} | {r['seeds']} | {100 * r['dev_acc']:.2f}%{ci} | {r['bytes_per_rank'] / 1e6:,.2f} "
+                   f"| {r['train_s']:.1f} | {'yes' if r['front_bytes'] else ''} | {'yes' if r['front_time'] else ''} |")
+    return "\n".join(out)
+
+
+def _control_key(config: dict) -> tuple:
+    """The options a reuse run and an H-ES run must share to be compared: all but the method's own."""
+    opts = result_options(config)
+    keep = {k: v for k, v in opts.items() if (k not in METHOD_OPTIONS or k in READS["reuse"]) and k not in ("algo", "seed")}
+    return tuple(sorted(keep.items()))
+
+
+def comparisons(runs: list[Run]) -> list[dict]:
+    """H-ES (not assisted) against gradient reuse with the same r and shared options: Welch's test on the
+    final dev accuracies of their seeds."""
+    groups = group_runs(runs)
+    reuse = {}
+    for g in groups:
+        if g[0].config["algo"] == "reuse":
+            reuse.setdefault(_control_key(g[0].config), g)
+    rows = []
+    for g in groups:
+        c = g[0].config
+        if c["algo"] != "hes" or c.get("assisted"):
+            continue
+        ctrl = reuse.get(_control_key(c))
+        if ctrl is None:
+            continue
+        w = welch([r.summary["dev_acc"] for r in g], [r.summary["dev_acc"] for r in ctrl])
+        rows.append({"hes": g[0].label, "reuse": ctrl[0].label, "r": c["r"], **w})
+    return rows
+
+
+def markdown_comparisons(rows: list[dict]) -> str:
+    out = ["| H-ES | its control | n (H-ES, reuse) | dev difference (points) | 95% CI | Welch p |",
+           "|---|---|---|---|---|---|"]
+    for r in rows:
+        ci = f"[{100 * r['low']:+.2f}, {100 * r['high']:+.2f}]" if math.isfinite(r["low"]) else "n/a"
+        p = f"{r['p']:.3g}" if math.isfinite(r["p"]) else "n/a"
+        out.append(f"| {r['hes']} | {r['reuse']} | {r['n_a']}, {r['n_b']} | {100 * r['diff']:+.2f} | {ci} | {p} |")
+    return "\n".join(out)
+
+
+def write_tables(runs: list[Run], out_dir: Path) -> dict[str, str]:
+    """Write the accuracy, savings, Pareto and (when there are H-ES runs and their reuse controls)
+    comparison tables, Markdown and CSV, into ``out_dir``; return {name: Markdown} of those written."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tables = {"accuracy": (accuracy_rows(runs), markdown_accuracy), "savings": (savings_rows(runs), markdown_savings),
+              "pareto": (pareto_rows(runs), markdown_pareto), "comparisons": (comparisons(runs), markdown_comparisons)}
+    out = {}
+    for name, (rows, fmt) in tables.items():
+        if not rows and name == "comparisons":
+            continue
+        out[name] = fmt(rows)
+        (out_dir / f"{name}.md").write_text(out[name] + "\n")
+        (out_dir / f"{name}.csv").write_text(to_csv(rows))
+    return out

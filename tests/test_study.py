@@ -1,0 +1,96 @@
+"""Statistics over seeds and the study tables: confidence intervals and Welch's test against scipy's own
+formulas by hand, the Pareto fronts, H-ES paired with its reuse control."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from hes_mpi.config import RunConfig
+from hes_mpi.post.stats import mean_ci, welch
+from hes_mpi.post.study import comparisons, markdown_comparisons, markdown_pareto, pareto_rows
+from hes_mpi.post.tables import Run, accuracy_rows, label_runs, markdown_accuracy
+
+
+def test_mean_ci_is_the_t_interval():
+    v = [0.961, 0.958, 0.965, 0.960, 0.957]
+    m, lo, hi, n = mean_ci(v)
+    s = np.std(v, ddof=1)
+    half = 2.7764451051977987 * s / math.sqrt(5)  # t(0.975, 4)
+    assert n == 5 and m == pytest.approx(np.mean(v))
+    assert (lo, hi) == (pytest.approx(m - half), pytest.approx(m + half))
+
+
+def test_mean_ci_edge_cases():
+    assert mean_ci([0.5])[1:] == (pytest.approx(math.nan, nan_ok=True), pytest.approx(math.nan, nan_ok=True), 1)
+    assert mean_ci([0.5, 0.5, 0.5])[1:3] == (0.5, 0.5)
+    assert mean_ci([math.nan, 0.4, 0.6])[3] == 2  # a diverged seed (NaN) is left out, and n says so
+    assert math.isnan(mean_ci([])[0])
+
+
+def test_welch_matches_the_formula():
+    a, b = np.array([0.963, 0.962, 0.965, 0.961, 0.964]), np.array([0.960, 0.955, 0.962, 0.958, 0.957])
+    w = welch(a, b)
+    va, vb = a.var(ddof=1) / a.size, b.var(ddof=1) / b.size
+    t = (a.mean() - b.mean()) / math.sqrt(va + vb)
+    df = (va + vb) ** 2 / (va**2 / (a.size - 1) + vb**2 / (b.size - 1))
+    from scipy import stats
+
+    assert w["diff"] == pytest.approx(a.mean() - b.mean())
+    assert w["p"] == pytest.approx(2 * stats.t.sf(abs(t), df))
+    half = stats.t.ppf(0.975, df) * math.sqrt(va + vb)
+    assert (w["low"], w["high"]) == (pytest.approx(w["diff"] - half), pytest.approx(w["diff"] + half))
+    assert math.isnan(welch([0.9], [0.8, 0.7])["p"])  # one seed: no test
+
+
+def run(seed, dev, bytes_, train_s, **options) -> Run:
+    return Run(path=f"{seed}.h5", summary={"ranks": 2, "epochs": 1, "train_acc": dev, "dev_acc": dev,
+                                             "comm_bytes_sent_per_rank": bytes_},
+               config=RunConfig(seed=seed, **options).to_dict(), epochs={"epoch_s": np.array([train_s])},
+               iterations={})
+
+
+def study_runs():
+    out = []
+    for s, (a, b, c, d) in enumerate([(0.97, 0.962, 0.960, 0.95), (0.971, 0.964, 0.958, 0.951),
+                                      (0.969, 0.963, 0.957, 0.949)]):
+        out += [run(s, a, 100e6, 10.0, algo="bgd"), run(s, b, 50e6, 12.0, algo="hes", r=2),
+                run(s, c, 50e6, 6.0, algo="reuse", r=2), run(s, d, 1e6, 11.0, algo="bgd", compress="powersgd:1")]
+    return label_runs(out)
+
+
+def test_pareto_rows_mark_the_fronts():
+    rows = {r["run"]: r for r in pareto_rows(study_runs())}
+    assert rows["Reference (BGD)"]["front_bytes"] and rows["Reference (BGD)"]["front_time"]  # the most accurate
+    assert rows["BGD, PowerSGD rank 1"]["front_bytes"] and not rows["BGD, PowerSGD rank 1"]["front_time"]
+    hes = next(v for k, v in rows.items() if k.startswith("H-ES"))
+    assert hes["front_bytes"] and not hes["front_time"]  # beats reuse at equal bytes; slower than reuse and BGD
+    assert rows["Gradient reuse, r = 2"]["front_time"] and not rows["Gradient reuse, r = 2"]["front_bytes"]
+    assert all(r["seeds"] == 3 for r in rows.values())
+    text = markdown_pareto(list(rows.values()))
+    assert "| Reference (BGD) | 3 | 97.00% ± " in text
+
+
+def test_hes_is_compared_with_reuse_at_the_same_r():
+    rows = comparisons(study_runs())
+    assert len(rows) == 1
+    r = rows[0]
+    assert r["reuse"] == "Gradient reuse, r = 2" and r["n_a"] == r["n_b"] == 3
+    assert r["diff"] == pytest.approx(0.963 - 0.95833333, abs=1e-6)
+    assert r["low"] < r["diff"] < r["high"] and 0 < r["p"] < 0.05
+    assert "+0.47" in markdown_comparisons(rows)
+    # a reuse run with another lr is not H-ES's control
+    other = label_runs([x for x in study_runs() if x.config["algo"] != "reuse"]
+                       + [run(0, 0.9, 1, 1, algo="reuse", r=2, lr=1.0)])
+    assert comparisons(other) == []
+
+
+def test_accuracy_table_shows_the_ci_half_width_and_n():
+    rows = accuracy_rows(study_runs())
+    text = markdown_accuracy(rows)
+    bgd = rows[0]
+    assert bgd["seeds"] == 3 and bgd["dev_acc_ci_low"] < bgd["dev_acc"] < bgd["dev_acc_ci_high"]
+    half = 100 * (bgd["dev_acc_ci_high"] - bgd["dev_acc_ci_low"]) / 2
+    assert f"| 97.00% ± {half:.2f} |" in text and "95% CI" in text
