@@ -25,7 +25,7 @@ DISTS = ("normal", "rademacher")
 #: The poster's plain H-ES (``train --plain``): every parameter perturbed with normal noise, raw costs,
 #: the single best candidate, nothing carried or adapted.
 PLAIN = {"perturb": "all", "baseline": False, "antithetic": False, "recombine": "best", "carry": False,
-         "adapt_sigma": False, "dist": "normal", "es_rows": 1.0, "es_step": 1.0}
+         "adapt_sigma": False, "fallback": False, "dist": "normal", "es_rows": 1.0, "es_step": 1.0}
 
 
 #: Options that never change what a run computes or records, only where and how it runs: a finished run
@@ -92,6 +92,7 @@ class RunConfig:
     recombine: str = "best"
     carry: bool = False
     adapt_sigma: bool = False
+    fallback: bool = False
     dist: str = "normal"
     es_rows: float = 1.0
     es_step: float = 0.0  # 0: auto (see effective_es_step)
@@ -143,6 +144,8 @@ class RunConfig:
             raise UsageError(f"--antithetic needs an even --K (pairs of +z and -z), got {self.K}")
         if self.adapt_sigma and not self.baseline:
             raise UsageError("--adapt-sigma needs --baseline (success means beating the unperturbed candidate)")
+        if self.fallback and not self.baseline:
+            raise UsageError("--fallback needs --baseline (it keeps the unperturbed candidate when none beats it)")
         if self.checkpoint_every < 0:
             raise UsageError(f"--checkpoint-every must be >= 0, got {self.checkpoint_every}")
         if self.collective_timeout is not None and not (self.collective_timeout >= 0

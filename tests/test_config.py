@@ -232,3 +232,9 @@ def test_labels_of_the_baselines(options, label):
     from hes_mpi.config import run_label
 
     assert run_label(RunConfig(**options).to_dict()) == label
+
+
+def test_fallback_needs_baseline():
+    with pytest.raises(UsageError, match="--fallback needs --baseline"):
+        RunConfig(algo="hes", fallback=True, baseline=False).validate()
+    RunConfig(algo="hes", fallback=True).validate()

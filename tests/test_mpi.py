@@ -269,3 +269,26 @@ def test_training_keeps_ranks_identical_and_logs(comm):
             assert np.array_equal(f["final/theta"][()], t.theta)
             assert int(f["environment"].attrs["ranks"]) == comm.size
         os.remove(path)
+
+
+def test_fallback_keeps_the_unperturbed_candidate_when_none_beats_it(comm):
+    """--fallback: an ES step whose best candidate does not beat the unperturbed one (value >= 0) applies
+    theta - lr g exactly (a reuse step); one that does applies the winner as without --fallback."""
+    from hes_mpi.algorithms import GradientReuse
+
+    for sigma2 in (0.0, 0.5):  # sigma2 0: every candidate ties with the unperturbed one (value 0)
+        _cfg, _model, algo, theta, batch = setup_algo(comm, HybridES, algo="hes", r=2, perturb="output",
+                                                     baseline=True, fallback=True, sigma2=sigma2)
+        _, _, plain, theta_b, _ = setup_algo(comm, HybridES, algo="hes", r=2, perturb="output", baseline=True,
+                                             sigma2=sigma2)
+        _, _, reuse, theta_c, _ = setup_algo(comm, GradientReuse, algo="reuse", r=2)
+        for i in range(2):
+            info = algo.step(i, theta, batch)
+            plain.step(i, theta_b, batch)
+            reuse.step(i, theta_c, batch)
+        if info.es_cost >= 0:
+            assert (info.es_rank, info.es_k) == (-1, -1)
+            assert np.array_equal(theta, theta_c)
+        else:
+            assert info.es_k >= 0 and np.array_equal(theta, theta_b)
+        assert all_equal(comm, theta)

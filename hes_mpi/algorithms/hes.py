@@ -34,6 +34,9 @@ Methods on top of it, each a ``train`` option (docs/results.md's ablation table 
     ES steps move along the stored gradient by F x lr instead of lr (candidates theta - lr (F g + sigma z)):
     a damped step on a gradient up to r - 1 iterations old (assisted steps, on a fresh gradient, keep lr).
     0 (the default) means 1 for r <= 2 and 0.7 for r >= 3, the best measured on MNIST.
+``--fallback``
+    With ``--baseline``: when no candidate of any rank beats the unperturbed one (the agreed best value
+    is >= 0), no perturbation is applied, so the step is a plain reuse of the gradient (``es_k`` -1).
 ``--dist rademacher``
     Perturbation components are +-1 (the signs of the normal draws) instead of normal.
 
@@ -276,6 +279,17 @@ class HybridES(UsesGradientStep):
         values = costs - base_cost if cfg.baseline else costs
         values = np.where(np.isnan(values), np.inf, values)  # a rank with no rows (inf - inf) never wins
         value, winners = self._select(values)
+        if cfg.fallback and value >= 0.0:  # the same value on every rank: all keep the unperturbed candidate
+            if not self.head_only:
+                F = self._step_scale(i)
+                kernels.make_candidate(theta, self.g, self.g, cfg.lr * F, 0.0, theta, self.segments)
+            info.sigma, info.es_cost, info.es_rank, info.es_k = sigma, value, -1, -1
+            if cfg.adapt_sigma:
+                lo, hi = _SIGMA_MULT_RANGE
+                self.sigma_mult = min(hi, max(lo, self.sigma_mult * _ADAPT_DOWN))
+            if info.n_local == 0:
+                info.n_local = batch.n
+            return
         # The applied perturbation: the winner's z, or the weighted mean of the winners' (same order everywhere).
         if len(winners) == 1:
             index, _ = winners[0]

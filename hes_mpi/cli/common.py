@@ -48,6 +48,9 @@ def es_method_args(p: argparse.ArgumentParser) -> None:
     a("--adapt-sigma", action=argparse.BooleanOptionalAction, default=None, help="grow sigma after an ES step "
       "that beat the unperturbed candidate, shrink it otherwise (needs --baseline; default "
       f"{_on(d.adapt_sigma)})")
+    a("--fallback", action=argparse.BooleanOptionalAction, default=None, help="keep the unperturbed candidate "
+      "when no candidate beats it (the step is then a plain reuse of the gradient; needs --baseline; default "
+      f"{_on(d.fallback)})")
     a("--dist", choices=DISTS, default=None, help=f"perturbation components: normal or +-1 (default {d.dist})")
     a("--es-rows", type=float, default=None, metavar="F", help="cost the candidates on this fraction of the rank's "
       f"batch rows (default {d.es_rows:g})")
