@@ -1,7 +1,7 @@
 """The poster's two tables from run logs (accuracy, and savings relative to the BGD reference), the
 Pareto table (accuracy against bytes and time) and H-ES against gradient reuse at the same r.
 
-Usage: python analysis/compare.py RUN.h5 [RUN.h5 ...] [--out-dir DIR] [--csv]
+Usage: python analysis/compare.py RUN.h5 [RUN.h5 ...] [--out-dir DIR] [--csv] [--test]
 
 Runs of the same configuration with different seeds are reported as the mean and its 95% confidence
 interval, with n; H-ES against reuse as the difference, its 95% CI and Welch's p (hes_mpi.post.stats).
@@ -32,9 +32,16 @@ def main(argv=None) -> int:
     p.add_argument("--out-dir", default=None, help="also write the tables (accuracy, savings, pareto, comparisons; "
                    ".md and .csv) into this folder")
     p.add_argument("--csv", action="store_true", help="print CSV instead of Markdown")
+    p.add_argument("--test", action="store_true", help="also measure every run's final parameters on the test split "
+                   "(once, at the end; as hes-mpi evaluate) and add it to the Pareto table")
     args = p.parse_args(argv)
     try:
         runs = load_runs(args.runs)
+        if args.test:
+            from hes_mpi.post.evaluate import evaluate
+
+            for run, row in zip(runs, evaluate([r.path for r in runs])["runs"]):
+                run.summary["test_acc"] = row["accuracy"]
     except UsageError as e:
         print(f"compare.py: error: {e}", file=sys.stderr)
         return 2

@@ -51,22 +51,34 @@ def pareto_rows(runs: list[Run]) -> list[dict]:
     rows = []
     for g in group_runs(runs):
         m, lo, hi, n = mean_ci([r.summary["dev_acc"] for r in g])
-        rows.append({"run": g[0].label, "seeds": n, "dev_acc": m, "dev_acc_ci_low": lo, "dev_acc_ci_high": hi,
-                     "bytes_per_rank": float(np.mean([r.summary.get("comm_bytes_sent_per_rank", math.nan) for r in g])),
-                     "train_s": float(np.median([_train_s(r) for r in g]))})
+        row = {"run": g[0].label, "seeds": n, "dev_acc": m, "dev_acc_ci_low": lo, "dev_acc_ci_high": hi}
+        if any("test_acc" in r.summary for r in g):  # measured once at the end (analysis/compare.py --test)
+            tm, tlo, thi, _ = mean_ci([r.summary.get("test_acc", math.nan) for r in g])
+            row.update({"test_acc": tm, "test_acc_ci_low": tlo, "test_acc_ci_high": thi})
+        row.update({"bytes_per_rank": float(np.mean([r.summary.get("comm_bytes_sent_per_rank", math.nan) for r in g])),
+                    "train_s": float(np.median([_train_s(r) for r in g]))})
+        rows.append(row)
     for key, cost in (("front_bytes", "bytes_per_rank"), ("front_time", "train_s")):
         for row, on in zip(rows, _front([(r[cost], r["dev_acc"]) for r in rows])):
             row[key] = on
     return rows
 
 
+def _acc(r: dict, split: str) -> str:
+    m, lo, hi = r[f"{split}_acc"], r[f"{split}_acc_ci_low"], r[f"{split}_acc_ci_high"]
+    return f"{100 * m:.2f}%" + (f" ± {100 * (hi - lo) / 2:.2f}" if math.isfinite(hi) else "")
+
+
 def markdown_pareto(rows: list[dict]) -> str:
-    out = ["| run | seeds (n) | dev (mean ± 95% CI) | MB sent per rank | training s (median) | front: bytes | front: time |",
-           "|---|---|---|---|---|---|---|"]
+    test = any("test_acc" in r for r in rows)
+    out = ["| run | seeds (n) | dev (mean ± 95% CI) |" + (" test (mean ± 95% CI) |" if test else "")
+           + " MB sent per rank | training s (median) | front: bytes | front: time |",
+           "|---|---|---|" + ("---|" if test else "") + "---|---|---|---|"]
     for r in rows:
-        ci = f" ± {100 * (r['dev_acc_ci_high'] - r['dev_acc_ci_low']) / 2:.2f}" if math.isfinite(r["dev_acc_ci_high"]) else ""
-        out.append(f"| {r['run']} | {r['seeds']} | {100 * r['dev_acc']:.2f}%{ci} | {r['bytes_per_rank'] / 1e6:,.2f} "
-                   f"| {r['train_s']:.1f} | {'yes' if r['front_bytes'] else ''} | {'yes' if r['front_time'] else ''} |")
+        cells = [r["run"], str(r["seeds"]), _acc(r, "dev"), *([_acc(r, "test")] if test else []),
+                 f"{r['bytes_per_rank'] / 1e6:,.2f}", f"{r['train_s']:.1f}", "yes" if r["front_bytes"] else "",
+                 "yes" if r["front_time"] else ""]
+        out.append("| " + " | ".join(cells) + " |")
     return "\n".join(out)
 
 
