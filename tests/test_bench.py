@@ -152,3 +152,25 @@ def test_runtime_table_is_relative_to_the_median_bgd_run(tmp_path):
     assert md[3].startswith("| H-ES, r = 2 [")
     with pytest.raises(ValueError, match="no BGD run"):
         runtime_markdown(paths[1:])
+
+
+@pytest.mark.parametrize("compress", ["fp16", "powersgd:2"])
+def test_torch_peer_of_a_compressed_exchange_sends_the_same_bytes_as_pytorchs_hook(compress):
+    """Our fp16 and PowerSGD exchanges against PyTorch's fp16_compress_hook and powerSGD_hook on the same
+    rows from the same start: the same payload per step (PowerSGD's P and Q have the same sizes whichever
+    way round a weight matrix is stored), and the same learning (fp16: within a point after 3 epochs)."""
+    out = bench("torch", "--compress", compress, "--epochs", "3", "--lr", "1")
+    if torch_available() is not None:
+        assert "torch" in out["skipped"]
+        return
+    assert out["bytes_per_step_hes_mpi"] == out["bytes_per_step_torch"]
+    assert out["bytes_per_step_hes_mpi"] < out["bytes_per_step_uncompressed"] / (1.9 if compress == "fp16" else 3)
+    assert math.isfinite(out["dev_acc_hes_mpi"]) and math.isfinite(out["dev_acc_torch"])
+    if compress == "fp16":
+        assert out["bytes_per_step_hes_mpi"] == out["bytes_per_step_uncompressed"] / 2
+        assert abs(out["dev_acc_difference_points"]) <= 1.0
+
+
+def test_torch_peer_refuses_a_compression_pytorch_has_no_hook_for():
+    proc = run_cli(["bench", "torch", "--compress", "topk:0.1", *SMALL], n=None)
+    assert proc.returncode == 2 and "fp16 and powersgd:R only" in proc.stderr

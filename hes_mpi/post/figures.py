@@ -147,19 +147,22 @@ def plot_gradient(runs: list[Run], path: Path) -> Path:
     return _save(plt, fig, path)
 
 
-def plot_pareto(runs: list[Run], path):
+def plot_pareto(runs: list[Run], path: Path) -> Path:
     """Dev accuracy (mean, 95% CI) against MB sent per rank (log scale) and against training time, one point
-    per configuration; the fronts joined by a line."""
+    per configuration (its own colour and marker), the fronts joined by a line."""
     plt = _plt()
     rows = pareto_rows(runs)
-    fig, axes = plt.subplots(1, 2, figsize=(13, 5))
+    fig, axes = plt.subplots(1, 2, figsize=(15, 5.5))
+    colours = plt.get_cmap("tab20").colors
+    markers = "osD^vP*Xh<>p"
     for ax, cost, key, xlabel in ((axes[0], "bytes_per_rank", "front_bytes", "MB sent per rank by the algorithm"),
                                   (axes[1], "train_s", "front_time", "training seconds (median over seeds)")):
         scale = 1e6 if cost == "bytes_per_rank" else 1.0
-        for r in rows:
+        for j, r in enumerate(rows):
             y = 100 * r["dev_acc"]
             err = 100 * (r["dev_acc_ci_high"] - r["dev_acc_ci_low"]) / 2 if math.isfinite(r["dev_acc_ci_high"]) else 0
-            ax.errorbar(r[cost] / scale, y, yerr=err, fmt="o", ms=5, capsize=3, label=r["run"])
+            ax.errorbar(r[cost] / scale, y, yerr=err, fmt=markers[j % len(markers)], ms=6, capsize=3,
+                        color=colours[j % len(colours)], label=r["run"])
         front = sorted((r[cost] / scale, 100 * r["dev_acc"]) for r in rows if r[key])
         if front:
             ax.plot(*zip(*front), color="k", lw=0.8, ls="--", label="front")
@@ -167,10 +170,14 @@ def plot_pareto(runs: list[Run], path):
         if cost == "bytes_per_rank" and all(r[cost] > 0 for r in rows):
             ax.set_xscale("log")
         ax.grid(alpha=0.3)
-    axes[0].set_title("Accuracy against bytes")
+    axes[0].set_title("Accuracy against bytes (mean, 95% CI)")
     axes[1].set_title("Accuracy against time")
-    axes[1].legend(fontsize=6, loc="lower right")
-    return _save(plt, fig, path)
+    handles, labels = axes[1].get_legend_handles_labels()
+    fig.tight_layout(rect=(0, 0, 0.76, 1))
+    fig.legend(handles, labels, fontsize=7, loc="center left", bbox_to_anchor=(0.76, 0.5))
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
 
 
 FIGURES = {
