@@ -81,10 +81,16 @@ def test_hes_is_compared_with_reuse_at_the_same_r():
     assert r["diff"] == pytest.approx(0.963 - 0.95833333, abs=1e-6)
     assert r["low"] < r["diff"] < r["high"] and 0 < r["p"] < 0.05
     assert "+0.47" in markdown_comparisons(rows)
-    # a reuse run with another lr is not H-ES's control
-    other = label_runs([x for x in study_runs() if x.config["algo"] != "reuse"]
-                       + [run(0, 0.9, 1, 1, algo="reuse", r=2, lr=1.0)])
-    assert comparisons(other) == []
+    # each at its own lr when the table has reuse at one lr only; the same lr when it has several
+    alone = label_runs([x for x in study_runs() if x.config["algo"] != "reuse"]
+                       + [run(0, 0.9, 1, 1, algo="reuse", r=2, lr=1.0), run(1, 0.91, 1, 1, algo="reuse", r=2, lr=1.0)])
+    assert [r["reuse"] for r in comparisons(alone)] == ["Gradient reuse, r = 2, lr 1"]
+    both = label_runs(study_runs() + [run(0, 0.9, 1, 1, algo="reuse", r=2, lr=1.0)])
+    assert [r["reuse"] for r in comparisons(both)] == ["Gradient reuse, r = 2, lr 5"]
+    # another r, or other shared options (here the batch), is not H-ES's control
+    assert comparisons(label_runs([x for x in study_runs() if x.config["algo"] != "reuse"]
+                                  + [run(0, 0.9, 1, 1, algo="reuse", r=3), run(0, 0.9, 1, 1, algo="reuse", r=2,
+                                                                                batch=500)])) == []
 
 
 def test_accuracy_table_shows_the_ci_half_width_and_n():

@@ -7,7 +7,8 @@ test of the difference.
   (epochs, no evaluation), and whether no other configuration is at least as accurate for fewer bytes
   (or less time) — the fronts.
 - :func:`comparisons`: every H-ES configuration against the ``reuse`` configuration with the same r and
-  every other shared option: the difference of the mean dev accuracies, its 95% CI and Welch's p.
+  every other option shared but the learning rate (the same lr when there is one, else reuse's own:
+  each at its tuned lr): the difference of the mean dev accuracies, its 95% CI and Welch's p.
 """
 
 from __future__ import annotations
@@ -83,26 +84,31 @@ def markdown_pareto(rows: list[dict]) -> str:
 
 
 def _control_key(config: dict) -> tuple:
-    """The options a reuse run and an H-ES run must share to be compared: all but the method's own."""
+    """The options a reuse run and an H-ES run must share to be compared: all but the method's own and the
+    learning rate (each method at its own, e.g. tuned, lr)."""
     opts = result_options(config)
-    keep = {k: v for k, v in opts.items() if (k not in METHOD_OPTIONS or k in READS["reuse"]) and k not in ("algo", "seed")}
+    keep = {k: v for k, v in opts.items()
+            if (k not in METHOD_OPTIONS or k in READS["reuse"]) and k not in ("algo", "seed", "lr")}
     return tuple(sorted(keep.items()))
 
 
 def comparisons(runs: list[Run]) -> list[dict]:
-    """H-ES (not assisted) against gradient reuse with the same r and shared options: Welch's test on the
-    final dev accuracies of their seeds."""
+    """H-ES (not assisted) against gradient reuse with the same r and shared options — at the same lr when
+    the table has it, else at the one lr the table has for reuse (each method at its tuned lr): Welch's
+    test on the final dev accuracies of their seeds."""
     groups = group_runs(runs)
-    reuse = {}
+    reuse: dict[tuple, list] = {}
     for g in groups:
         if g[0].config["algo"] == "reuse":
-            reuse.setdefault(_control_key(g[0].config), g)
+            reuse.setdefault(_control_key(g[0].config), []).append(g)
     rows = []
     for g in groups:
         c = g[0].config
         if c["algo"] != "hes" or c.get("assisted"):
             continue
-        ctrl = reuse.get(_control_key(c))
+        candidates = reuse.get(_control_key(c), [])
+        same_lr = [h for h in candidates if h[0].config["lr"] == c["lr"]]
+        ctrl = same_lr[0] if same_lr else candidates[0] if len(candidates) == 1 else None
         if ctrl is None:
             continue
         w = welch([r.summary["dev_acc"] for r in g], [r.summary["dev_acc"] for r in ctrl])
