@@ -174,20 +174,10 @@ def tuning_grid(params: str, lrs: list[float], seed: int, common: str = "") -> l
         raise UsageError("--tune-lr chooses the learning rate: leave --lr out of --args")
     if min(lrs) <= 0:
         raise UsageError("--tune-lr values must be > 0")
-    lp = _LineParser(prog="line", add_help=False)
-    _train_args(lp)
-    grid = []
-    for n, name, opts in read_params(params):
-        if sets_lr(opts):
-            continue
-        for lr in sorted(set(lrs)):
-            try:
-                cfg = _train_config(lp.parse_args([*shlex.split(common), *opts, "--lr", f"{lr:g}",
-                                                   "--seed", str(seed)])).validate()
-            except UsageError as e:
-                raise UsageError(f"{params}:{n} ({name}): {e}") from None
-            grid.append((name, lr, cfg))
-    return grid
+    tuned = [name for _, name, opts in read_params(params) if not sets_lr(opts)]
+    by_lr = {lr: dict(sweep_runs(params, [seed], common, {name: ["--lr", f"{lr:g}"] for name in tuned}))
+             for lr in sorted(set(lrs))}  # each line parsed and checked as the sweep's own runs are
+    return [(name, lr, runs[f"{name}_s{seed}"]) for name in tuned for lr, runs in by_lr.items()]
 
 
 def cmd_sweep(args, argv=None) -> int:
