@@ -3,17 +3,14 @@
 # builds the image with docker/build.sh). Idempotent: does nothing when everything is there. Needs root (or sudo).
 set -euo pipefail
 packages=(podman buildah debootstrap runc)
-missing=()
-for p in "${packages[@]}"; do
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-done
+# shellcheck source=.ci/debs.sh
+. "$(dirname "$0")/debs.sh"
+mapfile -t missing < <(missing_debs "${packages[@]}")
 if [ "${#missing[@]}" -eq 0 ]; then
     echo "== container tools already installed: $(podman --version 2>/dev/null || echo '?')"
     exit 0
 fi
-sudo=""
-if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi
 echo "== installing ${missing[*]}"
-$sudo apt-get update -qq
-DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" > /dev/null
+$as_root apt-get update -qq
+DEBIAN_FRONTEND=noninteractive $as_root apt-get install -y -qq --no-install-recommends "${missing[@]}" > /dev/null
 echo "== $(podman --version)"
