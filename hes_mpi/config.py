@@ -2,7 +2,8 @@
 
 Defaults reproduce the poster's baseline: a 784-300-10 MLP with a sigmoid hidden layer, softmax and
 cross-entropy, L2 regularisation, weights from a standard normal, zero biases, learning rate 5 and a
-global minibatch of 1000 examples split across the ranks, 30 epochs.
+global minibatch of 1000 examples split across the ranks, 30 epochs. ``--hidden 1024,1024``,
+``--activation`` and ``--init`` make other networks (:mod:`hes_mpi.model`).
 """
 
 from __future__ import annotations
@@ -13,12 +14,14 @@ import math
 from dataclasses import dataclass
 
 from .errors import UsageError
+from .model import ACTIVATIONS, INITS, parse_hidden
 
 ALGOS = ("bgd", "hes", "reuse", "localsgd")
 #: Methods whose gradient steps may be compressed (``--compress``).
 COMPRESSIBLE = ("bgd", "hes", "reuse")
 SIGMA_SCALES = ("relative", "absolute")
-PERTURB = ("all", "output")
+#: ``--perturb``: every parameter, the output layer, or ``lowrank:R`` (every layer by a rank-R product).
+PERTURB = ("all", "output", "lowrank:R")
 RECOMBINE = ("best", "weighted")
 DISTS = ("normal", "rademacher")
 
@@ -68,7 +71,9 @@ class RunConfig:
     batch: int = 1000
     epochs: int = 30
     l2: float = 1e-4
-    hidden: int = 300
+    hidden: int | str = 300  # one width (an int), or a comma list for several hidden layers ("1024,1024")
+    activation: str = "sigmoid"
+    init: str = "normal"
     seed: int = 0
     data: str = "mnist"
     data_dir: str | None = None
@@ -119,8 +124,18 @@ class RunConfig:
             raise UsageError(f"--batch must be at least 1, got {self.batch}")
         if self.epochs < 1:
             raise UsageError(f"--epochs must be at least 1, got {self.epochs}")
-        if self.hidden < 1:
-            raise UsageError(f"--hidden must be at least 1, got {self.hidden}")
+        try:
+            widths = parse_hidden(self.hidden)
+        except ValueError:
+            raise UsageError(f"--hidden must be a width or a comma list of widths >= 1 (e.g. 300 or 1024,1024), "
+                             f"got {self.hidden!r}") from None
+        # One canonical form, so that run logs and sweeps compare: an int for one hidden layer (as every
+        # run log before deeper networks has it), "1024,1024" for several.
+        self.hidden = widths[0] if len(widths) == 1 else ",".join(str(w) for w in widths)
+        if self.activation not in ACTIVATIONS:
+            raise UsageError(f"--activation must be one of {', '.join(ACTIVATIONS)}, not {self.activation!r}")
+        if self.init not in INITS:
+            raise UsageError(f"--init must be one of {', '.join(INITS)}, not {self.init!r}")
         if not (0 <= self.seed < 2**63):
             raise UsageError(f"--seed must be in [0, 2**63), got {self.seed}")
         if self.dev_size < 0:
@@ -133,7 +148,8 @@ class RunConfig:
             parse_network(self.emulate_net)
         if self.noise not in ("philox", "table"):
             raise UsageError(f"--noise must be philox or table, not {self.noise!r}")
-        for name, allowed in (("perturb", PERTURB), ("recombine", RECOMBINE), ("dist", DISTS)):
+        perturb_rank(self.perturb)
+        for name, allowed in (("recombine", RECOMBINE), ("dist", DISTS)):
             if getattr(self, name) not in allowed:
                 raise UsageError(f"--{name} must be one of {', '.join(allowed)}, not {getattr(self, name)!r}")
         if not (0.0 < self.es_rows <= 1.0):
@@ -172,6 +188,11 @@ class RunConfig:
                 f"--batch {self.batch} over {ranks} ranks needs {math.ceil(self.batch / ranks)} examples "
                 f"per rank, but a shard holds only {shard}"
             )
+
+    @property
+    def hidden_layers(self) -> tuple[int, ...]:
+        """The hidden layer widths, e.g. (300,) or (1024, 1024)."""
+        return parse_hidden(self.hidden)
 
     @property
     def es_every_iteration(self) -> bool:
@@ -213,6 +234,16 @@ class RunConfig:
         return cls(**{k: v for k, v in d.items() if k in names})
 
 
+def perturb_rank(text: str) -> int:
+    """``--perturb``: 0 for ``all`` and ``output``, R for ``lowrank:R`` (a whole number >= 1)."""
+    if text in ("all", "output"):
+        return 0
+    name, _, arg = str(text).partition(":")
+    if name == "lowrank" and arg.isdigit() and int(arg) >= 1:
+        return int(arg)
+    raise UsageError(f"--perturb must be all, output or lowrank:R (a rank R >= 1, e.g. lowrank:1), not {text!r}")
+
+
 def parse_compress(text: str) -> tuple[str, float]:
     """``--compress`` as (name, parameter): ('none', 0), ('fp16', 0), ('topk', F) with 0 < F < 1, or
     ('powersgd', R) with R a whole number >= 1."""
@@ -247,7 +278,8 @@ def method_label(config: dict) -> str:
         if v == plain:
             continue
         if k == "perturb":
-            words.append("output layer" if v == "output" else str(v))
+            r = perturb_rank(v)
+            words.append("output layer" if v == "output" else f"low-rank {r}" if r else str(v))
         elif k == "recombine":
             words.append(f"{v} recombination")
         elif k == "es_rows":

@@ -1,4 +1,6 @@
-"""Every Numba kernel of hes_mpi, and the one place for their JIT flags.
+"""Every Numba kernel of hes_mpi, and the one place for their JIT flags (over 400 lines because the style
+keeps every kernel beside those flags: forward and backward passes for any depth, the three candidate
+evaluations of H-ES, and the vector updates).
 
 Kernels work on float32 arrays and accumulate losses in float64. Matrix products call BLAS through
 ``np.dot`` (Numba needs SciPy for that); the element-wise parts are fused loops. Each kernel has a
@@ -10,6 +12,7 @@ the tests) can rebuild an ES update exactly.
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numba
@@ -59,15 +62,14 @@ def _exp_inplace(A, E):
 
 
 @jit
-def _hidden(X, W1, b1, H):
-    """H = sigmoid(X @ W1 + b1) = 1 / (1 + exp(-(X @ W1 + b1))), in place in H (float32)."""
-    np.dot(X, W1, H)
+def _sigmoid_inplace(H, b):
+    """H <- sigmoid(H + b) = 1 / (1 + exp(-(H + b))), in place (float32)."""
     rows, hid = H.shape
     E = np.empty(hid, dtype=np.int32)  # 2^n of each element, built in the exponent bits
     Ef = E.view(np.float32)
     for i in range(rows):
         for j in range(hid):
-            x0 = -(H[i, j] + b1[j])
+            x0 = -(H[i, j] + b[j])
             m, bits = _exp_parts(min(max(x0, np.float32(-87.0)), np.float32(87.0)))
             H[i, j] = m
             # Beyond 87 the sigmoid is below the smallest normal float32: make it exactly 0 (an infinite
@@ -75,6 +77,92 @@ def _hidden(X, W1, b1, H):
             E[j] = bits if x0 <= np.float32(87.0) else np.int32(0x7F800000)
         for j in range(hid):
             H[i, j] = np.float32(1.0) / (np.float32(1.0) + H[i, j] * Ef[j])
+
+
+@jit
+def _tanh_inplace(H, b):
+    """H <- tanh(H + b) = sign(x) (1 - 2 / (exp(2 |x|) + 1)), in place (float32, within 1.2e-7 of tanh;
+    exactly +-1 beyond |x| = 43.5, and never a denormal: near 0 the result is 0 or at least 2^-24 in
+    magnitude)."""
+    rows, hid = H.shape
+    E = np.empty(hid, dtype=np.int32)
+    Ef = E.view(np.float32)
+    sign = np.empty(hid, dtype=np.float32)
+    for i in range(rows):
+        for j in range(hid):
+            x = H[i, j] + b[j]
+            sign[j] = np.float32(1.0) if x >= np.float32(0.0) else np.float32(-1.0)
+            m, bits = _exp_parts(min(np.float32(2.0) * abs(x), np.float32(87.0)))
+            H[i, j] = m
+            E[j] = bits
+        for j in range(hid):
+            H[i, j] = sign[j] * (np.float32(1.0) - np.float32(2.0) / (H[i, j] * Ef[j] + np.float32(1.0)))
+
+
+@jit
+def _relu_inplace(H, b):
+    """H <- max(H + b, 0), in place (float32)."""
+    rows, hid = H.shape
+    for i in range(rows):
+        for j in range(hid):
+            H[i, j] = max(H[i, j] + b[j], np.float32(0.0))
+
+
+@jit
+def _activate(H, b, act):
+    """H <- act(H + b) in place; ``act`` indexes :data:`hes_mpi.model.ACTIVATIONS` (sigmoid, relu, tanh)."""
+    if act == 0:
+        _sigmoid_inplace(H, b)
+    elif act == 1:
+        _relu_inplace(H, b)
+    else:
+        _tanh_inplace(H, b)
+
+
+@jit
+def _hidden_stack(X, Ws, bs, Hs, act):
+    """The hidden layers of the network (Ws, bs) on the rows of X into Hs[l][:rows]; returns the last."""
+    rows = X.shape[0]
+    H = Hs[0][:rows]
+    np.dot(X, Ws[0], H)
+    _activate(H, bs[0], act)
+    for l in range(1, len(Ws) - 1):
+        Hn = Hs[l][:rows]
+        np.dot(H, Ws[l], Hn)
+        _activate(Hn, bs[l], act)
+        H = Hn
+    return H
+
+
+@jit
+def _backprop_delta(H, D, act, gb):
+    """D <- D * act'(pre-activation), from the activations H (denormals flushed to 0); gb <- column sums of D."""
+    rows, hid = H.shape
+    for j in range(hid):
+        gb[j] = 0.0
+    if act == 0:
+        for i in range(rows):
+            for j in range(hid):
+                h = H[i, j]
+                d = D[i, j] * h * (np.float32(1.0) - h)
+                d = d if abs(d) >= _TINY else np.float32(0.0)  # no denormals (see _sigmoid_inplace)
+                D[i, j] = d
+                gb[j] += d
+    elif act == 1:
+        for i in range(rows):
+            for j in range(hid):
+                d = D[i, j] if H[i, j] > np.float32(0.0) else np.float32(0.0)
+                d = d if abs(d) >= _TINY else np.float32(0.0)
+                D[i, j] = d
+                gb[j] += d
+    else:
+        for i in range(rows):
+            for j in range(hid):
+                h = H[i, j]
+                d = D[i, j] * (np.float32(1.0) - h * h)
+                d = d if abs(d) >= _TINY else np.float32(0.0)
+                D[i, j] = d
+                gb[j] += d
 
 
 @jit
@@ -107,37 +195,41 @@ def _softmax_ce(Z, b2, y, P):
 
 
 @jit
-def forward_loss(X, y, W1, b1, W2, b2, H, Z):
-    """Cross-entropy summed over the rows of X, and the number classified correctly.
+def forward_loss(X, y, Ws, bs, Hs, Z, act):
+    """Cross-entropy summed over the rows of X, and the number classified correctly, for the network with
+    weights ``Ws`` and biases ``bs`` (tuples, one entry per layer) and hidden activation ``act``.
 
-    H (rows x hidden) and Z, P (rows x classes) are work buffers of at least X's row count.
+    Hs (one rows x width buffer per hidden layer) and Z (rows x classes) are work buffers of at least X's
+    row count.
     """
     rows = X.shape[0]
-    Hr = H[:rows]
+    L = len(Ws)
+    H = _hidden_stack(X, Ws, bs, Hs, act)
     Zr = Z[:rows]
-    _hidden(X, W1, b1, Hr)
-    np.dot(Hr, W2, Zr)
-    return _softmax_ce(Zr, b2, y, Zr)
+    np.dot(H, Ws[L - 1], Zr)
+    return _softmax_ce(Zr, bs[L - 1], y, Zr)
 
 
 @jit
-def head_losses(X, y, W1, b1, W2, b2, Zcat, zb, a, H, Z, Zp, losses):
-    """Forward passes of K candidates that differ from (W1, b1, W2, b2) in the output layer only.
+def head_losses(X, y, Ws, bs, Zcat, zb, a, Hs, Z, Zp, losses, act):
+    """Forward passes of K candidates that differ from the network (Ws, bs) in the output layer only.
 
-    Candidate k has output layer ``W2 - a * Zcat[:, k*classes:(k+1)*classes]`` and bias ``b2 - a * zb[k]``.
-    The hidden layer is computed once and shared, and the K perturbed layers are applied in one matrix
-    product: logits_k = H @ W2 + b2 - a * (H @ Zcat_k + zb[k]). ``losses[k] +=`` the cross-entropy summed
+    Candidate k has output layer ``W - a * Zcat[:, k*classes:(k+1)*classes]`` and bias ``b - a * zb[k]``.
+    The hidden layers are computed once and shared, and the K perturbed layers are applied in one matrix
+    product: logits_k = H @ W + b - a * (H @ Zcat_k + zb[k]). ``losses[k] +=`` the cross-entropy summed
     over the rows of X for k < K, and ``losses[K] +=`` that of the unperturbed network (float32 logits
-    and exponentials, float64 sums). Work buffers: H (rows x hidden), Z (rows x classes), Zp (rows x
-    K*classes).
+    and exponentials, float64 sums). Work buffers: Hs (rows x width per hidden layer), Z (rows x
+    classes), Zp (rows x K*classes).
     """
     rows = X.shape[0]
-    Hr = H[:rows]
+    L = len(Ws)
+    W2 = Ws[L - 1]
+    b2 = bs[L - 1]
     Zr = Z[:rows]
     K = zb.shape[0]
     c = W2.shape[1]
     Zpr = Zp[:rows]  # K*classes columns exactly (a column slice would not be contiguous)
-    _hidden(X, W1, b1, Hr)
+    Hr = _hidden_stack(X, Ws, bs, Hs, act)
     np.dot(Hr, W2, Zr)
     np.dot(Hr, Zcat, Zpr)
     s = np.float32(a)
@@ -184,6 +276,80 @@ def head_perturbations(zs, hidden: int, n_out: int, Zcat=None):
 
 
 @jit
+def lowrank_losses(X, y, Ws, bs, As, Bts, Cs, aw, ab, Ss, P0, T, Us, losses, act):
+    """Forward passes of K candidates that differ from the network (Ws, bs) in every layer by a low-rank
+    product: candidate k has weights ``Ws[l] - aw[l] * As[l][k] @ Bts[l][k]`` and biases
+    ``bs[l] - ab[l] * Cs[l][k]`` (As[l]: K x fan_in x R, Bts[l]: K x R x fan_out, Cs[l]: K x fan_out).
+
+    The first layer's product X @ W is computed once and shared: candidate k adds -aw (X @ A_k) @ Bt_k.
+    Deeper layers see a different input per candidate, so the K + 1 inputs (the last block is the
+    unperturbed network) are stacked and multiplied by W in one product, each corrected by its own
+    low-rank term. ``losses[k] +=`` the cross-entropy summed over the rows of X (float64) for k < K,
+    ``losses[K] +=`` that of the unperturbed network. Work buffers: Ss[l] ((K + 1) * rows x fan_out of
+    layer l), P0 (rows x fan_out of layer 0), T (rows x R), Us[l] (rows x fan_out of layer l).
+    """
+    rows = X.shape[0]
+    L = len(Ws)
+    K = As[0].shape[0]
+    S = Ss[0][: (K + 1) * rows]
+    P = P0[:rows]
+    Tr = T[:rows]
+    np.dot(X, Ws[0], P)
+    n1 = P.shape[1]
+    for k in range(K + 1):
+        blk = S[k * rows : (k + 1) * rows]
+        if k < K:
+            U = Us[0][:rows]
+            np.dot(X, As[0][k], Tr)
+            np.dot(Tr, Bts[0][k], U)
+            sw = aw[0]
+            sb = ab[0]
+            c = Cs[0][k]
+            for i in range(rows):
+                for j in range(n1):
+                    blk[i, j] = P[i, j] - sw * U[i, j] - sb * c[j]
+        else:
+            for i in range(rows):
+                for j in range(n1):
+                    blk[i, j] = P[i, j]
+    _activate(S, bs[0], act)
+    for l in range(1, L):
+        Out = Ss[l][: (K + 1) * rows]
+        np.dot(S, Ws[l], Out)
+        U = Us[l][:rows]
+        n = Out.shape[1]
+        sw = aw[l]
+        sb = ab[l]
+        for k in range(K):
+            blk = Out[k * rows : (k + 1) * rows]
+            np.dot(S[k * rows : (k + 1) * rows], As[l][k], Tr)
+            np.dot(Tr, Bts[l][k], U)
+            c = Cs[l][k]
+            for i in range(rows):
+                for j in range(n):
+                    blk[i, j] = blk[i, j] - sw * U[i, j] - sb * c[j]
+        if l < L - 1:
+            _activate(Out, bs[l], act)
+        S = Out
+    for k in range(K + 1):
+        blk = S[k * rows : (k + 1) * rows]
+        loss, _ = _softmax_ce(blk, bs[L - 1], y, blk)
+        losses[k] += loss
+
+
+@jit
+def lowrank_update(W, A, Bt, c):
+    """W <- W - c * A @ Bt in place (float32; A: m x R, Bt: R x n), one rank-1 term after the other."""
+    m, R = A.shape
+    n = Bt.shape[1]
+    for i in range(m):
+        for r in range(R):
+            s = np.float32(c) * A[i, r]
+            for j in range(n):
+                W[i, j] = W[i, j] - s * Bt[r, j]
+
+
+@jit
 def sum_squares(v):
     """sum of v_i^2 in float64."""
     s = 0.0
@@ -194,39 +360,39 @@ def sum_squares(v):
 
 
 @jit
-def forward_backward(X, y, W1, b1, W2, b2, gW1, gb1, gW2, gb2, H, Z, D):
-    """Loss summed over the rows of X and its gradient, summed (not averaged), into gW1..gb2.
+def forward_backward(X, y, Ws, bs, gWs, gbs, Hs, Z, Ds, act):
+    """Loss summed over the rows of X and its gradient, summed (not averaged), into the tuples gWs, gbs
+    (shaped as Ws, bs).
 
-    Work buffers: H, D (rows x hidden), Z (rows x classes).
+    Work buffers: Hs, Ds (one rows x width buffer each per hidden layer), Z (rows x classes).
     """
     rows = X.shape[0]
-    Hr = H[:rows]
+    L = len(Ws)
+    Hl = _hidden_stack(X, Ws, bs, Hs, act)
     Zr = Z[:rows]
-    Dr = D[:rows]
-    _hidden(X, W1, b1, Hr)
-    np.dot(Hr, W2, Zr)
-    loss, correct = _softmax_ce(Zr, b2, y, Zr)  # Zr now holds the probabilities
+    np.dot(Hl, Ws[L - 1], Zr)
+    loss, correct = _softmax_ce(Zr, bs[L - 1], y, Zr)  # Zr now holds the probabilities
     c = Zr.shape[1]
     for i in range(rows):
-        Zr[i, y[i]] -= np.float32(1.0)  # dL/dz2 = p - onehot(y)
-    np.dot(Hr.T, Zr, gW2)
+        Zr[i, y[i]] -= np.float32(1.0)  # dL/dz = p - onehot(y)
+    gb = gbs[L - 1]
+    np.dot(Hl.T, Zr, gWs[L - 1])
     for j in range(c):
-        gb2[j] = 0.0
+        gb[j] = 0.0
     for i in range(rows):
         for j in range(c):
-            gb2[j] += Zr[i, j]
-    np.dot(Zr, W2.T, Dr)
-    hid = Hr.shape[1]
-    for j in range(hid):
-        gb1[j] = 0.0
-    for i in range(rows):
-        for j in range(hid):
-            h = Hr[i, j]
-            d = Dr[i, j] * h * (np.float32(1.0) - h)
-            d = d if abs(d) >= _TINY else np.float32(0.0)  # no denormals (see _hidden)
-            Dr[i, j] = d
-            gb1[j] += d
-    np.dot(X.T, Dr, gW1)
+            gb[j] += Zr[i, j]
+    D = Zr
+    for l in range(L - 1, 0, -1):  # the delta of hidden layer l - 1 from that of layer l
+        H = Hs[l - 1][:rows]
+        Dn = Ds[l - 1][:rows]
+        np.dot(D, Ws[l].T, Dn)
+        _backprop_delta(H, Dn, act, gbs[l - 1])
+        if l > 1:
+            np.dot(Hs[l - 2][:rows].T, Dn, gWs[l - 1])
+        else:
+            np.dot(X.T, Dn, gWs[0])
+        D = Dn
     return loss, correct
 
 
@@ -293,52 +459,70 @@ def checksum(theta):
 
 
 class Workspace:
-    """Preallocated work buffers for a network, sized for ``rows`` examples at a time."""
+    """Preallocated work buffers for a network of hidden layer widths ``hidden`` (an int or a tuple), sized
+    for ``rows`` examples at a time: ``Hs`` (activations) and ``Ds`` (their backward pass), one per hidden
+    layer, and ``Z`` (the output layer)."""
 
-    def __init__(self, hidden: int, n_out: int, rows: int):
+    def __init__(self, hidden, n_out: int, rows: int):
+        widths = (hidden,) if isinstance(hidden, int) else tuple(hidden)
         self.rows = max(1, rows)
-        self.H = np.empty((self.rows, hidden), dtype=np.float32)
-        self.D = np.empty((self.rows, hidden), dtype=np.float32)
+        self.Hs = tuple(np.empty((self.rows, w), dtype=np.float32) for w in widths)
+        self.Ds = tuple(np.empty((self.rows, w), dtype=np.float32) for w in widths)
         self.Z = np.empty((self.rows, n_out), dtype=np.float32)
 
     @property
     def nbytes(self) -> int:
-        return self.H.nbytes + self.D.nbytes + self.Z.nbytes
+        return sum(a.nbytes for a in self.Hs + self.Ds) + self.Z.nbytes
 
 
-def evaluate(X, y, views, ws: Workspace) -> tuple[float, int]:
-    """Summed cross-entropy and correct count over a whole set, walked in blocks of ``ws.rows``."""
-    W1, b1, W2, b2 = views
+def evaluate(X, y, layer_views, act: int, ws: Workspace) -> tuple[float, int]:
+    """Summed cross-entropy and correct count over a whole set, walked in blocks of ``ws.rows``;
+    ``layer_views`` is ``(Ws, bs)`` (:meth:`hes_mpi.model.MLP.layer_views`)."""
+    Ws, bs = layer_views
     loss = 0.0
     correct = 0
     for s in range(0, X.shape[0], ws.rows):
-        l, c = forward_loss(X[s : s + ws.rows], y[s : s + ws.rows], W1, b1, W2, b2, ws.H, ws.Z)
+        l, c = forward_loss(X[s : s + ws.rows], y[s : s + ws.rows], Ws, bs, ws.Hs, ws.Z, act)
         loss += l
         correct += c
     return loss, correct
 
 
-def warm_up() -> None:
-    """Compile (or load from cache) every kernel on tiny inputs."""
+def warm_up(n_hidden: int = 1) -> None:
+    """Compile (or load from cache) every kernel on tiny inputs, for networks of ``n_hidden`` hidden layers
+    (the tuple kernels are compiled once per depth)."""
     rng = np.random.default_rng(0)
     X = rng.random((3, 4), dtype=np.float32)
     y = np.array([0, 1, 2], dtype=np.int32)
-    W1 = rng.random((4, 5), dtype=np.float32)
-    b1 = np.zeros(5, np.float32)
-    W2 = rng.random((5, 3), dtype=np.float32)
-    b2 = np.zeros(3, np.float32)
-    ws = Workspace(5, 3, 3)
-    forward_loss(X, y, W1, b1, W2, b2, ws.H, ws.Z)
-    g = [np.zeros_like(a) for a in (W1, b1, W2, b2)]
-    forward_backward(X, y, W1, b1, W2, b2, *g, ws.H, ws.Z, ws.D)
+    dims = (4, *([5] * n_hidden), 3)
+    Ws = tuple(rng.random((a, b), dtype=np.float32) for a, b in itertools.pairwise(dims))
+    bs = tuple(np.zeros(b, np.float32) for b in dims[1:])
+    ws = Workspace(dims[1:-1], 3, 3)
+    gWs = tuple(np.zeros_like(a) for a in Ws)
+    gbs = tuple(np.zeros_like(a) for a in bs)
+    for act in range(3):
+        forward_loss(X, y, Ws, bs, ws.Hs, ws.Z, act)
+        forward_backward(X, y, Ws, bs, gWs, gbs, ws.Hs, ws.Z, ws.Ds, act)
     t = np.zeros(8, np.float32)
     seg = np.array([[0, 4]], dtype=np.int64)
     finish_gradient(t.copy(), t, 0.5, 0.1, seg)
     sgd_update(t.copy(), t, 0.1)
     make_candidate(t, t, t, 0.1, 0.2, t.copy(), seg)
     Zcat = rng.random((5, 2 * 3), dtype=np.float32)
-    head_losses(X, y, W1, b1, W2, b2, Zcat, Zcat[:2, :3], 0.1, ws.H, ws.Z, np.zeros((3, 6), np.float32),
-                np.zeros(3))
+    for act in range(3):
+        head_losses(X, y, Ws, bs, Zcat, Zcat[:2, :3], 0.1, ws.Hs, ws.Z, np.zeros((3, 6), np.float32),
+                    np.zeros(3), act)
+    K, R = 2, 1
+    As = tuple(np.zeros((K, a, R), np.float32) for a in dims[:-1])
+    Bts = tuple(np.zeros((K, R, b), np.float32) for b in dims[1:])
+    Cs = tuple(np.zeros((K, b), np.float32) for b in dims[1:])
+    a = np.zeros(len(Ws), np.float32)
+    Ss = tuple(np.empty(((K + 1) * 3, b), np.float32) for b in dims[1:])
+    Us = tuple(np.empty((3, b), np.float32) for b in dims[1:])
+    for act in range(3):
+        lowrank_losses(X, y, Ws, bs, As, Bts, Cs, a, a, Ss, np.empty((3, dims[1]), np.float32),
+                       np.empty((3, R), np.float32), Us, np.zeros(K + 1), act)
+    lowrank_update(Ws[0].copy(), As[0][0], Bts[0][0], 0.1)
     component_stats(t)
     sum_squares(t)
     checksum(t)

@@ -141,3 +141,74 @@ def checksum(theta):
     for b in np.ascontiguousarray(theta, dtype=np.float32).view(np.uint32).tolist():
         h = ((h ^ b) * p) & mask
     return h >> 1
+
+
+# ---------------------------------------------------------------------------- networks of any depth
+def activate(a, act):
+    """The hidden activation (``act``: 'sigmoid', 'relu', 'tanh' or its index), float64."""
+    name = act if isinstance(act, str) else ("sigmoid", "relu", "tanh")[act]
+    if name == "sigmoid":
+        return sigmoid(a)
+    if name == "relu":
+        return np.maximum(a, 0.0)
+    return np.tanh(a)
+
+
+def activation_slope(h, act):
+    """d act / d pre-activation, from the activation h."""
+    name = act if isinstance(act, str) else ("sigmoid", "relu", "tanh")[act]
+    if name == "sigmoid":
+        return h * (1.0 - h)
+    if name == "relu":
+        return (h > 0).astype(np.float64)
+    return 1.0 - h * h
+
+
+def deep_logits(X, Ws, bs, act):
+    """(the hidden activations, one array per hidden layer; the output logits), float64."""
+    A = np.asarray(X, dtype=np.float64)
+    Hs = []
+    for W, b in zip(Ws[:-1], bs[:-1]):
+        A = activate(A @ np.asarray(W, np.float64) + np.asarray(b, np.float64), act)
+        Hs.append(A)
+    return Hs, A @ np.asarray(Ws[-1], np.float64) + np.asarray(bs[-1], np.float64)
+
+
+def deep_forward_loss(X, y, Ws, bs, act):
+    """(summed cross-entropy, correct count) of the network (Ws, bs)."""
+    _, Z = deep_logits(X, Ws, bs, act)
+    y = np.asarray(y, dtype=np.int64)
+    return float(-log_softmax(Z)[np.arange(len(y)), y].sum()), int((Z.argmax(axis=1) == y).sum())
+
+
+def deep_forward_backward(X, y, Ws, bs, act):
+    """(loss, correct, gWs, gbs): the gradient of the summed cross-entropy, float64, by the chain rule."""
+    X64 = np.asarray(X, dtype=np.float64)
+    y = np.asarray(y, dtype=np.int64)
+    Hs, Z = deep_logits(X, Ws, bs, act)
+    P = np.exp(log_softmax(Z))
+    P[np.arange(len(y)), y] -= 1.0
+    D = P
+    inputs = [X64, *Hs]
+    gWs, gbs = [None] * len(Ws), [None] * len(Ws)
+    for l in range(len(Ws) - 1, -1, -1):
+        gWs[l] = inputs[l].T @ D
+        gbs[l] = D.sum(axis=0)
+        if l:
+            D = (D @ np.asarray(Ws[l], np.float64).T) * activation_slope(Hs[l - 1], act)
+    loss, correct = deep_forward_loss(X, y, Ws, bs, act)
+    return loss, correct, gWs, gbs
+
+
+def lowrank_losses(X, y, Ws, bs, As, Bts, Cs, aw, ab, act):
+    """K + 1 summed cross-entropies: candidate k's network has weights W_l - aw_l A_l[k] @ Bt_l[k] and
+    biases b_l - ab_l C_l[k], built densely in float64; the last value is the unperturbed network's."""
+    K = As[0].shape[0]
+    out = []
+    for k in range(K):
+        Wk = [np.asarray(W, np.float64) - float(aw[l]) * (As[l][k].astype(np.float64) @ Bts[l][k].astype(np.float64))
+              for l, W in enumerate(Ws)]
+        bk = [np.asarray(b, np.float64) - float(ab[l]) * Cs[l][k] for l, b in enumerate(bs)]
+        out.append(deep_forward_loss(X, y, Wk, bk, act)[0])
+    out.append(deep_forward_loss(X, y, Ws, bs, act)[0])
+    return np.array(out)

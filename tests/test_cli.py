@@ -150,7 +150,12 @@ def test_summary_errors_are_one_line(tmp_path):
         (["--algo", "hes", "--antithetic", "--K", "3"], "even --K"),
         (["--algo", "hes", "--es-rows", "0"], "--es-rows"),
         (["--algo", "hes", "--adapt-sigma", "--no-baseline"], "needs --baseline"),
-        (["--algo", "hes", "--perturb", "middle"], "invalid choice"),
+        (["--algo", "hes", "--perturb", "middle"], "must be all, output or lowrank:R"),
+        (["--algo", "hes", "--perturb", "lowrank:0"], "must be all, output or lowrank:R"),
+        (["--hidden", "300,0"], "--hidden"),
+        (["--hidden", "wide"], "--hidden"),
+        (["--activation", "gelu"], "invalid choice"),
+        (["--init", "zeros"], "invalid choice"),
     ],
 )
 def test_bad_options(args, fragment):

@@ -26,7 +26,9 @@ def final_theta(tmp_path, ranks: int, method: list[str]) -> np.ndarray:
     (["--algo", "reuse", "--r", "2"], 1e-4),  # the gradient of the global batch, whoever sums it
     (["--algo", "reuse", "--r", "3", "--compress", "fp16"], 2e-2),  # float16 shares: rounded per rank
     (["--algo", "bgd", "--compress", "powersgd:2"], 2e-2),  # the power iteration on the summed shares
-], ids=["reuse", "reuse-fp16", "powersgd"])
+    (["--algo", "bgd", "--hidden", "32,16,8", "--activation", "relu", "--init", "he"], 1e-4),  # a deeper network
+    (["--algo", "bgd", "--hidden", "24,12", "--activation", "tanh", "--init", "xavier"], 1e-4),
+], ids=["reuse", "reuse-fp16", "powersgd", "deep-relu", "deep-tanh"])
 def test_one_rank_and_two_ranks_train_alike(tmp_path, method, atol):
     one, two = final_theta(tmp_path, 1, method), final_theta(tmp_path, 2, method)
     assert np.max(np.abs(one - two)) < atol

@@ -39,9 +39,25 @@ def make_problem(rows, n_in, hidden, classes, seed=0, wscale=None):
     return net, theta, X, y
 
 
+def layers(views):
+    """(W1, b1, W2, b2, ...) as the kernels take it: ((W1, W2, ...), (b1, b2, ...))."""
+    return tuple(views[0::2]), tuple(views[1::2])
+
+
 def grad_views(net):
     g = np.full(net.param_count, np.nan, dtype=np.float32)  # poison: every entry must be written
     return g, net.views(g)
+
+
+def central_differences(loss, t64, eps=1e-6):
+    """d loss / d t by central differences, component by component (float64)."""
+    fd = np.empty_like(t64)
+    for i in range(t64.size):
+        tp, tm = t64.copy(), t64.copy()
+        tp[i] += eps
+        tm[i] -= eps
+        fd[i] = (loss(tp) - loss(tm)) / (2 * eps)
+    return fd
 
 
 def assert_bitwise(a, b):
@@ -61,7 +77,7 @@ def test_forward_loss(shape):
     net, theta, X, y = make_problem(*shape)
     views = net.views(theta)
     ws = kernels.Workspace(hidden, classes, rows)
-    loss, correct = kernels.forward_loss(X, y, *views, ws.H, ws.Z)
+    loss, correct = kernels.forward_loss(X, y, *layers(views), ws.Hs, ws.Z, 0)
     ref_loss, ref_correct = naive.forward_loss(X, y, *views)
     assert isinstance(correct, (int, np.integer))
     assert int(correct) == ref_correct
@@ -77,10 +93,10 @@ def test_forward_loss_workspace_larger_than_batch(shape):
     views = net.views(theta)
     exact = kernels.Workspace(hidden, classes, rows)
     big = kernels.Workspace(hidden, classes, rows + 17)
-    big.H.fill(np.nan)
+    big.Hs[0].fill(np.nan)
     big.Z.fill(np.nan)
-    a = kernels.forward_loss(X, y, *views, exact.H, exact.Z)
-    b = kernels.forward_loss(X, y, *views, big.H, big.Z)
+    a = kernels.forward_loss(X, y, *layers(views), exact.Hs, exact.Z, 0)
+    b = kernels.forward_loss(X, y, *layers(views), big.Hs, big.Z, 0)
     assert a[1] == b[1]
     assert a[0] == pytest.approx(b[0], rel=1e-6, abs=0)
 
@@ -100,10 +116,10 @@ def test_head_losses(shape, K):
     half = max(1, rows // 2)
     Zp = np.full((rows, K * classes), np.nan, np.float32)
     for a, b in ((0, half), (half, rows)):
-        kernels.head_losses(X[a:b], y[a:b], W1, b1, W2, b2, Zcat, zb, 0.3, ws.H, ws.Z, Zp, losses)
+        kernels.head_losses(X[a:b], y[a:b], (W1, W2), (b1, b2), Zcat, zb, 0.3, ws.Hs, ws.Z, Zp, losses, 0)
     ref = naive.head_losses(X, y, W1, b1, W2, b2, zs, 0.3)
     np.testing.assert_allclose(losses, ref, rtol=LOSS_RTOL, atol=0)
-    assert losses[K] == pytest.approx(kernels.forward_loss(X, y, W1, b1, W2, b2, ws.H, ws.Z)[0], rel=1e-6)
+    assert losses[K] == pytest.approx(kernels.forward_loss(X, y, (W1, W2), (b1, b2), ws.Hs, ws.Z, 0)[0], rel=1e-6)
 
 
 def test_hidden_sigmoid_within_float32_rounding_everywhere():
@@ -114,7 +130,8 @@ def test_hidden_sigmoid_within_float32_rounding_everywhere():
     X = np.zeros((2, 3), np.float32)
     W1 = np.ones((3, b1.size), np.float32)
     H = np.empty((2, b1.size), np.float32)
-    kernels._hidden(X, W1, b1, H)
+    np.dot(X, W1, H)
+    kernels._sigmoid_inplace(H, b1)
     with np.errstate(over="ignore"):  # exp(1e30) in the reference is inf: sigmoid 0, as wanted
         ref = naive.sigmoid(b1.astype(np.float64))
     assert np.array_equal(H[0], H[1])
@@ -165,12 +182,12 @@ def test_loss_value_matches_reference(which):
         views = net.views(theta)
         ws = kernels.Workspace(hidden, classes, rows)
         if which == "forward_loss":
-            loss, _ = kernels.forward_loss(X, y, *views, ws.H, ws.Z)
+            loss, _ = kernels.forward_loss(X, y, *layers(views), ws.Hs, ws.Z, 0)
         elif which == "forward_backward":
             _, gv = grad_views(net)
-            loss, _ = kernels.forward_backward(X, y, *views, *gv, ws.H, ws.Z, ws.D)
+            loss, _ = kernels.forward_backward(X, y, *layers(views), *layers(gv), ws.Hs, ws.Z, ws.Ds, 0)
         else:
-            loss, _ = kernels.evaluate(X, y, views, kernels.Workspace(hidden, classes, 3))
+            loss, _ = kernels.evaluate(X, y, layers(views), 0, kernels.Workspace(hidden, classes, 3))
         ref, _ = naive.forward_loss(X, y, *views)
         np.testing.assert_allclose(loss, ref, rtol=LOSS_RTOL, atol=0, err_msg=f"{which} {shape}")
 
@@ -193,7 +210,7 @@ def test_forward_backward_gradient(shape):
     views = net.views(theta)
     g, gv = grad_views(net)
     ws = kernels.Workspace(hidden, classes, rows)
-    loss, correct = kernels.forward_backward(X, y, *views, *gv, ws.H, ws.Z, ws.D)
+    loss, correct = kernels.forward_backward(X, y, *layers(views), *layers(gv), ws.Hs, ws.Z, ws.Ds, 0)
     ref_loss, ref_correct, ref_grads = naive.forward_backward(X, y, *views)
     assert int(correct) == ref_correct
     np.testing.assert_allclose(loss, ref_loss, rtol=LOSS_RTOL, atol=0)
@@ -203,7 +220,7 @@ def test_forward_backward_gradient(shape):
         np.testing.assert_allclose(got, want, rtol=GRAD_RTOL, atol=GRAD_ATOL, err_msg=name)
     # the loss it returns is the one forward_loss returns for the same inputs
     ws2 = kernels.Workspace(hidden, classes, rows)
-    fl, fc = kernels.forward_loss(X, y, *views, ws2.H, ws2.Z)
+    fl, fc = kernels.forward_loss(X, y, *layers(views), ws2.Hs, ws2.Z, 0)
     assert fc == correct
     assert loss == pytest.approx(fl, rel=1e-12, abs=0)
 
@@ -216,8 +233,8 @@ def test_forward_backward_overwrites_gradient_buffers():
     ws = kernels.Workspace(7, 10, 13)
     g1 = np.zeros(net.param_count, np.float32)
     g2 = np.full(net.param_count, 123.0, np.float32)
-    kernels.forward_backward(X, y, *views, *net.views(g1), ws.H, ws.Z, ws.D)
-    kernels.forward_backward(X, y, *views, *net.views(g2), ws.H, ws.Z, ws.D)
+    kernels.forward_backward(X, y, *layers(views), *net.layer_views(g1), ws.Hs, ws.Z, ws.Ds, 0)
+    kernels.forward_backward(X, y, *layers(views), *net.layer_views(g2), ws.Hs, ws.Z, ws.Ds, 0)
     assert_bitwise(g1, g2)
 
 
@@ -227,19 +244,11 @@ def test_forward_backward_finite_differences():
     net, theta, X, y = make_problem(rows, n_in, hidden, classes, seed=3, wscale=0.7)
     g, gv = grad_views(net)
     ws = kernels.Workspace(hidden, classes, rows)
-    kernels.forward_backward(X, y, *net.views(theta), *gv, ws.H, ws.Z, ws.D)
+    kernels.forward_backward(X, y, *net.layer_views(theta), *layers(gv), ws.Hs, ws.Z, ws.Ds, 0)
 
     t64 = theta.astype(np.float64)
     X64 = X.astype(np.float64)
-    eps = 1e-6
-    fd = np.empty_like(t64)
-    for i in range(t64.size):
-        tp, tm = t64.copy(), t64.copy()
-        tp[i] += eps
-        tm[i] -= eps
-        lp, _ = naive.forward_loss(X64, y, *net.views(tp))
-        lm, _ = naive.forward_loss(X64, y, *net.views(tm))
-        fd[i] = (lp - lm) / (2 * eps)
+    fd = central_differences(lambda t: naive.forward_loss(X64, y, *net.views(t))[0], t64)
 
     # the reference gradient is right ...
     _, _, ref = naive.forward_backward(X64, y, *net.views(t64))
@@ -403,11 +412,14 @@ def test_checksum_order_length_and_signed_zero():
 # ------------------------------------------------------------------------------ Workspace / evaluate
 def test_workspace_shapes():
     ws = kernels.Workspace(7, 10, 5)
-    assert ws.H.shape == ws.D.shape == (5, 7)
+    assert [a.shape for a in ws.Hs] == [a.shape for a in ws.Ds] == [(5, 7)]
     assert ws.Z.shape == (5, 10)
-    assert ws.H.dtype == ws.D.dtype == ws.Z.dtype == np.float32
+    assert ws.Hs[0].dtype == ws.Ds[0].dtype == ws.Z.dtype == np.float32
     assert ws.nbytes == 4 * (5 * 7 * 2 + 5 * 10)
     assert kernels.Workspace(7, 10, 0).rows == 1
+    deep = kernels.Workspace((7, 3), 10, 5)
+    assert [a.shape for a in deep.Hs] == [a.shape for a in deep.Ds] == [(5, 7), (5, 3)]
+    assert deep.nbytes == 4 * (5 * 10 * 2 + 5 * 10)
 
 
 @pytest.mark.parametrize("block_rows", [1, 7, 49, 50, 64])
@@ -415,19 +427,19 @@ def test_evaluate_in_blocks_equals_one_shot(block_rows):
     rows, n_in, hidden, classes = 50, 20, 7, 10
     net, theta, X, y = make_problem(rows, n_in, hidden, classes, seed=4)
     views = net.views(theta)
-    loss, correct = kernels.evaluate(X, y, views, kernels.Workspace(hidden, classes, block_rows))
+    loss, correct = kernels.evaluate(X, y, layers(views), 0, kernels.Workspace(hidden, classes, block_rows))
     # one-shot float64 reference
     ref_loss, ref_correct = naive.evaluate(X, y, views)
     assert correct == ref_correct
     np.testing.assert_allclose(loss, ref_loss, rtol=LOSS_RTOL, atol=0)
     # one-shot kernel pass over all 50 rows
     ws = kernels.Workspace(hidden, classes, rows)
-    one_loss, one_correct = kernels.forward_loss(X, y, *views, ws.H, ws.Z)
+    one_loss, one_correct = kernels.forward_loss(X, y, *layers(views), ws.Hs, ws.Z, 0)
     assert correct == one_correct
     assert loss == pytest.approx(one_loss, rel=1e-6)
     # and the blockwise sum of forward_loss
     ws = kernels.Workspace(hidden, classes, block_rows)
-    parts = [kernels.forward_loss(X[s : s + block_rows], y[s : s + block_rows], *views, ws.H, ws.Z)
+    parts = [kernels.forward_loss(X[s : s + block_rows], y[s : s + block_rows], *layers(views), ws.Hs, ws.Z, 0)
              for s in range(0, rows, block_rows)]
     assert loss == pytest.approx(sum(p[0] for p in parts), rel=1e-12)
     assert correct == sum(p[1] for p in parts)
@@ -436,10 +448,161 @@ def test_evaluate_in_blocks_equals_one_shot(block_rows):
 def test_evaluate_empty_set():
     net = MLP(4, 3, 10)
     theta = net.init_params(0)
-    loss, correct = kernels.evaluate(np.zeros((0, 4), np.float32), np.zeros(0, np.int32), net.views(theta),
-                                     kernels.Workspace(3, 10, 7))
+    loss, correct = kernels.evaluate(np.zeros((0, 4), np.float32), np.zeros(0, np.int32), net.layer_views(theta),
+                                     0, kernels.Workspace(3, 10, 7))
     assert loss == 0.0 and correct == 0
 
 
 def test_warm_up_runs():
     kernels.warm_up()
+    kernels.warm_up(3)
+
+
+# ------------------------------------------------------------------------------ deeper networks
+# (rows, widths of the layers from the input, activation)
+DEEP = [
+    (13, (20, 7, 5, 10), "sigmoid"),
+    (13, (20, 7, 5, 10), "relu"),
+    (13, (20, 7, 5, 10), "tanh"),
+    (64, (784, 64, 32, 10), "relu"),
+    (9, (5, 4, 4, 4, 3), "tanh"),
+    (33, (30, 16, 10), "relu"),
+]
+DEEP_IDS = [f"rows{r}-{'-'.join(map(str, d))}-{a}" for r, d, a in DEEP]
+
+
+def deep_problem(rows, dims, act, seed=0):
+    rng = np.random.default_rng([seed, rows, *dims])
+    net = MLP(dims[0], dims[1:-1], dims[-1], act, "xavier")
+    theta = net.init_params(seed)
+    theta[net.offsets[1] : net.offsets[2]] = rng.standard_normal(dims[1], dtype=np.float32) * np.float32(0.1)
+    X = rng.random((rows, dims[0]), dtype=np.float32)
+    y = rng.integers(0, dims[-1], rows).astype(np.int32)
+    return net, theta, X, y
+
+
+@pytest.mark.parametrize(("rows", "dims", "act"), DEEP, ids=DEEP_IDS)
+def test_deep_forward_loss_and_evaluate(rows, dims, act):
+    net, theta, X, y = deep_problem(rows, dims, act)
+    Ws, bs = net.layer_views(theta)
+    ws = kernels.Workspace(net.hidden, net.n_out, rows)
+    loss, correct = kernels.forward_loss(X, y, Ws, bs, ws.Hs, ws.Z, net.activation_code)
+    ref_loss, ref_correct = naive.deep_forward_loss(X, y, Ws, bs, act)
+    assert int(correct) == ref_correct
+    np.testing.assert_allclose(loss, ref_loss, rtol=LOSS_RTOL, atol=0)
+    ev = kernels.evaluate(X, y, (Ws, bs), net.activation_code, kernels.Workspace(net.hidden, net.n_out, 4))
+    assert ev[1] == ref_correct
+    np.testing.assert_allclose(ev[0], ref_loss, rtol=LOSS_RTOL, atol=0)
+
+
+@pytest.mark.parametrize(("rows", "dims", "act"), DEEP, ids=DEEP_IDS)
+def test_deep_forward_backward(rows, dims, act):
+    net, theta, X, y = deep_problem(rows, dims, act)
+    Ws, bs = net.layer_views(theta)
+    g = np.full(net.param_count, np.nan, np.float32)
+    gWs, gbs = net.layer_views(g)
+    ws = kernels.Workspace(net.hidden, net.n_out, rows + 3)
+    loss, correct = kernels.forward_backward(X, y, Ws, bs, gWs, gbs, ws.Hs, ws.Z, ws.Ds, net.activation_code)
+    ref_loss, ref_correct, rW, rb = naive.deep_forward_backward(X, y, Ws, bs, act)
+    assert int(correct) == ref_correct
+    np.testing.assert_allclose(loss, ref_loss, rtol=LOSS_RTOL, atol=0)
+    assert np.isfinite(g).all()
+    for l in range(net.n_layers):
+        np.testing.assert_allclose(gWs[l], rW[l], rtol=GRAD_RTOL, atol=GRAD_ATOL, err_msg=f"gW{l + 1}")
+        np.testing.assert_allclose(gbs[l], rb[l], rtol=GRAD_RTOL, atol=GRAD_ATOL, err_msg=f"gb{l + 1}")
+
+
+@pytest.mark.parametrize("act", ["sigmoid", "relu", "tanh"])
+def test_deep_gradient_against_finite_differences(act):
+    """The float64 reference's chain rule is right (central differences of its own loss) for every activation."""
+    net, theta, X, y = deep_problem(5, (3, 4, 3, 3), act, seed=2)
+    t64 = theta.astype(np.float64)
+    fd = central_differences(lambda t: naive.deep_forward_loss(X, y, *net.layer_views(t), act)[0], t64)
+    _, _, rW, rb = naive.deep_forward_backward(X, y, *net.layer_views(t64), act)
+    ref = np.concatenate([a.ravel() for pair in zip(rW, rb) for a in pair])
+    np.testing.assert_allclose(ref, fd, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("act", ["relu", "tanh"])
+def test_activations_within_float32_rounding_and_never_denormal(act):
+    b = np.concatenate([np.linspace(-60, 60, 4001), [-1e30, -44.0, -1e-6, -1e-30, 0.0, 1e-30, 1e-6, 44.0, 1e30]])
+    b = b.astype(np.float32)
+    H = np.zeros((2, b.size), np.float32)
+    kernels._activate(H, b, 1 if act == "relu" else 2)
+    ref = naive.activate(b.astype(np.float64), act)
+    assert np.array_equal(H[0], H[1])
+    np.testing.assert_allclose(H[0], ref, rtol=0, atol=1.2e-7)
+    tiny = np.finfo(np.float32).tiny
+    assert not np.any((H != 0) & (np.abs(H) < tiny))
+
+
+@pytest.mark.parametrize(("rows", "dims", "act"), DEEP, ids=DEEP_IDS)
+@pytest.mark.parametrize("K", [1, 4])
+def test_deep_head_losses(rows, dims, act, K):
+    net, theta, X, y = deep_problem(rows, dims, act)
+    Ws, bs = net.layer_views(theta)
+    c = net.n_out
+    zs = np.random.default_rng(K).standard_normal((K, Ws[-1].size + c), dtype=np.float32)
+    Zcat, zb = kernels.head_perturbations(zs, net.hidden[-1], c)
+    ws = kernels.Workspace(net.hidden, c, rows)
+    losses = np.zeros(K + 1)
+    kernels.head_losses(X, y, Ws, bs, Zcat, zb, 0.3, ws.Hs, ws.Z, np.empty((rows, K * c), np.float32), losses,
+                        net.activation_code)
+    ref = []
+    for z in zs:
+        Wk = (*Ws[:-1], Ws[-1] - np.float32(0.3) * z[: Ws[-1].size].reshape(Ws[-1].shape))
+        bk = (*bs[:-1], bs[-1] - np.float32(0.3) * z[Ws[-1].size :])
+        ref.append(naive.deep_forward_loss(X, y, Wk, bk, act)[0])
+    ref.append(naive.deep_forward_loss(X, y, Ws, bs, act)[0])
+    np.testing.assert_allclose(losses, ref, rtol=LOSS_RTOL, atol=0)
+
+
+def lowrank_factors(net, K, R, seed):
+    rng = np.random.default_rng([seed, K, R])
+    As = tuple(rng.standard_normal((K, a, R), dtype=np.float32) for a, _ in net.layer_dims)
+    Bts = tuple(rng.standard_normal((K, R, b), dtype=np.float32) for _, b in net.layer_dims)
+    Cs = tuple(rng.standard_normal((K, b), dtype=np.float32) for _, b in net.layer_dims)
+    return As, Bts, Cs
+
+
+@pytest.mark.parametrize(("rows", "dims", "act"), DEEP, ids=DEEP_IDS)
+@pytest.mark.parametrize(("K", "R"), [(1, 1), (4, 1), (3, 3)])
+def test_lowrank_losses(rows, dims, act, K, R):
+    """K low-rank candidates of every layer (+ the unperturbed network), accumulated over two chunks of
+    rows, against the same candidates built densely in float64."""
+    net, theta, X, y = deep_problem(rows, dims, act)
+    Ws, bs = net.layer_views(theta)
+    As, Bts, Cs = lowrank_factors(net, K, R, rows)
+    L = net.n_layers
+    aw = np.linspace(0.05, 0.2, L).astype(np.float32)
+    ab = np.linspace(0.1, 0.3, L).astype(np.float32)
+    chunk = max(1, (rows + 1) // 2)
+    Ss = tuple(np.full(((K + 1) * chunk, b), np.nan, np.float32) for _, b in net.layer_dims)
+    Us = tuple(np.empty((chunk, b), np.float32) for _, b in net.layer_dims)
+    P0 = np.empty((chunk, net.dims[1]), np.float32)
+    T = np.empty((chunk, R), np.float32)
+    losses = np.zeros(K + 1)
+    for s in range(0, rows, chunk):
+        kernels.lowrank_losses(X[s : s + chunk], y[s : s + chunk], Ws, bs, As, Bts, Cs, aw, ab, Ss, P0, T, Us,
+                               losses, net.activation_code)
+    ref = naive.lowrank_losses(X, y, Ws, bs, As, Bts, Cs, aw, ab, act)
+    np.testing.assert_allclose(losses, ref, rtol=2e-5, atol=0)
+    # the unperturbed block is the plain forward pass
+    ws = kernels.Workspace(net.hidden, net.n_out, rows)
+    plain = kernels.forward_loss(X, y, Ws, bs, ws.Hs, ws.Z, net.activation_code)[0]
+    assert losses[K] == pytest.approx(plain, rel=1e-6)
+
+
+@pytest.mark.parametrize("R", [1, 2, 5])
+def test_lowrank_update(R):
+    rng = np.random.default_rng(R)
+    W = rng.standard_normal((17, 9), dtype=np.float32)
+    A = rng.standard_normal((17, R), dtype=np.float32)
+    Bt = rng.standard_normal((R, 9), dtype=np.float32)
+    got = W.copy()
+    kernels.lowrank_update(got, A, Bt, 0.37)
+    np.testing.assert_allclose(got, W.astype(np.float64) - 0.37 * (A.astype(np.float64) @ Bt), rtol=1e-5, atol=1e-5)
+    # the float32 expression every rank rebuilds (rank-1 terms in order) is exactly reproducible
+    again = W.copy()
+    kernels.lowrank_update(again, A, Bt, 0.37)
+    assert_bitwise(got, again)

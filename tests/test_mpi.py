@@ -33,9 +33,9 @@ def comm():
 
 
 def setup_algo(comm, cls, **kw):
-    cfg = RunConfig(data="synthetic:800", hidden=16, batch=200, lr=1.0, K=4, **kw).validate()
+    cfg = RunConfig(**{"data": "synthetic:800", "hidden": 16, "batch": 200, "lr": 1.0, "K": 4, **kw}).validate()
     shard = load_shard(cfg.data, comm.rank, comm.size)
-    model = MLP(shard.n_features, cfg.hidden, shard.n_classes)
+    model = MLP(shard.n_features, cfg.hidden, shard.n_classes, cfg.activation, cfg.init)
     algo = cls(cfg, model, comm, min(cfg.batch, shard.hi - shard.lo), cfg.batch)
     theta = model.init_params(cfg.seed)
     idx = global_batches(shard.n_train, cfg.batch, cfg.seed, 0)[0]
@@ -292,3 +292,109 @@ def test_fallback_keeps_the_unperturbed_candidate_when_none_beats_it(comm):
         else:
             assert info.es_k >= 0 and np.array_equal(theta, theta_b)
         assert all_equal(comm, theta)
+
+
+# ---------------------------------------------------------------------------- deeper networks
+def setup_deep(comm, **kw):
+    return setup_algo(comm, HybridES, hidden="16,8", activation="relu", init="he", lr=0.5, algo="hes", r=2, **kw)
+
+
+def lowrank_dense(model, z, R):
+    """The dense perturbation of every layer of a low-rank noise vector z: [(A Bt / sqrt(R), c), ...]."""
+    out, off = [], 0
+    for a, b in model.layer_dims:
+        A = z[off : off + a * R].reshape(a, R).astype(np.float64)
+        off += a * R
+        Bt = z[off : off + R * b].reshape(R, b).astype(np.float64)
+        off += R * b
+        out.append((A @ Bt / np.sqrt(R), z[off : off + b].astype(np.float64)))
+        off += b
+    return out
+
+
+@pytest.mark.parametrize("methods", [{"perturb": "lowrank:1"}, {"perturb": "lowrank:3", "antithetic": True},
+                                     {"perturb": "lowrank:2", "recombine": "weighted", "noise": "philox"},
+                                     {"perturb": "lowrank:1", "carry": True}],
+                         ids=lambda m: ",".join(f"{k}={v}" for k, v in m.items()))
+def test_lowrank_es_step_rebuilds_the_same_update_everywhere(comm, methods):
+    """--perturb lowrank:R on a deeper network: at most 12 bytes per rank (8 K with weighted recombination),
+    the winner is the cheapest candidate of all ranks, and every rank applies exactly the float32 update
+    rebuilt from the winners' keys: the base step, then per layer W - c A Bt (rank-1 terms in order) and
+    b - c' c."""
+    cfg, model, algo, theta, batch = setup_deep(comm, **methods)
+    algo.step(0, theta, batch)
+    g0 = algo.g.copy()
+    before = theta.copy()
+    sigmas = algo.sigmas()
+    assert np.all(sigmas > 0) and np.unique(sigmas).size == model.n_layers  # one sigma per layer
+    costs, base = algo.candidate_costs(1, before, batch, algo.sigma())  # before --carry moves g
+    comm.drain()
+    info = algo.step(1, theta, batch)
+    rec = algorithm_records(comm, "es")
+    limit = 8 * cfg.K if cfg.recombine == "weighted" else 12
+    assert rec.shape[0] == 1 and (0 < rec["bytes_sent"].sum() <= limit or comm.size == 1)
+    assert all_equal(comm, theta)
+    glob = np.empty(comm.size * cfg.K)
+    comm.Allgather(np.ascontiguousarray(costs - base), glob)
+    order = np.argsort(glob, kind="stable")
+    assert info.es_rank * cfg.K + info.es_k == order[0]
+    if cfg.recombine == "best":
+        winners = [(int(order[0]), 1.0)]
+    else:
+        mu = glob.size // 2 or 1
+        w = np.log(mu + 0.5) - np.log(np.arange(1, mu + 1))
+        winners = [(int(order[j]), float(w[j] / w.sum())) for j in range(mu)]
+    f32 = np.float32
+    expected = before - f32(cfg.lr * cfg.effective_es_step) * g0
+    g_expected = g0.copy()
+    R = algo.R
+    for index, wt in winners:
+        z = algo.perturbation(1, *divmod(index, cfg.K), np.empty(algo.zs.shape[1], np.float32)).copy()
+        for target, step in ((expected, wt * cfg.lr * sigmas), (g_expected, -wt * sigmas)):
+            if target is g_expected and not cfg.carry:
+                continue
+            views, off = model.views(target), 0
+            for l, (a, b) in enumerate(model.layer_dims):
+                A = z[off : off + a * R].reshape(a, R)
+                off += a * R
+                Bt = z[off : off + R * b].reshape(R, b)
+                off += R * b
+                W = views[2 * l]
+                for r in range(R):
+                    W[:] = W - (f32(float(step[l]) / np.sqrt(R)) * A[:, r : r + 1]) * Bt[r]
+                views[2 * l + 1][:] = views[2 * l + 1] - f32(float(step[l])) * z[off : off + b]
+                off += b
+    assert np.array_equal(theta.view(np.uint32), expected.view(np.uint32))
+    assert np.array_equal(algo.g.view(np.uint32), g_expected.view(np.uint32))
+
+
+@pytest.mark.parametrize("perturb", ["lowrank:1", "lowrank:2", "output", "all"])
+def test_deep_candidate_costs_match_dense_candidates(comm, perturb):
+    """Every perturbation mode's costs on a 2-hidden-layer ReLU network against the candidates built as
+    dense parameter vectors and costed by the float64 reference (loss + L2)."""
+    cfg, model, algo, theta, batch = setup_deep(comm, perturb=perturb, baseline=False)
+    algo.step(0, theta, batch)
+    sigma = algo.sigma()
+    costs, base = algo.candidate_costs(1, theta, batch, sigma)
+    X, y = batch.full()
+    o = model.offsets
+    want = []
+    for k in range(cfg.K + 1):
+        if perturb == "all":
+            z = algo.perturbation(1, comm.rank, k % cfg.K, np.empty(algo.zs.shape[1], np.float32))
+            cand = theta - np.float32(cfg.lr) * (algo.g + np.float32(sigma if k < cfg.K else 0.0) * z)
+        else:
+            cand = (theta - np.float32(cfg.lr) * algo.g).astype(np.float64)
+        if k < cfg.K and perturb == "output":
+            z = algo.perturbation(1, comm.rank, k, np.empty(algo.zs.shape[1], np.float32))
+            cand[o[-3]:o[-1]] -= cfg.lr * sigma * z
+        elif k < cfg.K and perturb.startswith("lowrank"):
+            z = algo.perturbation(1, comm.rank, k, np.empty(algo.zs.shape[1], np.float32))
+            views = model.views(cand)
+            for l, (E, c) in enumerate(lowrank_dense(model, z, algo.R)):
+                views[2 * l][:] -= cfg.lr * algo.sigmas()[l] * E
+                views[2 * l + 1][:] -= cfg.lr * algo.sigmas()[l] * c
+        loss, _ = naive.deep_forward_loss(X, y, *model.layer_views(cand), "relu")
+        want.append(loss / X.shape[0] + model.l2_term(cand, cfg.l2))
+    got = np.append(costs, base) if perturb != "all" else np.append(costs, want[-1])
+    np.testing.assert_allclose(got, want, rtol=2e-5)

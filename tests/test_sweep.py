@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+from pathlib import Path
 
 import pytest
 from conftest import run_cli
@@ -54,6 +55,18 @@ def test_dry_run_lists_the_runs_without_mpi(tmp_path):
         "bgd_s3: Reference (BGD), seed 3, 2 epochs, data synthetic:2000",
         "plain_s3: H-ES, r = 2 [plain], seed 3, 2 epochs, data synthetic:2000",
         "head_s3: H-ES, r = 2 [output layer, baseline, ES step auto], seed 3, 2 epochs, data synthetic:2000"]
+
+
+def test_only_runs_the_matching_lines(tmp_path):
+    size = Path(__file__).resolve().parent.parent / "jobs" / "size.params"
+    proc = run_cli(["sweep", size, "--seeds", "0", "--only", "w1024_*", "w300_d1_bgd",
+                    "--args=--epochs 3", "--dry-run"], n=None)
+    assert proc.returncode == 0, proc.stderr
+    names = [ln.split(":")[0] for ln in proc.stdout.splitlines()]
+    assert names == ["w300_d1_bgd_s0"] + [f"w1024_d{d}_{m}_s0" for d in (1, 2, 3) for m in ("bgd", "hes", "lowrank")]
+    proc = run_cli(["sweep", size, "--only", "w4096_*", "--dry-run"], n=None)
+    assert proc.returncode == 2 and "size.params matches" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
 
 
 @pytest.mark.parametrize(("text", "fragment"), [

@@ -64,7 +64,7 @@ class GradientStep:
         self.comm = comm
         self.global_batch = global_batch
         self.g = np.zeros(model.param_count, dtype=np.float32)
-        self.g_views = model.views(self.g)
+        self.g_layers = model.layer_views(self.g)
         self.ws = kernels.Workspace(model.hidden, model.n_out, max_rows)
         self.segments = model.weight_segments
         self.has_grad = False
@@ -79,9 +79,10 @@ class GradientStep:
     def backward(self, i: int, theta: np.ndarray, X: np.ndarray, y: np.ndarray, info: StepInfo) -> np.ndarray:
         """This rank's gradient sum over its rows at ``theta`` into ``self.g`` (phase ``grad``, no communication)."""
         self.comm.set_phase("grad", i)
-        W = self.model.views(theta)
+        Ws, bs = self.model.layer_views(theta)
         if X.shape[0]:
-            loss, _ = kernels.forward_backward(X, y, *W, *self.g_views, self.ws.H, self.ws.Z, self.ws.D)
+            loss, _ = kernels.forward_backward(X, y, Ws, bs, *self.g_layers, self.ws.Hs, self.ws.Z, self.ws.Ds,
+                                               self.model.activation_code)
         else:
             self.g[:] = 0.0
             loss = 0.0
@@ -103,10 +104,11 @@ class GradientStep:
         return rows * (self.model.n_in * 4 + 4)
 
     def work_bytes(self, rows: int) -> int:
-        """Bytes a gradient step writes: the rows copied out of the shard, the flat gradient, hidden activations
-        and their backward pass (2 x rows x hidden), and the output layer (rows x classes)."""
+        """Bytes a gradient step writes: the rows copied out of the shard, the flat gradient, the hidden
+        activations and their backward pass (2 x rows x width per hidden layer), and the output layer
+        (rows x classes)."""
         m = self.model
-        return (self.batch_bytes(rows) + self.g.nbytes + rows * (2 * m.hidden + m.n_out) * 4
+        return (self.batch_bytes(rows) + self.g.nbytes + rows * (2 * sum(m.hidden) + m.n_out) * 4
                 + self.exchange.work_bytes())
 
     def state(self) -> dict:

@@ -13,6 +13,15 @@ Methods on top of it, each a ``train`` option (docs/results.md's ablation table 
     the hidden layer is the same for every candidate: it is computed once per chunk of rows and shared,
     and each candidate costs one small (rows x hidden) @ (hidden x classes) product. The rows are read
     from the shard in chunks of :data:`CHUNK_ROWS`, so an ES step never holds the whole batch.
+``--perturb lowrank:R``
+    Perturb every layer: candidate k's weight matrix of layer l is W - lr sigma_l A Bt / sqrt(R), with A
+    (fan_in x R) and Bt (R x fan_out) standard normal, so each component has unit variance as with
+    ``all``; its bias is b - lr sigma_l c. A, Bt and c come from the key (seed, i, n, k) like any
+    perturbation (R (fan_in + fan_out) + fan_out numbers per layer instead of fan_in x fan_out). The base
+    step is applied in place first, as with ``output``; the first layer's product X W is computed once
+    per chunk and shared, deeper layers multiply the K + 1 stacked inputs by W in one product and add each
+    candidate's low-rank term (:mod:`.lowrank`). sigma_l is set per layer: with
+    ``--sigma-scale relative``, sigma_l^2 = sigma2 * var(g_l), the variance of layer l's gradient components.
 ``--baseline``
     Costs are measured against the unperturbed candidate (theta - lr * g) on the same rows, so that
     ranks with an easier or harder shard of the batch compare fairly in the MINLOC.
@@ -42,7 +51,8 @@ Methods on top of it, each a ``train`` option (docs/results.md's ablation table 
 
 sigma^2 scale: with ``--sigma-scale relative`` (default) the noise variance is
 ``sigma2 * var(g_S)``, where var(g_S) is the empirical per-component variance of the perturbed
-components S of the last full gradient (the poster's "optimal sigma^2"); ``absolute`` uses ``sigma2``.
+components S of the last full gradient (the poster's "optimal sigma^2"; per layer with ``lowrank``);
+``absolute`` uses ``sigma2``.
 
 ``--assisted``: a gradient refresh on every iteration, followed by an ES selection around it.
 
@@ -57,8 +67,10 @@ import math
 import numpy as np
 
 from .. import kernels, noise
+from ..config import perturb_rank
 from ..schema import StepKind
 from .base import GradientStep, StepInfo, UsesGradientStep
+from .lowrank import LowRankCandidates
 
 #: Rows per chunk when ``--perturb output`` evaluates candidates (bounds the ES step's working set).
 CHUNK_ROWS = 192
@@ -78,24 +90,36 @@ class HybridES(UsesGradientStep):
         self.ws = self.grad.ws
         self.segments = self.grad.segments
         o = model.offsets
-        self.head_only = cfg.perturb == "output"
-        self.seg = slice(o[2], o[4]) if self.head_only else slice(0, o[4])
+        self.R = perturb_rank(cfg.perturb)
+        self.mode = "lowrank" if self.R else cfg.perturb
+        self.head_only = self.mode == "output"
+        self.base_in_place = self.mode != "all"  # the base step theta - lr g is applied before the candidates
+        self.seg = slice(o[-3], o[-1]) if self.head_only else slice(0, o[-1])
+        chunk = min(CHUNK_ROWS, max_rows)
+        K = cfg.K
         n = self.seg.stop - self.seg.start
-        self.noise = noise.Perturbations(cfg.noise, cfg.seed, n)
-        if self.head_only:
-            chunk = min(CHUNK_ROWS, max_rows)
-            self.zs = np.empty((cfg.K, n), dtype=np.float32)
-            self.H = np.empty((chunk, model.hidden), dtype=np.float32)
+        self.cand = None
+        if self.mode == "lowrank":
+            self.lowrank = LowRankCandidates(model, K, self.R, chunk)
+            n = self.lowrank.noise_length
+            self.zs = np.empty((K, n), dtype=np.float32)
+            self.zsum = np.empty(0, dtype=np.float32)
+        elif self.head_only:
+            self.zs = np.empty((K, n), dtype=np.float32)
+            self.Hs = tuple(np.empty((chunk, w), dtype=np.float32) for w in model.hidden)
             self.Z = np.empty((chunk, model.n_out), dtype=np.float32)
-            self.Zp = np.empty((chunk, cfg.K * model.n_out), dtype=np.float32)
-            self.Zcat = np.empty((model.hidden, cfg.K * model.n_out), dtype=np.float32)
-            self.cand = None
+            self.Zp = np.empty((chunk, K * model.n_out), dtype=np.float32)
+            self.Zcat = np.empty((model.hidden[-1], K * model.n_out), dtype=np.float32)
+            self.zsum = np.empty(n, dtype=np.float32)
         else:
             self.zs = np.empty((1, n), dtype=np.float32)
             self.cand = np.empty(model.param_count, dtype=np.float32)
-            self.cand_views = model.views(self.cand)
-        self.zsum = np.empty(n, dtype=np.float32)
+            self.cand_layers = model.layer_views(self.cand)
+            self.zsum = np.empty(n, dtype=np.float32)
+        self.chunk = chunk
+        self.noise = noise.Perturbations(cfg.noise, cfg.seed, n)
         self.grad_var = 0.0
+        self.grad_vars = np.zeros(model.n_layers)  # per layer (lowrank)
         self.sigma_mult = 1.0
         self._allcosts = np.empty(comm.size * cfg.K, dtype=np.float64)
 
@@ -103,40 +127,56 @@ class HybridES(UsesGradientStep):
     def state(self) -> dict:
         """The stored gradient, whether there is one, the gradient variance sigma is scaled by, and the
         --adapt-sigma multiplier."""
-        return {**self.grad.state(), "grad_var": float(self.grad_var), "sigma_mult": float(self.sigma_mult)}
+        out = {**self.grad.state(), "grad_var": float(self.grad_var), "sigma_mult": float(self.sigma_mult)}
+        if self.mode == "lowrank":
+            out["grad_vars"] = self.grad_vars
+        return out
 
     def load_state(self, state: dict) -> None:
         self.grad.load_state(state)
         self.grad_var = float(state.get("grad_var", 0.0))
+        if "grad_vars" in state:
+            self.grad_vars[:] = state["grad_vars"]
         self.sigma_mult = float(state.get("sigma_mult", 1.0))
 
     def work_bytes(self, kind: int, rows: int) -> int:
         """Bytes of the buffers an ES step writes: with ``--perturb output`` one chunk of rows, its hidden
-        layer and logits, and the K perturbations of the output layer (twice: as drawn and side by side
-        for the product) plus the applied one; else the rows, their forward pass, one noise vector and
-        one candidate parameter vector. The
-        parameters and the stored last gradient (state kept between steps) are not counted; no
-        backward pass is kept. Assisted steps add the gradient step's buffers."""
+        layers and logits, and the K perturbations of the output layer (twice: as drawn and side by side
+        for the product) plus the applied one; with ``lowrank`` one chunk of rows, the K + 1 candidates'
+        activations of every layer for it, the shared first-layer product, the low-rank terms, and the K
+        noise vectors (as drawn and split into their factors); else the rows, their forward pass, one noise
+        vector and one candidate parameter vector. The parameters and the stored last gradient (state kept
+        between steps) are not counted; no backward pass is kept. Assisted steps add the gradient step's
+        buffers."""
         m = self.model
         es_rows = math.ceil(self.cfg.es_rows * rows)
         # The perturbation buffer, unless whole-vector candidates read normal draws straight from the table.
         zbytes = 0 if self._reads_table_in_place else self.zs.nbytes
-        if self.head_only:
-            r = min(es_rows, self.H.shape[0])
-            es = self.grad.batch_bytes(r) + self.H[:r].nbytes + self.Z[:r].nbytes + self.Zp[:r].nbytes + zbytes
-            es += self.Zcat.nbytes + self.zsum.nbytes
+        r = min(es_rows, self.chunk)
+        if self.mode == "lowrank":
+            es = self.grad.batch_bytes(r) + zbytes + self.lowrank.work_bytes(r)
+        elif self.head_only:
+            es = self.grad.batch_bytes(r) + sum(H[:r].nbytes for H in self.Hs) + self.Z[:r].nbytes
+            es += self.Zp[:r].nbytes + zbytes + self.Zcat.nbytes + self.zsum.nbytes
         else:
-            es = self.grad.batch_bytes(es_rows) + zbytes + self.cand.nbytes + es_rows * (m.hidden + m.n_out) * 4
+            es = (self.grad.batch_bytes(es_rows) + zbytes + self.cand.nbytes
+                  + es_rows * (sum(m.hidden) + m.n_out) * 4)
         if self.cfg.recombine == "weighted":
-            es += self._allcosts.nbytes + (0 if self.head_only else self.zsum.nbytes)
+            es += self._allcosts.nbytes + (self.zsum.nbytes if self.mode == "all" else 0)
         if kind == StepKind.ES:
             return es
         grad = self.grad.work_bytes(rows)
         return grad if kind == StepKind.GRAD else grad + es
 
     def sigma(self) -> float:
+        """sigma of the perturbed components (with ``lowrank``: of the output layer)."""
         s2 = self.cfg.sigma2 * (self.grad_var if self.cfg.sigma_scale == "relative" else 1.0)
         return math.sqrt(s2) * self.sigma_mult
+
+    def sigmas(self) -> np.ndarray:
+        """sigma of each layer (``lowrank``), float64."""
+        v = self.grad_vars if self.cfg.sigma_scale == "relative" else np.ones(self.model.n_layers)
+        return np.sqrt(self.cfg.sigma2 * v) * self.sigma_mult
 
     # ------------------------------------------------------------------ perturbations
     @property
@@ -169,7 +209,14 @@ class HybridES(UsesGradientStep):
         if cfg.is_grad_step(i) or not self.grad.has_grad:
             X, y = batch.full()
             self.grad.compute(i, theta, X, y, info)
-            self.grad_var = info.grad_var if not self.head_only else kernels.component_stats(self.g[self.seg])[1]
+            if self.mode == "lowrank":
+                for l in range(self.model.n_layers):
+                    self.grad_vars[l] = kernels.component_stats(self.g[self.model.layer_slice(l)])[1]
+                self.grad_var = float(self.grad_vars[-1])
+            elif self.head_only:
+                self.grad_var = kernels.component_stats(self.g[self.seg])[1]
+            else:
+                self.grad_var = info.grad_var
             if not cfg.is_es_step(i):
                 info.kind = StepKind.GRAD
                 kernels.sgd_update(theta, self.g, cfg.lr)
@@ -195,23 +242,33 @@ class HybridES(UsesGradientStep):
             self.perturbation(i, rank, k, self.zs[k])
         a = cfg.lr * sigma
         m = self.model
-        W1, b1, W2, b2 = m.views(base)
-        Zcat, zb = kernels.head_perturbations(self.zs, m.hidden, m.n_out, self.Zcat)
+        Ws, bs = m.layer_views(base)
+        W2 = Ws[-1]
+        Zcat, zb = kernels.head_perturbations(self.zs, m.hidden[-1], m.n_out, self.Zcat)
         losses = np.zeros(cfg.K + 1)
-        for X, y in batch.chunks(self.H.shape[0]):
-            kernels.head_losses(X, y, W1, b1, W2, b2, Zcat, zb, a, self.H, self.Z, self.Zp, losses)
-        # L2 of each candidate: ||W1||^2 is shared; ||W2 - a z_W2||^2 = ||W2||^2 - 2a <W2, z> + a^2 ||z||^2.
+        act = m.activation_code
+        for X, y in batch.chunks(self.chunk):
+            kernels.head_losses(X, y, Ws, bs, Zcat, zb, a, self.Hs, self.Z, self.Zp, losses, act)
+        # L2 of each candidate: ||W1||^2 ... (the hidden layers) is shared; the output layer's is
+        # ||W2 - a z_W2||^2 = ||W2||^2 - 2a <W2, z> + a^2 ||z||^2.
         zw = self.zs[:, : W2.size]
         w2 = W2.reshape(-1)
-        # ||W1||^2 is the same for every candidate of every rank: it only shifts the costs, and with
-        # --baseline it cancels exactly, so it is left out then (a pass over 235,200 weights saved).
-        sq1 = 0.0 if self.cfg.baseline else kernels.sum_squares(W1.reshape(-1))
+        # The hidden layers' ||W||^2 is the same for every candidate of every rank: it only shifts the costs,
+        # and with --baseline it cancels exactly, so it is left out then (a pass over the weights saved).
+        sq1 = 0.0 if self.cfg.baseline else sum(kernels.sum_squares(W.reshape(-1)) for W in Ws[:-1])
         sq2 = kernels.sum_squares(w2)
         sq = sq1 + sq2 - 2.0 * a * (zw @ w2).astype(np.float64) + a * a * np.einsum("kj,kj->k", zw, zw, dtype=np.float64)
         n = max(batch.n, 1)
         costs = losses[: cfg.K] / n + self._l2(sq)
         base_cost = losses[cfg.K] / n + self._l2(sq1 + sq2)
         return costs, base_cost
+
+    def lowrank_costs(self, i: int, base: np.ndarray, batch, sigmas: np.ndarray) -> tuple[np.ndarray, float]:
+        """Costs of the K low-rank candidates around ``base`` (= theta - lr * g), and of ``base``."""
+        rank = self.comm.rank
+        for k in range(self.cfg.K):
+            self.lowrank.set(k, self.perturbation(i, rank, k, self.zs[k]))
+        return self.lowrank.costs(base, batch, self.cfg.lr * sigmas, self.cfg.l2)
 
     def _full_costs(self, i: int, theta: np.ndarray, batch, sigma: float, with_base: bool) -> tuple[np.ndarray, float]:
         """Costs of the K whole-vector candidates theta - lr * (g + sigma * z_k), and of theta - lr * g."""
@@ -224,15 +281,16 @@ class HybridES(UsesGradientStep):
         rank = self.comm.rank
         F = self._step_scale(i)
         lr = cfg.lr * F  # candidates theta - lr F (g + sigma / F z) = theta - lr (F g + sigma z)
+        act = self.model.activation_code
         for k in range(cfg.K):
             z = self.perturbation(i, rank, k, self.zs[0], view_ok=True)
             sq = kernels.make_candidate(theta, self.g, z, lr, sigma / F, self.cand, self.segments)
-            loss, _ = kernels.forward_loss(X, y, *self.cand_views, self.ws.H, self.ws.Z)
+            loss, _ = kernels.forward_loss(X, y, *self.cand_layers, self.ws.Hs, self.ws.Z, act)
             costs[k] = loss / n + self._l2(sq)
         base_cost = math.nan
         if with_base:
             sq = kernels.make_candidate(theta, self.g, self.g, lr, 0.0, self.cand, self.segments)  # theta - lr F g
-            loss, _ = kernels.forward_loss(X, y, *self.cand_views, self.ws.H, self.ws.Z)
+            loss, _ = kernels.forward_loss(X, y, *self.cand_layers, self.ws.Hs, self.ws.Z, act)
             base_cost = loss / n + self._l2(sq)
         return costs, base_cost
 
@@ -241,13 +299,20 @@ class HybridES(UsesGradientStep):
         at iteration i would compute them; ``theta`` is not changed. (The unperturbed cost is NaN with
         whole-vector perturbations and no ``--baseline``: it is not computed then.)"""
         batch = batch.head(self.cfg.es_rows)
-        if self.head_only:
+        if self.base_in_place:
             base = theta.copy()
             kernels.sgd_update(base, self.g, self.cfg.lr * self._step_scale(i))
-            if batch.n == 0:
-                return np.full(self.cfg.K, np.inf), math.inf
-            return self.output_layer_costs(i, base, batch, sigma)
+            return self._costs_around(i, base, batch, sigma)
         return self._full_costs(i, theta, batch, sigma, self.cfg.baseline or self.cfg.adapt_sigma)
+
+    def _costs_around(self, i: int, base: np.ndarray, batch, sigma: float) -> tuple[np.ndarray, float]:
+        """``output`` and ``lowrank``: the K candidates' costs around the base step, and the base's (``lowrank``
+        scales each layer by its own sigma, :meth:`sigmas`; ``sigma`` is the output layer's)."""
+        if batch.n == 0:
+            return np.full(self.cfg.K, np.inf), math.inf
+        if self.mode == "lowrank":
+            return self.lowrank_costs(i, base, batch, self.sigmas())
+        return self.output_layer_costs(i, base, batch, sigma)
 
     def _select(self, values: np.ndarray) -> tuple[float, list[tuple[int, float]]]:
         """The agreed winner(s): (value of the best, [(global index, weight), ...])."""
@@ -268,19 +333,16 @@ class HybridES(UsesGradientStep):
         self.comm.set_phase("es", i)
         sigma = self.sigma()
         rows = batch.head(cfg.es_rows)
-        if self.head_only:
+        if self.base_in_place:
             kernels.sgd_update(theta, self.g, cfg.lr * self._step_scale(i))  # the base step, shared by all
-            if rows.n:
-                costs, base_cost = self.output_layer_costs(i, theta, rows, sigma)
-            else:
-                costs, base_cost = np.full(cfg.K, np.inf), math.inf
+            costs, base_cost = self._costs_around(i, theta, rows, sigma)
         else:
             costs, base_cost = self._full_costs(i, theta, rows, sigma, cfg.baseline or cfg.adapt_sigma)
         values = costs - base_cost if cfg.baseline else costs
         values = np.where(np.isnan(values), np.inf, values)  # a rank with no rows (inf - inf) never wins
         value, winners = self._select(values)
         if cfg.fallback and value >= 0.0:  # the same value on every rank: all keep the unperturbed candidate
-            if not self.head_only:
+            if not self.base_in_place:
                 F = self._step_scale(i)
                 kernels.make_candidate(theta, self.g, self.g, cfg.lr * F, 0.0, theta, self.segments)
             info.sigma, info.es_cost, info.es_rank, info.es_k = sigma, value, -1, -1
@@ -289,6 +351,15 @@ class HybridES(UsesGradientStep):
                 self.sigma_mult = min(hi, max(lo, self.sigma_mult * _ADAPT_DOWN))
             if info.n_local == 0:
                 info.n_local = batch.n
+            return
+        if self.mode == "lowrank":
+            sigmas = self.sigmas()
+            for index, w in winners:  # the same order everywhere
+                z = self.perturbation(i, *divmod(index, cfg.K), self.zs[0])
+                self.lowrank.apply(theta, z, w * cfg.lr * sigmas)
+                if cfg.carry:
+                    self.lowrank.apply(self.g, z, -w * sigmas)  # g <- g + sigma z
+            self._after_selection(value, winners, sigma, batch, info)
             return
         # The applied perturbation: the winner's z, or the weighted mean of the winners' (same order everywhere).
         if len(winners) == 1:
@@ -308,6 +379,11 @@ class HybridES(UsesGradientStep):
             kernels.make_candidate(theta, self.g, z, cfg.lr * F, sigma / F, theta, self.segments)
         if cfg.carry:
             kernels.sgd_update(self.g[self.seg], z, -sigma)  # g <- g + sigma * z
+        self._after_selection(value, winners, sigma, batch, info)
+
+    def _after_selection(self, value: float, winners, sigma: float, batch, info: StepInfo) -> None:
+        """--adapt-sigma's update and the step's record."""
+        cfg = self.cfg
         if cfg.adapt_sigma:
             up = value < 0.0
             lo, hi = _SIGMA_MULT_RANGE

@@ -82,8 +82,14 @@ def steps(comm, cfg, reps: int = 40, warmup: int = 4) -> dict:
     rows = batches[0].n
     mem_grad = algo.work_bytes(StepKind.GRAD, rows) + peak_grad
     mem_es = algo.work_bytes(StepKind.ES, rows) + peak_es
+    # The FLOP floor of each step: its matrix products alone, on the same rows and buffers of the same shapes.
+    X, _ = batches[0].full()
+    es_rows = batches[0].head(cfg.es_rows).n
+    grad_floor, es_floor = grad_products(s.model, theta, X), es_products(algo, theta, X[:es_rows])
+    floor = interleave({"grad": lambda rnd: grad_floor(), "es": lambda rnd: es_floor()}, reps, warmup)
     med = slowest(comm, [_median(t_grad), _median(t_es), _median(share),
-                         float(np.median(np.array(t_es) / np.array(t_grad)))])
+                         float(np.median(np.array(t_es) / np.array(t_grad))), _median(floor["grad"]),
+                         _median(floor["es"])])
     return {
         "bench": "steps",
         "ranks": comm.size,
@@ -98,6 +104,13 @@ def steps(comm, cfg, reps: int = 40, warmup: int = 4) -> dict:
         "median_es_step_s": float(med[1]),
         "es_over_grad_step": float(med[1] / med[0]),
         "es_over_grad_step_paired": float(med[3]),
+        "grad_step_flops": grad_flops(s.model, rows),
+        "es_step_flops": es_flops(s.model, cfg, es_rows),
+        "grad_floor_s": float(med[4]),
+        "es_floor_s": float(med[5]),
+        "grad_step_over_floor": float(med[0] / med[4]),
+        "es_step_over_floor": float(med[1] / med[5]),
+        "es_over_grad_floor": float(med[5] / med[4]),
         "noise_share": float(med[2]),
         "grad_step_bytes_sent_per_rank": sent["grad"],
         "es_step_bytes_sent_per_rank": sent["es"],
@@ -108,10 +121,93 @@ def steps(comm, cfg, reps: int = 40, warmup: int = 4) -> dict:
 
 
 # ------------------------------------------------------------------------------------------ forward
+def es_products(algo, theta: np.ndarray, X: np.ndarray):
+    """A function that makes the matrix products of ``algo``'s K-candidate evaluation on the rows X, and
+    nothing else (the BLAS floor of the ES step), with buffers of the same shapes."""
+    from ..algorithms.hes import CHUNK_ROWS
+
+    m, K = algo.model, algo.cfg.K
+    Ws, _ = m.layer_views(theta)
+    n = X.shape[0]
+    rng = np.random.default_rng(0)
+    chunk = min(CHUNK_ROWS, n)
+    if algo.mode == "lowrank":
+        R, lr = algo.R, algo.lowrank
+        A = [rng.standard_normal((K, a, R), dtype=np.float32) for a, _ in m.layer_dims]
+        Bt = [rng.standard_normal((K, R, b), dtype=np.float32) for _, b in m.layer_dims]
+
+        def blas():
+            for a in range(0, n, chunk):
+                r = min(a + chunk, n) - a
+                Xc = X[a : a + r]
+                np.dot(Xc, Ws[0], lr.P0[:r])
+                for k in range(K):
+                    np.dot(Xc, A[0][k], lr.T[:r])
+                    np.dot(lr.T[:r], Bt[0][k], lr.Us[0][:r])
+                for l in range(1, m.n_layers):
+                    S = lr.Ss[l - 1][: (K + 1) * r]
+                    np.dot(S, Ws[l], lr.Ss[l][: (K + 1) * r])
+                    for k in range(K):
+                        np.dot(S[k * r : (k + 1) * r], A[l][k], lr.T[:r])
+                        np.dot(lr.T[:r], Bt[l][k], lr.Us[l][:r])
+        return blas
+    if algo.head_only:
+        Hs = [np.empty((chunk, w), np.float32) for w in m.hidden]
+        Z = np.empty((chunk, m.n_out), np.float32)
+        Zp = np.empty((chunk, K * m.n_out), np.float32)
+        Zcat = rng.standard_normal((m.hidden[-1], K * m.n_out), dtype=np.float32)
+
+        def blas():
+            for a in range(0, n, chunk):
+                r = min(a + chunk, n) - a
+                H = X[a : a + r]
+                for l in range(m.n_layers - 1):
+                    np.dot(H, Ws[l], Hs[l][:r])
+                    H = Hs[l][:r]
+                np.dot(H, Ws[-1], Z[:r])
+                np.dot(H, Zcat, Zp[:r])
+        return blas
+    Hs = [np.empty((n, w), np.float32) for w in m.hidden]
+    Z = np.empty((n, m.n_out), np.float32)
+    passes = K + (1 if algo.cfg.baseline or algo.cfg.adapt_sigma else 0)
+
+    def blas():
+        for _ in range(passes):
+            H = X
+            for l in range(m.n_layers - 1):
+                np.dot(H, Ws[l], Hs[l])
+                H = Hs[l]
+            np.dot(H, Ws[-1], Z)
+    return blas
+
+
+def grad_products(m, theta: np.ndarray, X: np.ndarray):
+    """A function that makes the matrix products of a gradient step on the rows X, and nothing else."""
+    Ws, _ = m.layer_views(theta)
+    n = X.shape[0]
+    Hs = [np.empty((n, w), np.float32) for w in m.hidden]
+    Ds = [np.empty((n, w), np.float32) for w in m.hidden]
+    Z = np.empty((n, m.n_out), np.float32)
+    gWs = [np.empty_like(W) for W in Ws]
+
+    def blas():
+        H = X
+        for l in range(m.n_layers - 1):
+            np.dot(H, Ws[l], Hs[l])
+            H = Hs[l]
+        np.dot(H, Ws[-1], Z)
+        D = Z
+        for l in range(m.n_layers - 1, 0, -1):
+            np.dot(Hs[l - 1].T, D, gWs[l])
+            np.dot(D, Ws[l].T, Ds[l - 1])
+            D = Ds[l - 1]
+        np.dot(X.T, D, gWs[0])
+    return blas
+
+
 def forward(comm, cfg, reps: int = 30, warmup: int = 3) -> dict:
     """One rank's K-candidate evaluation against the bare matrix products of the same shapes."""
     from ..algorithms import HybridES
-    from ..algorithms.hes import CHUNK_ROWS
 
     cfg = dataclasses.replace(cfg, algo="hes", r=2, assisted=False)
     s = BenchSetup(comm, cfg)
@@ -124,39 +220,17 @@ def forward(comm, cfg, reps: int = 30, warmup: int = 3) -> dict:
     ev = batch.head(cfg.es_rows)
     X, _ = ev.full()
     n, K = X.shape[0], cfg.K
-    W1, _, W2, _ = m.views(theta)
-    rng = np.random.default_rng(0)
-    if algo.head_only:
-        chunk = min(CHUNK_ROWS, n)
-        H = np.empty((chunk, m.hidden), np.float32)
-        Z = np.empty((chunk, m.n_out), np.float32)
-        Zp = np.empty((chunk, K * m.n_out), np.float32)
-        Zcat = rng.standard_normal((m.hidden, K * m.n_out), dtype=np.float32)
-
-        def blas():
-            for a in range(0, n, chunk):
-                b = min(a + chunk, n)
-                np.dot(X[a:b], W1, H[: b - a])
-                np.dot(H[: b - a], W2, Z[: b - a])
-                np.dot(H[: b - a], Zcat, Zp[: b - a])
-
+    if algo.base_in_place:
         base = theta.copy()  # the ES step applies the base step once, then evaluates around it
         kernels.sgd_update(base, algo.g, cfg.lr)
 
         def evaluate():
-            algo.output_layer_costs(1, base, ev, sigma)
+            algo._costs_around(1, base, ev, sigma)
     else:
-        H = np.empty((n, m.hidden), np.float32)
-        Z = np.empty((n, m.n_out), np.float32)
-
-        def blas():
-            for _ in range(K):
-                np.dot(X, W1, H)
-                np.dot(H, W2, Z)
-
         def evaluate():
             algo.candidate_costs(1, theta, batch, sigma)
 
+    blas = es_products(algo, theta, X)
     times = interleave({"f": lambda rnd: evaluate(), "b": lambda rnd: blas()}, reps, warmup)
     t_fwd, t_blas = times["f"], times["b"]
     med = slowest(comm, [_median(t_fwd), _median(t_blas)])
@@ -165,10 +239,36 @@ def forward(comm, cfg, reps: int = 30, warmup: int = 3) -> dict:
         "ranks": comm.size,
         "rows": n,
         "K": K,
+        "layers": m.layers,
         "es_method": method_label(cfg.to_dict()),
         "median_candidates_s": float(med[0]),
         "median_blas_s": float(med[1]),
         "forward_vs_blas": float(med[1] / med[0]),
+        "candidate_flops": es_flops(m, cfg, n),
     }
+
+
+def es_flops(m, cfg, rows: int) -> int:
+    """Floating-point operations of the matrix products of one rank's K-candidate evaluation on ``rows``
+    examples (2 per multiply-add), as the ES step of ``cfg.perturb`` makes them."""
+    from ..config import perturb_rank
+
+    K, R = cfg.K, perturb_rank(cfg.perturb)
+    d = m.layer_dims
+    if R:
+        first = d[0][0] * d[0][1] + K * R * sum(d[0])
+        deeper = sum((K + 1) * a * b + K * R * (a + b) for a, b in d[1:])
+        return 2 * rows * (first + deeper)
+    if cfg.perturb == "output":
+        return 2 * rows * (sum(a * b for a, b in d) + K * d[-1][0] * d[-1][1])
+    passes = K + (1 if cfg.baseline or cfg.adapt_sigma else 0)
+    return passes * m.flops_forward(rows)
+
+
+def grad_flops(m, rows: int) -> int:
+    """Floating-point operations of a gradient step's matrix products on ``rows`` examples: the forward
+    pass, and two products per layer backward but one for the first (no gradient of the input)."""
+    d = m.layer_dims
+    return 2 * rows * (3 * sum(a * b for a, b in d) - d[0][0] * d[0][1])
 
 

@@ -1,8 +1,8 @@
 """The peer checks against PyTorch (``hes-mpi bench torch``): ``bgd_epoch_vs_torch``, and with
 ``--compress`` the accuracy and bytes of a compressed exchange against PyTorch's communication hook.
 
-BGD epochs of hes_mpi against PyTorch DistributedDataParallel (gloo, CPU) training the same MLP (sigmoid
-hidden layer, softmax cross-entropy, L2 on the weights, plain SGD) on the same rows of the same global
+BGD epochs of hes_mpi against PyTorch DistributedDataParallel (gloo, CPU) training the same MLP (the same
+hidden layers and activation, softmax cross-entropy, L2 on the weights, plain SGD) on the same rows of the same global
 batches, with the same ranks and threads; epochs alternate between the two. Skipped with a message where
 torch is missing.
 
@@ -58,20 +58,23 @@ class _TorchMLP:
         from torch.nn.parallel import DistributedDataParallel
 
         self.torch, self.m = torch, m
-        W1, b1, W2, b2 = (torch.from_numpy(v.copy()) for v in m.views(theta))
-        net = torch.nn.Sequential(torch.nn.Linear(m.n_in, m.hidden), torch.nn.Sigmoid(),
-                                  torch.nn.Linear(m.hidden, m.n_out))
+        act = {"sigmoid": torch.nn.Sigmoid, "relu": torch.nn.ReLU, "tanh": torch.nn.Tanh}[m.activation]
+        self.linears = [torch.nn.Linear(a, b) for a, b in m.layer_dims]
+        modules = []
+        for lin in self.linears[:-1]:
+            modules += [lin, act()]
+        net = torch.nn.Sequential(*modules, self.linears[-1])
+        Ws, bs = m.layer_views(theta)
         with torch.no_grad():
-            net[0].weight.copy_(W1.T)
-            net[0].bias.copy_(b1)
-            net[2].weight.copy_(W2.T)
-            net[2].bias.copy_(b2)
+            for lin, W, b in zip(self.linears, Ws, bs):
+                lin.weight.copy_(torch.from_numpy(W.copy()).T)
+                lin.bias.copy_(torch.from_numpy(b.copy()))
         self.net = net
         self.ddp = DistributedDataParallel(net)
         if hook is not None:
             self.ddp.register_comm_hook(hook_state, hook)
-        weights = [net[0].weight, net[2].weight]
-        biases = [net[0].bias, net[2].bias]
+        weights = [lin.weight for lin in self.linears]
+        biases = [lin.bias for lin in self.linears]
         self.opt = torch.optim.SGD([{"params": weights, "weight_decay": cfg.l2},
                                     {"params": biases, "weight_decay": 0.0}], lr=cfg.lr)
         self.loss_fn = torch.nn.CrossEntropyLoss(reduction="sum")
@@ -90,9 +93,8 @@ class _TorchMLP:
 
     def theta(self) -> np.ndarray:
         """The torch parameters in hes_mpi's flat layout."""
-        net = self.net
         with self.torch.no_grad():
-            parts = [net[0].weight.T, net[0].bias, net[2].weight.T, net[2].bias]
+            parts = [p for lin in self.linears for p in (lin.weight.T, lin.bias)]
             return np.concatenate([p.contiguous().numpy().reshape(-1) for p in parts]).astype(np.float32)
 
 
@@ -113,7 +115,6 @@ def torch_vs_bgd(comm, cfg, epochs: int = 5, warmup: int = 1, port: int | None =
     _init_gloo(comm, port)
     try:
         peer = _TorchMLP(comm, cfg, m, m.init_params(cfg.seed))
-        net = peer.net
 
         def torch_epoch(epoch):
             peer.epoch(s, epoch)
@@ -137,7 +138,7 @@ def torch_vs_bgd(comm, cfg, epochs: int = 5, warmup: int = 1, port: int | None =
         comm.drain()
         # Same start, same rows, same updates: the two models agree after training (to float32 noise).
         with torch.no_grad():
-            tw1 = net[0].weight.T.numpy()
+            tw1 = peer.linears[0].weight.T.numpy()
         drift = float(np.max(np.abs(tw1 - m.views(ours)[0])))
     finally:
         dist.destroy_process_group()
@@ -148,6 +149,7 @@ def torch_vs_bgd(comm, cfg, epochs: int = 5, warmup: int = 1, port: int | None =
         "threads_per_rank": s.threads,
         "torch": torch.__version__,
         "layers": m.layers,
+        "activation": m.activation,
         "batch": cfg.batch,
         "epochs_each": epochs,
         "median_epoch_s_hes_mpi": float(med[0]),
@@ -166,7 +168,7 @@ def _dev_accuracy(comm, setup, theta: np.ndarray) -> float:
     m, shard = setup.model, setup.shard
     ws = kernels.Workspace(m.hidden, m.n_out, kernels.EVAL_BLOCK)
     buf = np.zeros(2)
-    _, buf[0] = kernels.evaluate(shard.x_dev, shard.y_dev, m.views(theta), ws)
+    _, buf[0] = kernels.evaluate(shard.x_dev, shard.y_dev, m.layer_views(theta), m.activation_code, ws)
     buf[1] = shard.y_dev.size
     comm.set_phase("eval", -1)
     comm.Allreduce(buf)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from ..config import RunConfig
 from ..errors import UsageError
 from ..run.control import run_mpi
-from .common import Parser, es_method_args, es_methods, show_help
+from .common import Parser, es_method_args, es_methods, network_args, network_fields, show_help
 
 
 def add_parsers(sub) -> None:
@@ -33,7 +33,7 @@ def add_parsers(sub) -> None:
                          "interleaved on the same batch; prints one JSON object.")
     ov.add_argument("--data", default="mnist", help="dataset (default %(default)s)")
     ov.add_argument("--data-dir", default=None, help="data folder (default $HES_MPI_DATA or ~/.cache/hes_mpi)")
-    ov.add_argument("--hidden", type=int, default=300, help="hidden units (default %(default)s)")
+    network_args(ov)
     ov.add_argument("--batch", type=int, default=1000, help="global minibatch (default %(default)s)")
     ov.add_argument("--steps", type=int, default=50, help="timed steps of each kind (default %(default)s)")
     ov.set_defaults(func=cmd_bench_overhead)
@@ -43,7 +43,7 @@ def add_parsers(sub) -> None:
     em.add_argument("--network", default="1gbe", help="preset or ALPHA,BETA (default %(default)s)")
     em.add_argument("--data", default="mnist", help="dataset (default %(default)s)")
     em.add_argument("--data-dir", default=None, help="data folder (default $HES_MPI_DATA or ~/.cache/hes_mpi)")
-    em.add_argument("--hidden", type=int, default=300, help="hidden units (default %(default)s)")
+    network_args(em)
     em.add_argument("--batch", type=int, default=1000, help="global minibatch (default %(default)s)")
     em.add_argument("--steps", type=int, default=50, help="timed steps of each kind (default %(default)s)")
     em.set_defaults(func=cmd_bench_emulation)
@@ -71,7 +71,7 @@ def add_parsers(sub) -> None:
         sp = bsub.add_parser(name, help=short, description=long)
         sp.add_argument("--data", default="mnist", help="dataset (default %(default)s)")
         sp.add_argument("--data-dir", default=None, help="data folder (default $HES_MPI_DATA or ~/.cache/hes_mpi)")
-        sp.add_argument("--hidden", type=int, default=300, help="hidden units (default %(default)s)")
+        network_args(sp)
         sp.add_argument("--batch", type=int, default=1000, help="global minibatch (default %(default)s)")
         sp.add_argument("--K", type=int, default=RunConfig().K, help="ES candidates per rank (default %(default)s)")
         sp.add_argument("--threads", type=int, default=0, help="BLAS threads per rank (default: cores / ranks)")
@@ -120,7 +120,7 @@ def _bench_bgd_steps(args, run, **cfg_extra) -> int:
     ``run(comm, cfg)`` under MPI; rank 0 prints its JSON object."""
     from ..bench.harness import dumps
 
-    cfg = RunConfig(data=args.data, data_dir=args.data_dir, hidden=args.hidden, batch=args.batch,
+    cfg = RunConfig(data=args.data, data_dir=args.data_dir, batch=args.batch, **network_fields(args),
                     **cfg_extra).validate()
     if args.steps < 1:
         raise UsageError("--steps must be >= 1")
@@ -151,7 +151,7 @@ def cmd_bench_speed(args) -> int:
     from ..bench import goals, steps, torch_peer
     from ..bench.harness import dumps
 
-    cfg = RunConfig(algo="hes", data=args.data, data_dir=args.data_dir, hidden=args.hidden, batch=args.batch,
+    cfg = RunConfig(algo="hes", data=args.data, data_dir=args.data_dir, batch=args.batch, **network_fields(args),
                     K=args.K, threads=args.threads, lr=getattr(args, "lr", RunConfig().lr),
                     compress=getattr(args, "compress", None) or "none", **es_methods(args)).validate()
     reps = getattr(args, "reps", 40)

@@ -6,7 +6,9 @@ from __future__ import annotations
 import argparse
 import os
 
-from ..config import DISTS, PERTURB, PLAIN, RECOMBINE, SIGMA_SCALES, RunConfig
+from ..config import DISTS, PERTURB, PLAIN, RECOMBINE, SIGMA_SCALES, RunConfig, perturb_rank
+from ..errors import UsageError
+from ..model import ACTIVATIONS, INITS
 
 
 class Parser(argparse.ArgumentParser):
@@ -35,8 +37,9 @@ def es_method_args(p: argparse.ArgumentParser) -> None:
     a = g.add_argument
     a("--plain", action="store_true", help="the poster's plain H-ES: every option below at its plain value "
       f"({', '.join(f'{k}={v}' for k, v in PLAIN.items())}); options given explicitly still apply")
-    a("--perturb", choices=PERTURB, default=None, help="perturb every parameter, or only the output layer (the "
-      f"hidden layer is then computed once and shared by the K candidates; default {d.perturb})")
+    a("--perturb", type=_perturb, default=None, metavar="|".join(PERTURB), help="perturb every parameter; only the output layer "
+      "(the hidden layers are then computed once and shared by the K candidates); or every layer by a rank-R "
+      f"product A B^T, the first layer's product shared (default {d.perturb})")
     a("--baseline", action=argparse.BooleanOptionalAction, default=None, help="cost candidates relative to the "
       f"unperturbed one on the same rows, so that ranks compare fairly (default {_on(d.baseline)})")
     a("--antithetic", action=argparse.BooleanOptionalAction, default=None, help="candidates in +z/-z pairs "
@@ -56,6 +59,15 @@ def es_method_args(p: argparse.ArgumentParser) -> None:
       f"batch rows (default {d.es_rows:g})")
     a("--es-step", type=float, default=None, metavar="F", help="ES steps move along the stored gradient by F x lr "
       "(a damped step on an older gradient); 0: 1 for r <= 2, 0.7 for r >= 3 (default 0)")
+
+
+def _perturb(text: str) -> str:
+    """--perturb checked as argparse checks a choice (an error before MPI starts)."""
+    try:
+        perturb_rank(text)
+    except UsageError as e:
+        raise argparse.ArgumentTypeError(str(e).removeprefix("--perturb ")) from None
+    return text
 
 
 def _on(flag: bool) -> str:
@@ -86,7 +98,7 @@ def run_args(p: argparse.ArgumentParser) -> None:
       "(no generation cost; default %(default)s)")
     a("--lr", type=float, default=d.lr, help="learning rate (default %(default)s)")
     a("--batch", type=int, default=d.batch, help="global minibatch, split across ranks (default %(default)s)")
-    a("--hidden", type=int, default=d.hidden, help="hidden units (default %(default)s)")
+    network_args(p)
     a("--seed", type=int, default=d.seed, help="run seed: initial weights, batches, perturbations (default %(default)s)")
     a("--data", default=d.data, help="dataset: mnist, idx:DIR or synthetic[:N[:SEED]] (default %(default)s)")
     a("--data-dir", default=None, help="where fetched datasets live (default $HES_MPI_DATA or ~/.cache/hes_mpi)")
@@ -101,6 +113,22 @@ def run_args(p: argparse.ArgumentParser) -> None:
     es_method_args(p)
 
 
+
+
+def network_args(p: argparse.ArgumentParser) -> None:
+    """--hidden, --activation and --init (training and the step benchmarks)."""
+    d = RunConfig()
+    a = p.add_argument
+    a("--hidden", default=d.hidden, metavar="W[,W...]", help="hidden layer widths, e.g. 300 (the poster's "
+      "784-300-10) or 1024,1024 (default %(default)s)")
+    a("--activation", choices=ACTIVATIONS, default=d.activation, help="hidden activation (default %(default)s)")
+    a("--init", choices=INITS, default=d.init, help="initial weights: normal with std 1 (the poster's), xavier "
+      "(sqrt(2/(fan_in+fan_out))) or he (sqrt(2/fan_in)); biases 0 (default %(default)s)")
+
+
+def network_fields(args) -> dict:
+    """The network fields of a RunConfig from options added by :func:`network_args`."""
+    return {"hidden": args.hidden, "activation": args.activation, "init": args.init}
 
 
 def show_help(p) -> int:

@@ -7,7 +7,7 @@ import argparse
 from ..config import ALGOS, RunConfig
 from ..errors import UsageError
 from ..run.control import run_mpi
-from .common import es_methods, run_args
+from .common import es_methods, network_fields, run_args
 
 
 def _train_args(p: argparse.ArgumentParser) -> None:
@@ -89,6 +89,8 @@ def add_parsers(sub) -> None:
                    "tuning.md)")
     w.add_argument("--tune-seed", type=int, default=100, help="the seed of the tuning runs, apart from the "
                    "reported --seeds (default %(default)s)")
+    w.add_argument("--only", nargs="+", default=None, metavar="PATTERN", help="run only the lines whose name "
+                   "matches one of these shell patterns, e.g. --only 'w1024_*' bgd")
     w.add_argument("--dry-run", action="store_true", help="print the runs and exit (no MPI)")
     w.set_defaults(func=cmd_sweep, wants_argv=True)
 
@@ -100,9 +102,9 @@ def cmd_compare(args, argv=None) -> int:
     if not args.r_values or min(args.r_values) < 1:
         raise UsageError("--r values must be >= 1")
     base = RunConfig(K=args.K, sigma2=args.sigma2, sigma_scale=args.sigma_scale, noise=args.noise, lr=args.lr,
-                     batch=args.batch, epochs=args.epochs, hidden=args.hidden, seed=args.seed, data=args.data,
+                     batch=args.batch, epochs=args.epochs, seed=args.seed, data=args.data,
                      data_dir=args.data_dir, threads=args.threads, emulate_net=args.emulate_net,
-                     collective_timeout=args.collective_timeout, **es_methods(args))
+                     collective_timeout=args.collective_timeout, **network_fields(args), **es_methods(args))
 
     def body(comm):
         comm.agree(base.validate)
@@ -132,12 +134,12 @@ class _LineParser(argparse.ArgumentParser):
 def _train_config(args) -> RunConfig:
     return RunConfig(algo=args.algo, K=args.K, r=args.r, sigma2=args.sigma2, sigma_scale=args.sigma_scale,
                      assisted=args.assisted, lr=args.lr, batch=args.batch, epochs=args.epochs, l2=args.l2,
-                     hidden=args.hidden, seed=args.seed, data=args.data, data_dir=args.data_dir,
-                     dev_size=args.dev_size, out=args.out, force=args.force, check_every=args.check_every,
+                     seed=args.seed, data=args.data, data_dir=args.data_dir, dev_size=args.dev_size, out=args.out, force=args.force, check_every=args.check_every,
                      threads=args.threads, eval_train=args.eval_train, sync_barrier=args.sync_barrier,
                      emulate_net=args.emulate_net, checkpoint_every=args.checkpoint_every,
                      checkpoint=args.checkpoint, resume=args.resume, noise=args.noise,
-                     collective_timeout=args.collective_timeout, compress=args.compress, **es_methods(args))
+                     collective_timeout=args.collective_timeout, compress=args.compress, **network_fields(args),
+                     **es_methods(args))
 
 
 def cmd_train(args, argv=None) -> int:
@@ -180,11 +182,26 @@ def tuning_grid(params: str, lrs: list[float], seed: int, common: str = "") -> l
     return [(name, lr, runs[f"{name}_s{seed}"]) for name in tuned for lr, runs in by_lr.items()]
 
 
+def _selected(names_of, items: list, only: list[str] | None) -> list:
+    """``items`` whose line name (``names_of(item)``) matches one of the --only patterns (all without it)."""
+    from fnmatch import fnmatchcase
+
+    if not only:
+        return items
+    return [it for it in items if any(fnmatchcase(names_of(it), pat) for pat in only)]
+
+
 def cmd_sweep(args, argv=None) -> int:
     from ..config import run_label
 
-    runs = sweep_runs(args.params, args.seeds, args.common)
+    def line(name: str) -> str:
+        return name.rsplit("_s", 1)[0]
+
+    runs = _selected(lambda r: line(r[0]), sweep_runs(args.params, args.seeds, args.common), args.only)
+    if not runs:
+        raise UsageError(f"--only {' '.join(args.only)}: no line of {args.params} matches")
     grid = tuning_grid(args.params, args.tune_lr, args.tune_seed, args.common) if args.tune_lr else []
+    grid = _selected(lambda g: g[0], grid, args.only)
     if args.dry_run:
         for name, lr, cfg in grid:
             print(f"tune/{name}_lr{lr:g}: {run_label(cfg.to_dict())}, lr {lr:g}, seed {cfg.seed}, {cfg.epochs} epochs, "
@@ -203,7 +220,8 @@ def cmd_sweep(args, argv=None) -> int:
         if grid:
             chosen, rows = tune_lr(comm, grid, f"{out_dir}/tune", argv)
             extra = {name: ["--lr", f"{lr:g}"] for name, lr in chosen.items()}
-            final_runs = sweep_runs(args.params, args.seeds, args.common, extra)
+            final_runs = _selected(lambda r: line(r[0]), sweep_runs(args.params, args.seeds, args.common, extra),
+                                   args.only)
             tuning = markdown_tuning(rows)
             if comm.rank == 0:
                 from pathlib import Path

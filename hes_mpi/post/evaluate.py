@@ -8,7 +8,7 @@ import numpy as np
 from .. import kernels
 from ..data import load_shard, load_test_split
 from ..errors import UsageError
-from ..model import MLP
+from ..model import MLP, parse_hidden
 from ..runlog import RunLog
 
 
@@ -31,17 +31,28 @@ def evaluate(paths, split: str = "test", data_dir=None) -> dict:
         if key not in splits:
             splits[key] = read(*key)
         X, y = splits[key]
-        model = MLP(X.shape[1], cfg["hidden"], int(theta.size - X.shape[1] * cfg["hidden"] - cfg["hidden"])
-                    // (cfg["hidden"] + 1))
-        if model.param_count != theta.size:
+        model = _network(X.shape[1], cfg, theta.size)
+        if model is None:
             raise UsageError(f"{path}: parameters do not fit a {X.shape[1]}-{cfg['hidden']}-? network")
         ws = kernels.Workspace(model.hidden, model.n_out, kernels.EVAL_BLOCK)
-        loss, correct = kernels.evaluate(X, y, model.views(theta.astype(np.float32)), ws)
+        loss, correct = kernels.evaluate(X, y, model.layer_views(theta.astype(np.float32)), model.activation_code, ws)
         rows.append({"runlog": str(path), "split": split, "examples": int(y.size),
                      "accuracy": correct / y.size, "loss": loss / y.size + model.l2_term(theta, cfg["l2"])})
     acc = np.array([r["accuracy"] for r in rows])
     return {"split": split, "runs": rows, "accuracy_mean": float(acc.mean()),
             "accuracy_std": float(acc.std(ddof=1)) if acc.size > 1 else 0.0}
+
+
+def _network(n_in: int, cfg: dict, n_params: int) -> MLP | None:
+    """The network of a run's config whose parameter count is ``n_params`` (its output width solved for),
+    or None when no output width fits."""
+    hidden = parse_hidden(cfg["hidden"])
+    inner = MLP(n_in, hidden, 1)
+    fixed = inner.param_count - (hidden[-1] + 1)  # every layer but the output layer
+    n_out, rest = divmod(n_params - fixed, hidden[-1] + 1)
+    if rest or n_out < 1:
+        return None
+    return MLP(n_in, hidden, n_out, cfg.get("activation", "sigmoid"), cfg.get("init", "normal"))
 
 
 def format_text(result: dict) -> str:

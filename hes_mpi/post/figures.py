@@ -1,5 +1,6 @@
 """Figures from run logs: training curves, equal-budget curves, time split, memory, the gradient, and the
-Pareto view (accuracy against bytes and against time, one point per configuration)."""
+Pareto view (accuracy against bytes and against time, one point per configuration), and the size study's
+savings against the parameter count."""
 
 from __future__ import annotations
 
@@ -195,3 +196,25 @@ def write_figures(runs: list[Run], out_dir: Path) -> list[Path]:
     return [fn(runs, out_dir / name) for name, fn in FIGURES.items()]
 
 
+def plot_size(rows: list[dict], path: Path) -> Path:
+    """Runtime %, Memory %, Net BW % (relative to each network's BGD) and dev accuracy against the parameter
+    count, one line per method and depth."""
+    plt = _plt()
+    fig, axes = plt.subplots(1, 4, figsize=(18, 4.5))
+    series: dict[tuple, list[dict]] = {}
+    for r in rows:
+        series.setdefault((r["run"], r["depth"]), []).append(r)
+    keys = [("runtime_pct", "Runtime (% of BGD's)"), ("memory_pct", "Memory (% of BGD's)"),
+            ("net_bw_pct", "Net BW (% of BGD's)"), ("dev_acc", "dev accuracy (%)")]
+    for (run, depth), pts in sorted(series.items()):
+        pts = sorted(pts, key=lambda r: r["params"])
+        x = [p["params"] for p in pts]
+        for ax, (key, _) in zip(axes, keys):
+            y = [100 * p[key] if key == "dev_acc" else p[key] for p in pts]
+            ax.plot(x, y, marker="o", ms=4, ls="-" if depth == 1 else "--" if depth == 2 else ":",
+                    label=f"{run}, {depth} hidden")
+    for ax, (_, title) in zip(axes, keys):
+        ax.set(xscale="log", xlabel="parameters", title=title)
+    axes[0].axhline(100, color="grey", lw=0.6)
+    axes[-1].legend(fontsize=6)
+    return _save(plt, fig, path)

@@ -152,22 +152,24 @@ def savings_rows(runs: list[Run]) -> list[dict]:
     ref = next((g for g in groups if g[0].config["algo"] == "bgd"), None)  # the first BGD configuration
     if ref is None:
         return []
-
-    def metrics(g):
-        wall = _mean_std([float(np.sum(r.epochs["epoch_s"])) for r in g])[0]
-        mem = _mean_std([r.mean_step_bytes() for r in g])[0]
-        bw = _mean_std([r.summary.get("comm_bytes_sent_per_rank", math.nan) / max(1, r.summary["iterations"])
-                        for r in g])[0]
-        return wall, mem, bw
-
-    rw, rm, rb = metrics(ref)
+    rw, rm, rb = cost_metrics(ref)
     rows = []
     for g in groups:
-        w, m, b = metrics(g)
+        w, m, b = cost_metrics(g)
         rows.append({"run": g[0].label, "seeds": len(g), "train_s": w, "runtime_pct": 100 * w / rw,
                      "step_bytes_mean": m, "memory_pct": 100 * m / rm, "bytes_per_iteration": b,
                      "net_bw_pct": 100 * b / rb})
     return rows
+
+
+def cost_metrics(g: list[Run]) -> tuple[float, float, float]:
+    """(training time without evaluation in s, mean step memory in bytes, payload bytes sent per rank per
+    iteration) of one configuration, the means over its seeds: what Runtime %, Memory % and Net BW % compare."""
+    wall = _mean_std([float(np.sum(r.epochs["epoch_s"])) for r in g])[0]
+    mem = _mean_std([r.mean_step_bytes() for r in g])[0]
+    bw = _mean_std([r.summary.get("comm_bytes_sent_per_rank", math.nan) / max(1, r.summary["iterations"])
+                    for r in g])[0]
+    return wall, mem, bw
 
 
 def markdown_accuracy(rows: list[dict]) -> str:

@@ -35,16 +35,17 @@ def load_run_data(comm, cfg: RunConfig) -> tuple[Shard, MLP]:
     network it sizes."""
     shard = comm.agree(load_shard, cfg.data, comm.rank, comm.size, cfg.data_dir, cfg.dev_size)
     comm.agree(cfg.validate_for, comm.size, shard.n_train)
-    return shard, MLP(shard.n_features, cfg.hidden, shard.n_classes)
+    return shard, MLP(shard.n_features, cfg.hidden, shard.n_classes, cfg.activation, cfg.init)
 
 
-def warm_kernels(comm) -> None:
-    """Compile (or load cached) kernels on rank 0 first: concurrent cache writes race."""
+def warm_kernels(comm, n_hidden: int = 1) -> None:
+    """Compile (or load cached) kernels for networks of ``n_hidden`` hidden layers on rank 0 first:
+    concurrent cache writes race."""
     if comm.rank == 0:
-        kernels.warm_up()
+        kernels.warm_up(n_hidden)
     comm.Barrier()
     if comm.rank != 0:
-        kernels.warm_up()
+        kernels.warm_up(n_hidden)
 
 
 def environment(comm, threads: int, shard: Shard, model: MLP, processor_names: list[str] | None = None) -> dict:

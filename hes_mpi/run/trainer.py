@@ -50,7 +50,7 @@ class Trainer:
         self.ckpt_path = cfg.checkpoint or checkpoint.default_path(cfg.out)
         state = comm.agree(self._resume_state)
         self.writer = comm.agree(self._open_writer, state)
-        warm_kernels(comm)
+        warm_kernels(comm, len(self.model.hidden))
         self.theta = self.model.init_params(cfg.seed)
         self.iters_per_epoch = self.shard.n_train // cfg.batch
         max_rows = min(self.shard.hi - self.shard.lo, cfg.batch)
@@ -89,12 +89,13 @@ class Trainer:
         """Loss and accuracy over the whole training and dev sets (each rank its shard, one Allreduce)."""
         comm = self.comm
         comm.set_phase("eval", self.iteration)
-        W = self.model.views(self.theta)
+        W = self.model.layer_views(self.theta)
+        act = self.model.activation_code
         buf = self._evalbuf
         buf[:] = 0.0
         if self.cfg.eval_train:
-            buf[0], buf[1] = kernels.evaluate(self.shard.x_train, self.shard.y_train, W, self.eval_ws)
-        buf[2], buf[3] = kernels.evaluate(self.shard.x_dev, self.shard.y_dev, W, self.eval_ws)
+            buf[0], buf[1] = kernels.evaluate(self.shard.x_train, self.shard.y_train, W, act, self.eval_ws)
+        buf[2], buf[3] = kernels.evaluate(self.shard.x_dev, self.shard.y_dev, W, act, self.eval_ws)
         comm.Allreduce(buf)
         reg = self.model.l2_term(self.theta, self.cfg.l2)
         n_tr, n_dv = self.shard.n_train, self.shard.n_dev
@@ -162,6 +163,7 @@ class Trainer:
             rows = self.writer.rows() if self.writer is not None else {}
             state = {"theta": self.theta, **algo_state, "epoch": epoch, "batch": batch,
                      "iteration": self.iteration, "checks": self.checks, "ranks": self.comm.size,
+                     "layers": self.model.layers, "activation": self.model.activation,
                      **{f"rows_{k}": v for k, v in rows.items()}}
             try:
                 checkpoint.save(self.ckpt_path, state, self.cfg.to_dict())
@@ -191,6 +193,8 @@ class Trainer:
         state = checkpoint.load(self.ckpt_path, cfg.to_dict())
         if int(state["ranks"]) != self.comm.size:
             raise UsageError(f"{self.ckpt_path} was written by {state['ranks']} ranks, not {self.comm.size}")
+        if state.get("layers", self.model.layers) != self.model.layers:
+            raise UsageError(f"{self.ckpt_path} holds a {state['layers']} network, not {self.model.layers}")
         if cfg.out and not os.path.exists(cfg.out):
             raise UsageError(f"{self.ckpt_path} continues run log {cfg.out}, which is missing")
         return state
