@@ -248,3 +248,16 @@ def test_resume_restores_the_baselines_state(tmp_path, method):
 
     extended_equals_straight(tmp_path, ["--data", "synthetic:4000", "--hidden", "32", "--batch", "100", "--lr", "1",
                                         *method], gathered)
+
+
+def test_resume_restores_the_lowrank_state_of_a_deeper_network(tmp_path):
+    """--perturb lowrank:R's per-layer gradient variances are state (an epoch ends between a gradient step
+    and the ES steps around it), and the checkpoint names the network."""
+
+    def per_layer(f):
+        assert f["grad_vars"].shape == (3,) and np.all(f["grad_vars"][()] > 0)
+        assert f.attrs["layers"] == "32-24-12-10" and f.attrs["activation"] == "tanh"
+
+    extended_equals_straight(tmp_path, ["--data", "synthetic:4000", "--hidden", "24,12", "--activation", "tanh",
+                                        "--init", "xavier", "--batch", "100", "--lr", "0.5", "--algo", "hes",
+                                        "--r", "3", "--perturb", "lowrank:2"], per_layer)
