@@ -82,7 +82,8 @@ def add_parsers(sub) -> None:
                             "epochs of each (default %(default)s)")
             sp.add_argument("--compress", default=None, metavar="fp16|powersgd:R", help="compare this exchange with "
                             "PyTorch's communication hook instead of timing plain BGD")
-            sp.add_argument("--lr", type=float, default=RunConfig().lr, help="learning rate (default %(default)s)")
+        sp.add_argument("--lr", type=float, default=RunConfig().lr, help="learning rate of the steps (default "
+                        "%(default)s; a deep ReLU network needs a smaller one, e.g. 0.2)")
         if name == "all":
             sp.add_argument("--smoke", action="store_true", help="a few repetitions only (CI: checks that it runs)")
             sp.add_argument("--json", action="store_true", help="print the JSON object (the default; for symmetry "
@@ -152,7 +153,7 @@ def cmd_bench_speed(args) -> int:
     from ..bench.harness import dumps
 
     cfg = RunConfig(algo="hes", data=args.data, data_dir=args.data_dir, batch=args.batch, **network_fields(args),
-                    K=args.K, threads=args.threads, lr=getattr(args, "lr", RunConfig().lr),
+                    K=args.K, threads=args.threads, lr=args.lr,
                     compress=getattr(args, "compress", None) or "none", **es_methods(args)).validate()
     reps = getattr(args, "reps", 40)
     if reps < 1 or getattr(args, "epochs", 1) < 1:
