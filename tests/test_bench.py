@@ -80,6 +80,29 @@ def test_forward_compares_with_blas_of_the_same_shapes():
     assert r["forward_vs_blas"] == pytest.approx(r["median_blas_s"] / r["median_candidates_s"])
 
 
+@pytest.mark.parametrize("perturb", ["output", "lowrank:2", "all"])
+def test_steps_on_a_deeper_network_reports_the_flop_floor_of_each_step(perturb):
+    """bench steps on a 2-hidden-layer network in each perturbation mode: the FLOPs of each step as counted
+    from the network's shapes, and each step's time against its own matrix products timed alone."""
+    deep = ["--data", "synthetic:2000", "--hidden", "64,32", "--activation", "relu", "--init", "he", "--batch", "200"]
+    r = bench("steps", "--reps", "3", "--lr", "0.2", "--perturb", perturb, shape=deep)
+    assert r["layers"] == "32-64-32-10"
+    products = 32 * 64 + 64 * 32 + 32 * 10
+    per_row_grad = 2 * (3 * products - 32 * 64)  # forward, and two products per layer backward but the first
+    rows, rest = divmod(r["grad_step_flops"], per_row_grad)  # this rank's rows of the first batch (about 100)
+    assert rest == 0 and 60 < rows < 140
+    if perturb == "output":
+        per_row_es = 2 * (products + 8 * 32 * 10)
+    elif perturb == "all":
+        per_row_es = 9 * 2 * products  # K + 1 forward passes (with --baseline)
+    else:
+        per_row_es = 2 * (32 * 64 + 8 * 2 * (32 + 64) + 9 * 64 * 32 + 8 * 2 * (64 + 32) + 9 * 32 * 10 + 8 * 2 * (32 + 10))
+    assert r["es_step_flops"] == rows * per_row_es
+    for key in ("grad_floor_s", "es_floor_s", "grad_step_over_floor", "es_step_over_floor", "es_over_grad_floor"):
+        assert math.isfinite(r[key]) and r[key] > 0, key
+    assert r["es_step_bytes_sent_per_rank"] == 12
+
+
 def test_bench_rejects_bad_reps_in_one_line():
     proc = run_cli(["bench", "steps", "--reps", "0", *SMALL], n=2)
     assert proc.returncode == 2

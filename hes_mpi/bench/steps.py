@@ -12,7 +12,9 @@ a warm-up (:func:`hes_mpi.bench.harness.interleave`), because the machines these
     Gradient and ES steps of H-ES (r = 2) alternating on the same batches, through the instrumented
     communicator: median step times, their ratio, the share of the ES step spent producing
     perturbations, bytes sent per rank per step, and the step memory of each kind: the bytes of the
-    buffers the step writes plus the transient peak tracemalloc sees while it runs.
+    buffers the step writes plus the transient peak tracemalloc sees while it runs; and the FLOP floor of
+    each step: its matrix products alone on the same rows (:func:`grad_products`, :func:`es_products`),
+    timed interleaved, with the FLOPs they make (:func:`grad_flops`, :func:`es_flops`).
 """
 
 from __future__ import annotations
