@@ -190,11 +190,6 @@ class RunConfig:
             )
 
     @property
-    def hidden_layers(self) -> tuple[int, ...]:
-        """The hidden layer widths, e.g. (300,) or (1024, 1024)."""
-        return parse_hidden(self.hidden)
-
-    @property
     def es_every_iteration(self) -> bool:
         return self.algo == "hes" and self.assisted
 

@@ -100,3 +100,44 @@ def test_l2_term_matches_numpy():
     assert got == pytest.approx(want, rel=1e-12)
     assert net.l2_term(theta, 0.0) == 0.0
     assert MLP(2, 2, 2).l2_term(np.array([1, 2, 3, 4, 9, 9, 1, 1, 1, 1, 9, 9], DTYPE), 2.0) == pytest.approx(34.0)
+
+
+def test_deeper_networks_lay_out_every_layer_in_one_vector():
+    net = MLP(784, (1024, 512), 10, "relu", "he")
+    assert net.dims == (784, 1024, 512, 10) and net.layers == "784-1024-512-10" and net.n_layers == 3
+    assert net.param_count == 784 * 1024 + 1024 + 1024 * 512 + 512 + 512 * 10 + 10
+    theta = np.arange(net.param_count, dtype=np.float32)
+    Ws, bs = net.layer_views(theta)
+    assert [W.shape for W in Ws] == [(784, 1024), (1024, 512), (512, 10)] and [b.shape for b in bs] == [(1024,), (512,), (10,)]
+    assert all(np.shares_memory(v, theta) for v in (*Ws, *bs))
+    assert theta[net.layer_slice(1)][0] == Ws[1][0, 0] and theta[net.layer_slice(1)][-1] == bs[1][-1]
+    assert net.weight_segments.tolist() == [[0, 802816], [803840, 1328128], [1328640, 1333760]]
+
+
+@pytest.mark.parametrize(("init", "std"), [("normal", lambda a, b: 1.0), ("xavier", lambda a, b: np.sqrt(2 / (a + b))),
+                                           ("he", lambda a, b: np.sqrt(2 / a))])
+def test_initialisations_scale_each_layer(init, std):
+    net = MLP(784, (512, 256), 10, "relu", init)
+    theta = net.init_params(3)
+    Ws, bs = net.layer_views(theta)
+    for (a, b), W in zip(net.layer_dims, Ws):
+        assert W.std() == pytest.approx(std(a, b), rel=0.05)
+    assert all(not b.any() for b in bs)
+
+
+def test_the_posters_network_starts_as_it_always_has():
+    """One hidden layer, normal init: the same parameters as MLP(784, 300, 10) ever gave (one Philox stream
+    drawn layer by layer), and an int, a string or a 1-tuple of widths are the same network."""
+    a, b, c = MLP(784, 300, 10), MLP(784, "300", 10), MLP(784, (300,), 10, "sigmoid", "normal")
+    assert a == b == c and a.hidden == (300,)
+    rng = np.random.Generator(np.random.Philox(np.random.SeedSequence([0x1417, 5])))
+    want = np.zeros(a.param_count, np.float32)
+    for s, e in a.weight_segments:
+        want[s:e] = rng.standard_normal(e - s, dtype=np.float32)
+    assert np.array_equal(a.init_params(5).view(np.uint32), want.view(np.uint32))
+
+
+@pytest.mark.parametrize("bad", ["", "0", "300,", "3x", "-1", "10,,10"])
+def test_bad_widths_are_refused(bad):
+    with pytest.raises(ValueError):
+        MLP(784, bad, 10)
