@@ -156,6 +156,33 @@ def test_es_methods_exchange_little_and_rebuild_the_same_update_everywhere(comm,
     assert np.array_equal(theta.view(np.uint32), expected.view(np.uint32))
 
 
+def dense_candidate_costs(cfg, model, algo, theta, batch, sigma, rank):
+    """The K candidates of ``algo``'s ES step at iteration 1 (then the unperturbed one) built as dense
+    parameter vectors and costed by the float64 reference (mean loss + L2)."""
+    X, y = batch.full()
+    o = model.offsets
+    perturb = cfg.perturb
+    want = []
+    for k in range(cfg.K + 1):
+        if perturb == "all":
+            z = algo.perturbation(1, rank, k % cfg.K, np.empty(algo.zs.shape[1], np.float32))
+            cand = theta - np.float32(cfg.lr) * (algo.g + np.float32(sigma if k < cfg.K else 0.0) * z)
+        else:
+            cand = (theta - np.float32(cfg.lr) * algo.g).astype(np.float64)
+        if k < cfg.K and perturb == "output":
+            z = algo.perturbation(1, rank, k, np.empty(algo.zs.shape[1], np.float32))
+            cand[o[-3]:o[-1]] -= cfg.lr * sigma * z
+        elif k < cfg.K and perturb.startswith("lowrank"):
+            z = algo.perturbation(1, rank, k, np.empty(algo.zs.shape[1], np.float32))
+            views = model.views(cand)
+            for l, (E, c) in enumerate(lowrank_dense(model, z, algo.R)):
+                views[2 * l][:] -= cfg.lr * algo.sigmas()[l] * E
+                views[2 * l + 1][:] -= cfg.lr * algo.sigmas()[l] * c
+        loss, _ = naive.deep_forward_loss(X, y, *model.layer_views(cand), cfg.activation)
+        want.append(loss / X.shape[0] + model.l2_term(cand, cfg.l2))
+    return want
+
+
 @pytest.mark.parametrize("baseline", [False, True])
 def test_head_only_perturbation_costs_match_whole_vector_candidates(comm, baseline):
     """--perturb output's shared-hidden-layer costs equal those of the explicit candidate vectors
@@ -165,16 +192,7 @@ def test_head_only_perturbation_costs_match_whole_vector_candidates(comm, baseli
     algo.step(0, theta, batch)
     sigma = algo.sigma()
     costs, base = algo.candidate_costs(1, theta, batch, sigma)
-    X, y = batch.full()
-    o = model.offsets
-    want = []
-    for k in range(cfg.K + 1):
-        cand = theta - np.float32(cfg.lr) * algo.g
-        if k < cfg.K:
-            z = algo.perturbation(1, comm.rank, k, np.empty(o[4] - o[2], np.float32))
-            cand[o[2]:o[4]] = cand[o[2]:o[4]] - np.float32(cfg.lr * sigma) * z
-        loss, _ = naive.forward_loss(X, y, *model.views(cand))
-        want.append(loss / X.shape[0] + model.l2_term(cand, cfg.l2))
+    want = dense_candidate_costs(cfg, model, algo, theta, batch, sigma, comm.rank)
     if baseline:
         np.testing.assert_allclose(costs - base, np.array(want[:-1]) - want[-1], rtol=1e-3, atol=2e-6)
     else:
@@ -376,25 +394,6 @@ def test_deep_candidate_costs_match_dense_candidates(comm, perturb):
     algo.step(0, theta, batch)
     sigma = algo.sigma()
     costs, base = algo.candidate_costs(1, theta, batch, sigma)
-    X, y = batch.full()
-    o = model.offsets
-    want = []
-    for k in range(cfg.K + 1):
-        if perturb == "all":
-            z = algo.perturbation(1, comm.rank, k % cfg.K, np.empty(algo.zs.shape[1], np.float32))
-            cand = theta - np.float32(cfg.lr) * (algo.g + np.float32(sigma if k < cfg.K else 0.0) * z)
-        else:
-            cand = (theta - np.float32(cfg.lr) * algo.g).astype(np.float64)
-        if k < cfg.K and perturb == "output":
-            z = algo.perturbation(1, comm.rank, k, np.empty(algo.zs.shape[1], np.float32))
-            cand[o[-3]:o[-1]] -= cfg.lr * sigma * z
-        elif k < cfg.K and perturb.startswith("lowrank"):
-            z = algo.perturbation(1, comm.rank, k, np.empty(algo.zs.shape[1], np.float32))
-            views = model.views(cand)
-            for l, (E, c) in enumerate(lowrank_dense(model, z, algo.R)):
-                views[2 * l][:] -= cfg.lr * algo.sigmas()[l] * E
-                views[2 * l + 1][:] -= cfg.lr * algo.sigmas()[l] * c
-        loss, _ = naive.deep_forward_loss(X, y, *model.layer_views(cand), "relu")
-        want.append(loss / X.shape[0] + model.l2_term(cand, cfg.l2))
+    want = dense_candidate_costs(cfg, model, algo, theta, batch, sigma, comm.rank)
     got = np.append(costs, base) if perturb != "all" else np.append(costs, want[-1])
     np.testing.assert_allclose(got, want, rtol=2e-5)
