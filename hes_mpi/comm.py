@@ -325,6 +325,7 @@ class InstrumentedComm:
         if flag[0] == 0:
             return result
         if err is not None and self.size - self.rank == flag[1]:
+            err.agreed = True  # every rank knows: they leave together (run.control)
             raise err
         raise SilentExit(int(flag[0]))
 
@@ -346,7 +347,7 @@ class InstrumentedComm:
     def processor_names(self, max_bytes: int = 64) -> list[str]:
         """``MPI.Get_processor_name()`` of every rank, in rank order (one Allgather of fixed-size buffers)."""
         mine = np.zeros(max_bytes, dtype=np.uint8)
-        raw = self.MPI.Get_processor_name().encode()[: max_bytes - 1]
+        raw = c_string(self.MPI.Get_processor_name()).encode()[: max_bytes - 1]
         mine[: len(raw)] = np.frombuffer(raw, dtype=np.uint8)
         everyone = np.zeros(max_bytes * self.size, dtype=np.uint8)
         self.Allgather(mine, everyone)
@@ -354,7 +355,7 @@ class InstrumentedComm:
                 for r in range(self.size)]
 
     def library_version(self) -> str:
-        return self.MPI.Get_library_version().strip()
+        return c_string(self.MPI.Get_library_version()).strip()
 
     def vendor(self) -> str:
         name, ver = self.MPI.get_vendor()
@@ -367,6 +368,13 @@ class InstrumentedComm:
 
     def wtick(self) -> float:
         return self.MPI.Wtick()
+
+
+def c_string(text: str) -> str:
+    """``text`` up to its first NUL. Open MPI 5.0 (up to 5.0.11 at least; open-mpi/ompi#14411) counts the
+    terminating NUL in ``MPI_Get_library_version``'s length, so mpi4py returns the string with a trailing
+    ``"\\0"``, which HDF5 refuses in a string attribute: every string from MPI passes through here."""
+    return text.split("\0", 1)[0]
 
 
 class SilentExit(Exception):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import subprocess
@@ -16,6 +17,29 @@ import pytest
 os.environ.setdefault("MPIR_CVAR_CH4_NETMOD", "ofi")
 
 MPIEXEC = shutil.which("mpiexec", path=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))
+
+
+@functools.lru_cache(maxsize=1)
+def launcher_is_open_mpi() -> bool:
+    """True when ``MPIEXEC`` is Open MPI's (PRRTE's) launcher rather than MPICH's Hydra."""
+    if MPIEXEC is None:
+        return False
+    proc = subprocess.run([MPIEXEC, "--version"], capture_output=True, text=True, timeout=60, check=False)
+    return "open mpi" in (proc.stdout + proc.stderr).lower()
+
+
+if launcher_is_open_mpi() and os.geteuid() == 0:
+    # Open MPI refuses to start as root without both (CI runs as root); users set them the same way.
+    os.environ.setdefault("OMPI_ALLOW_RUN_AS_ROOT", "1")
+    os.environ.setdefault("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+
+
+def mpiexec_cmd(n: int) -> list[str]:
+    """``mpiexec -n N`` as a user types it for the MPI on PATH: Open MPI allots one rank per core and needs
+    ``--oversubscribe`` for more ranks than cores (the 4-rank jobs on a 2-core host)."""
+    if MPIEXEC is None:
+        pytest.skip("no mpiexec on PATH (pip install mpich)")
+    return [MPIEXEC, *(["--oversubscribe"] if launcher_is_open_mpi() else []), "-n", str(n)]
 
 
 def mpi_size() -> int:
@@ -34,7 +58,7 @@ def run_cli(args, n: int | None = 2, env: dict | None = None, timeout: float = 1
             pytest.skip("no mpiexec on PATH (pip install mpich)")
         if mpi_size() > 1:
             pytest.skip("launches its own mpiexec: run serially")
-        cmd = [MPIEXEC, "-n", str(n), *cmd]
+        cmd = [*mpiexec_cmd(n), *cmd]
     full_env = {**os.environ, **(env or {})}
     full_env.setdefault("HES_MPI_DATA", str(Path(__file__).parent / "_no_data_here"))
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=full_env, cwd=cwd, check=False)

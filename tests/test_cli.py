@@ -163,6 +163,25 @@ def test_bad_options(args, fragment):
     assert_usage_error(proc, fragment)
 
 
+@pytest.mark.parametrize("args", [
+    ["compare", "--r", "0"],
+    ["bench", "steps", "--reps", "0"],
+    ["train", "--algo", "sgd"],
+    ["sweep", "BAD_PARAMS"],
+    ["cluster", "status", "--json", "--no-such-option"],
+])
+def test_errors_found_before_mpi_starts_are_one_line_from_one_rank(tmp_path, args):
+    """Every rank sees the same bad input before MPI starts: the launcher's rank 0 alone says so and carries
+    the exit status; the others leave first with 0 (Open MPI's launcher ends the job at the first rank that
+    fails, with a banner of its own)."""
+    bad = tmp_path / "p.params"
+    bad.write_text("a --algo hes --bogus 1\n")
+    proc = run_cli([str(bad) if a == "BAD_PARAMS" else a for a in args], n=2)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()  # nothing of the launcher's either: the speaking rank leaves last
+    assert len(lines) == 1 and lines[0].startswith("hes-mpi"), proc.stderr
+
+
 def test_missing_mnist(tmp_path):
     proc = run_cli(["train", "--data", "mnist", "--data-dir", tmp_path])
     assert_usage_error(proc, "data fetch mnist")

@@ -296,3 +296,25 @@ def test_bcast_str(comm):
     rec = comm.drain()
     assert op_of(rec) == ["bcast"]
     assert rec["bytes_sent"][0] + rec["bytes_recv"][0] == 64  # one fixed-size buffer
+
+
+@pytest.mark.mpi
+def test_strings_from_mpi_hold_no_nul_and_go_into_an_hdf5_attribute(comm, tmp_path_factory):
+    """Open MPI 5.0's MPI_Get_library_version counts its terminating NUL (open-mpi/ompi#14411); the string
+    went into the run log's /environment as it was, and HDF5 refused it: no train --out could start."""
+    import h5py
+
+    texts = [comm.library_version(), comm.vendor(), *comm.processor_names()]
+    assert all(t and "\0" not in t for t in texts), texts
+    path = tmp_path_factory.mktemp(f"strings{comm.rank}") / "a.h5"
+    with h5py.File(path, "w") as f:
+        for i, t in enumerate(texts):
+            f.attrs[f"s{i}"] = t
+
+
+def test_c_string_ends_at_the_first_nul():
+    from hes_mpi.comm import c_string
+
+    assert c_string("Open MPI v5.0.11, Sep 16, 2026\0") == "Open MPI v5.0.11, Sep 16, 2026"
+    assert c_string("MPICH Version: 4.3.2") == "MPICH Version: 4.3.2"
+    assert c_string("a\0b") == "a" and c_string("") == ""

@@ -15,7 +15,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-from conftest import MPIEXEC, mpi_size, run_cli
+from conftest import MPIEXEC, mpi_size, mpiexec_cmd, run_cli
 
 from hes_mpi.runlog import RunLog
 
@@ -26,7 +26,7 @@ pytestmark = pytest.mark.skipif(MPIEXEC is None or mpi_size() > 1, reason="launc
 
 
 def launch(args, env=None):
-    cmd = [MPIEXEC, "-n", "2", sys.executable, "-m", "hes_mpi", "train", *map(str, args)]
+    cmd = [*mpiexec_cmd(2), sys.executable, "-m", "hes_mpi", "train", *map(str, args)]
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
                             env={**os.environ, **(env or {})})
 
@@ -39,7 +39,9 @@ def rank_pids(marker: str) -> list[int]:
             continue
         with contextlib.suppress(OSError):
             argv = (d / "cmdline").read_bytes().split(b"\0")
-            if any(marker.encode() in a for a in argv) and b"hes_mpi" in argv and b"mpiexec" not in argv[0]:
+            # the ranks are this Python; the launcher's own argv (Hydra's mpiexec, Open MPI's prterun) names
+            # the command too
+            if any(marker.encode() in a for a in argv) and b"hes_mpi" in argv and argv[0] == sys.executable.encode():
                 pids.append(int(d.name))
     return sorted(pids)
 

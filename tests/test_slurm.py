@@ -21,7 +21,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-from conftest import mpi_size
+from conftest import mpi_size, mpiexec_cmd
 
 from hes_mpi.cluster.slurm import PACKAGES, SlurmCluster, SlurmClusterError, missing_binaries
 from hes_mpi.runlog import RunLog
@@ -261,8 +261,7 @@ def test_signal_before_time_limit_checkpoints_requeues_and_resumes_bitwise(slurm
     """USR1 (what --signal=USR1@120 sends before the time limit) -> checkpoint, exit 3, the script requeues
     the job, the next start resumes: the result is bitwise the uninterrupted run's."""
     ref = tmp_path / "ref.h5"
-    mpiexec = shutil.which("mpiexec", path=os.path.dirname(sys.executable))
-    r = subprocess.run([mpiexec, "-n", "2", sys.executable, "-m", "hes_mpi", "train", *RESUME_ARGS.split(),
+    r = subprocess.run([*mpiexec_cmd(2), sys.executable, "-m", "hes_mpi", "train", *RESUME_ARGS.split(),
                         "--threads", "1", "--out", str(ref)], capture_output=True, text=True, timeout=600, check=False)
     assert r.returncode == 0, r.stderr
     proc, job = sbatch(slurm, "train.sbatch", submit_dir=tmp_path, wait=False, HES_MPI_ARGS=RESUME_ARGS)

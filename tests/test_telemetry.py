@@ -13,7 +13,7 @@ import time
 import h5py
 import numpy as np
 import pytest
-from conftest import MPIEXEC, mpi_size, run_cli
+from conftest import MPIEXEC, mpi_size, mpiexec_cmd, run_cli
 
 from hes_mpi.collectives import wire_bytes as wire_bytes_model
 from hes_mpi.runlog import RunLog
@@ -91,7 +91,7 @@ def test_killed_run_leaves_a_readable_log(tmp_path):
     if MPIEXEC is None or mpi_size() > 1:
         pytest.skip("needs mpiexec, run serially")
     out = tmp_path / "killed.h5"
-    cmd = [MPIEXEC, "-n", "2", sys.executable, "-m", "hes_mpi", "train", "--data", "synthetic:20000", "--hidden",
+    cmd = [*mpiexec_cmd(2), sys.executable, "-m", "hes_mpi", "train", "--data", "synthetic:20000", "--hidden",
            "64", "--batch", "100", "--epochs", "1000", "--out", str(out)]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:

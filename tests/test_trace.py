@@ -5,8 +5,6 @@ from __future__ import annotations
 import collections
 import importlib.util
 import json
-import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -14,13 +12,12 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-from conftest import mpi_size
+from conftest import MPIEXEC, mpi_size, mpiexec_cmd
 
 from hes_mpi.post.trace import chrome_trace
 from hes_mpi.runlog import RunLog
 
 SCRIPT = Path(__file__).resolve().parent.parent / "analysis" / "trace.py"
-MPIEXEC = shutil.which("mpiexec", path=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))
 SLACK_US = 50_000.0  # clock alignment and scheduling noise allowed when checking that a collective lines up
 
 
@@ -50,7 +47,7 @@ def runlog(tmp_path_factory) -> Path:
     if mpi_size() > 1:
         pytest.skip("launches its own mpiexec: run serially")
     path = tmp_path_factory.mktemp("trace") / "run.h5"
-    proc = subprocess.run([MPIEXEC, "-n", "2", sys.executable, "-m", "hes_mpi", "train", "--data", "synthetic:800",
+    proc = subprocess.run([*mpiexec_cmd(2), sys.executable, "-m", "hes_mpi", "train", "--data", "synthetic:800",
                            "--hidden", "16", "--batch", "200", "--lr", "1", "--epochs", "2", "--algo", "hes",
                            "--out", str(path)], capture_output=True, text=True, timeout=120, check=False)
     assert proc.returncode == 0, proc.stderr

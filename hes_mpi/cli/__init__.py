@@ -13,10 +13,10 @@ import os
 import sys
 
 from .. import __version__
-from ..errors import UsageError
-from ..run.control import say_error
+from ..errors import RunError, UsageError
+from ..run.control import exit_status, say_error
 from . import bench, cluster, data, post, train
-from .common import Parser, show_help
+from .common import Parser, launcher_rank, show_help, speaks_before_mpi
 
 COMMANDS = ("compare", "train", "sweep", "data", "bench", "evaluate", "summary", "cluster")
 #: Tokens that the top-level parser itself answers.
@@ -52,9 +52,11 @@ def main(argv: list[str] | None = None) -> int:
         if getattr(args, "wants_argv", False):
             return args.func(args, ["hes-mpi", *raw])
         return args.func(args)
-    except UsageError as e:
-        say_error(str(e))
-        return e.exit_code
+    except (UsageError, RunError) as e:  # raised before MPI started (or by a command without MPI)
+        speaker = speaks_before_mpi()
+        if speaker:
+            say_error(str(e))
+        return exit_status(e.exit_code, speaker, under_launcher=launcher_rank() is not None)
     except KeyboardInterrupt:
         say_error("interrupted")
         return 130

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 
 from ..config import DISTS, PERTURB, PLAIN, RECOMBINE, SIGMA_SCALES, RunConfig, perturb_rank
 from ..errors import UsageError
@@ -16,8 +17,12 @@ class Parser(argparse.ArgumentParser):
 
     def error(self, message):
         # Every rank parses the same argv: only the launcher's rank 0 says so (MPI is not started yet).
-        quiet = launcher_rank() not in (None, 0)
-        self.exit(2, None if quiet else f"{self.prog}: error: {message} (see --help)\n")
+        from ..run.control import exit_status
+
+        speaker = speaks_before_mpi()
+        if speaker:
+            sys.stderr.write(f"{self.prog}: error: {message} (see --help)\n")
+        sys.exit(exit_status(2, speaker, under_launcher=launcher_rank() is not None))
 
 
 def launcher_rank() -> int | None:
@@ -27,6 +32,13 @@ def launcher_rank() -> int | None:
         if v and v.isdigit():
             return int(v)
     return None
+
+
+def speaks_before_mpi() -> bool:
+    """Whether this process prints an error found before MPI starts: every rank sees the same input, so only
+    the launcher's rank 0 (or a process not under a launcher) says it, and carries the exit status
+    (:func:`hes_mpi.run.control.exit_status`)."""
+    return launcher_rank() in (None, 0)
 
 
 def es_method_args(p: argparse.ArgumentParser) -> None:

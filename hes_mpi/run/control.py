@@ -79,6 +79,26 @@ class Fault:
         theta[:] = np.nan
 
 
+#: Seconds the rank that printed a job's message waits, after the others have left, before it exits with the
+#: job's status. A launcher ends the whole job at the first rank that exits with a failure (Open MPI's at
+#: once, with a banner and at times a "PMIX ERROR: PMIX_ERR_UNREACH" line of its own): the one rank with a
+#: failing status leaves last, so that nothing is cut and nothing is killed.
+LAST_EXIT_DELAY_S = 0.3
+
+
+def exit_status(code: int, speaker: bool, under_launcher: bool = True) -> int:
+    """The exit status of one rank of a job that ends with status ``code`` and one message: the rank that
+    printed it (``speaker``) carries ``code`` and leaves last; the others leave with 0 at once. ``mpiexec``
+    and ``srun`` report the worst status of their ranks, so the job's status is ``code`` either way."""
+    if not under_launcher or code == 0:
+        return code
+    if not speaker:
+        return 0
+    sys.stderr.flush()
+    time.sleep(LAST_EXIT_DELAY_S)
+    return code
+
+
 def say_error(msg: str, rank_info: str = "") -> None:
     """The one-line error every command prints: ``hes-mpi: error[ (rank r/p)]: MESSAGE``."""
     print(f"hes-mpi: error{rank_info}: {msg}", file=sys.stderr, flush=True)
@@ -103,16 +123,16 @@ def run_mpi(body, json_output: bool = False) -> int:
     where = f" (rank {comm.rank}/{comm.size})" if comm.size > 1 else ""
     try:
         return body(comm)
-    except SilentExit as e:
-        return e.exit_code
-    except Stopped as e:
+    except SilentExit as e:  # another rank says it (agreed with comm.agree): leave first, and quietly
+        return _leave(comm, e.exit_code, speaker=False)
+    except Stopped as e:  # every rank stops at the same iteration; rank 0 says so
         if comm.rank == 0:
             say_error(str(e))
-        return e.exit_code
+        return _leave(comm, e.exit_code, speaker=comm.rank == 0)
     except (UsageError, RunError) as e:
         say_error(str(e), where)
         _exit_now_if_hdf5_damaged(comm, e.exit_code)
-        return e.exit_code
+        return _leave(comm, e.exit_code, speaker=True, agreed=getattr(e, "agreed", False))
     except BaseException as e:  # noqa: BLE001  anything else: say it here, then take every rank down
         import traceback
 
@@ -125,6 +145,16 @@ def run_mpi(body, json_output: bool = False) -> int:
             time.sleep(ABORT_GRACE_S)
             comm.Abort(1)
         return 1
+
+
+def _leave(comm, code: int, speaker: bool, agreed: bool = True) -> int:
+    """This rank's exit status when every rank ends with ``code`` and one of them printed why (an error agreed
+    with ``comm.agree``, or a stop): every rank finalises MPI, then :func:`exit_status`. An error this rank
+    met alone keeps its status (the others may still be in a collective: the watchdog ends them)."""
+    if comm.size == 1 or not agreed:
+        return code
+    comm.finalize()
+    return exit_status(code, speaker)
 
 
 def _exit_now_if_hdf5_damaged(comm, code: int) -> None:
