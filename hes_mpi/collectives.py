@@ -1,6 +1,18 @@
-"""MPICH's collective algorithms and their alpha-beta costs, the bytes each rank puts on the wire, and
-network presets. Pure functions: no MPI, no I/O (the communicator, the emulation, the fit and the
-projection all read MPICH's choices from here, so they are written once).
+"""The collective algorithms of each MPI family, their alpha-beta costs, the bytes each rank puts on the
+wire, and network presets. Pure functions: no MPI, no I/O (the communicator, the emulation, the fit and the
+projection all read the algorithm choices from here, so they are written once).
+
+Families
+--------
+Every function that depends on the algorithm choice takes ``family``: ``"mpich"`` (the default; the
+models below) or ``"openmpi"`` (Open MPI 5's ``coll/tuned`` decision rules, in
+:mod:`hes_mpi.ompi_tuned`). :func:`collective_model` says which family a run's MPI follows and whether
+the figures are exact or assumed (an MPI of neither family, a tuning override in the environment, or
+Open MPI's hierarchical ``han`` component on several ranks per node of several nodes).
+
+The module runs over 400 lines because every cost is written once for scalars and arrays alike (the fit
+and the projection pass arrays, the communicator scalars), and the family choice sits with the models it
+selects.
 
 Cost models
 -----------
@@ -28,8 +40,12 @@ import math
 
 import numpy as np
 
+from . import ompi_tuned
 from .errors import UsageError
 from .schema import OPS
+
+#: The algorithm families modelled: MPICH's classic choice and Open MPI's tuned component.
+FAMILIES = ("mpich", "openmpi")
 
 # MPICH's default switch points (bytes).
 #: Allreduce: recursive doubling up to this payload, Rabenseifner's algorithm above.
@@ -150,10 +166,26 @@ def mpich_algorithm(op: str, nbytes: int, p: int) -> str:
     return "dissemination" if op == "barrier" else "direct"
 
 
-@functools.lru_cache(maxsize=1024)
-def wire_bytes(op: str, nbytes: int, size: int, root: bool = False) -> int:
-    """Bytes this rank puts on the wire for ``op`` on a payload of ``nbytes`` per rank, by the algorithm
-    :func:`mpich_algorithm` picks.
+def _family(family: str) -> str:
+    if family not in FAMILIES:
+        raise ValueError(f"unknown MPI algorithm family {family!r}; one of {', '.join(FAMILIES)}")
+    return family
+
+
+def algorithm(op: str, nbytes: int, p: int, family: str = "mpich", count: int | None = None) -> str:
+    """The algorithm ``family``'s default selection runs for ``op`` on ``nbytes`` per rank (``count``
+    elements; Open MPI's fallbacks depend on it) and ``p`` ranks."""
+    if _family(family) == "openmpi":
+        return ompi_tuned.algorithm(op, int(nbytes), int(p), count)
+    return mpich_algorithm(op, nbytes, p)
+
+
+@functools.lru_cache(maxsize=4096)
+def wire_bytes(op: str, nbytes: int, size: int, root: bool = False, family: str = "mpich",
+               count: int | None = None) -> int:
+    """Bytes this rank puts on the wire for ``op`` on a payload of ``nbytes`` (``count`` elements) per
+    rank, by the algorithm ``family`` picks (Open MPI: :func:`hes_mpi.ompi_tuned.wire_bytes`; MPICH:
+    :func:`mpich_algorithm`, as follows).
 
     Allreduce and minloc: recursive doubling sends ``ceil(log2 p) x n``, Rabenseifner's reduce-scatter +
     allgather ``2 (p-1)/p x n``. Allgather: ``(p-1) x n`` (ring and recursive doubling alike). Bcast,
@@ -164,6 +196,8 @@ def wire_bytes(op: str, nbytes: int, size: int, root: bool = False) -> int:
     p = size
     if p <= 1 or nbytes <= 0:
         return 0
+    if _family(family) == "openmpi":
+        return ompi_tuned.wire_bytes(op, int(nbytes), int(p), root, count)
     alg = mpich_algorithm(op, nbytes, p) if op in ("allreduce", "minloc", "bcast") else None
     if alg == "recursive_doubling":
         return math.ceil(math.log2(p)) * nbytes
@@ -180,17 +214,86 @@ def wire_bytes(op: str, nbytes: int, size: int, root: bool = False) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------------------------- which model a run follows
+#: ``MPI.get_vendor()`` names whose default algorithm choice is modelled, and their family.
+VENDOR_FAMILIES = {"MPICH": "mpich", "Open MPI": "openmpi"}
+#: What each family's model is, as the run log records it.
+MODEL_NAMES = {"mpich": "MPICH classic auto selection (hes_mpi.collectives.mpich_algorithm)",
+               "openmpi": f"Open MPI coll/tuned fixed decisions ({ompi_tuned.SOURCE})"}
+_MPICH_TUNING = ("ALLREDUCE", "ALLGATHER", "BCAST", "BARRIER", "REDUCE", "COLL", "CSEL")
+_MPICH_PREFIXES = ("MPIR_CVAR_", "MPIR_PARAM_", "MPICH_")
+
+
+def _tuning_overrides(family: str, environ) -> list[str]:
+    """Environment variables that change ``family``'s algorithm choice (sorted names)."""
+    names = []
+    for name in environ:
+        if family == "openmpi" and name.upper().startswith("OMPI_MCA_COLL"):
+            names.append(name)
+        elif family == "mpich" and name.upper().startswith(_MPICH_PREFIXES):
+            rest = name.upper().split("_", 2)[-1]
+            if any(word in rest for word in _MPICH_TUNING):
+                names.append(name)
+    return sorted(names)
+
+
+def collective_model(vendor: str, processor_names=(), environ=None) -> dict:
+    """Which algorithm family a run's figures follow, and whether they are exact or assumed.
+
+    ``vendor`` is the name ``MPI.get_vendor()`` gives (``"MPICH"``, ``"Open MPI"``, ...),
+    ``processor_names`` one per rank (the node each rank runs on), ``environ`` the environment the MPI
+    library read (default: none). Returns the run log's ``/environment`` attributes ``mpi_family``
+    (a name of :data:`FAMILIES`), ``collective_model`` (what is modelled), ``collective_model_assumed``
+    (bool) and ``collective_model_note`` (why assumed; empty when exact). Assumed when: the MPI is of
+    neither family (MPICH's choice is used); a variable in the environment tunes the selection
+    (``OMPI_MCA_coll*``; MPICH's ``MPIR_CVAR_*`` of a collective, ``COLL`` or ``CSEL``); or Open MPI runs
+    several ranks on each of several nodes, where its ``han`` component, not ``tuned``, picks.
+    """
+    family = VENDOR_FAMILIES.get(str(vendor).strip())
+    notes = []
+    if family is None:
+        family = "mpich"
+        notes.append(f"{vendor or 'this MPI'}'s algorithm choice is not modelled; MPICH's is assumed")
+    overrides = _tuning_overrides(family, environ or {})
+    if overrides:
+        notes.append(f"the environment tunes collectives ({', '.join(overrides)}); the default choice is assumed")
+    names = [str(n) for n in processor_names]
+    if family == "openmpi" and names:
+        per_node = {n: names.count(n) for n in set(names)}
+        if len(per_node) > 1 and max(per_node.values()) > 1:
+            notes.append(f"Open MPI's han component picks on {len(per_node)} nodes with up to "
+                         f"{max(per_node.values())} ranks each; tuned's choice is assumed")
+    return {"mpi_family": family, "collective_model": MODEL_NAMES[family],
+            "collective_model_assumed": bool(notes), "collective_model_note": "; ".join(notes)}
+
+
+def family_of(environment: dict) -> str:
+    """The algorithm family a run log's ``/environment`` names (logs written before it was recorded:
+    ``"mpich"``, the only MPI hes_mpi ran on then)."""
+    family = str(environment.get("mpi_family", "") or "mpich")
+    return family if family in FAMILIES else "mpich"
+
+
 # ---------------------------------------------------------------------------------------- cost models
-def coefficients(op: str, nbytes, p, algorithm: str = "auto"):
+def coefficients(op: str, nbytes, p, algorithm: str = "auto", family: str = "mpich"):
     """``(a, b)`` with ``time = a alpha + b beta`` for ``op`` (a name of :data:`hes_mpi.schema.OPS`).
 
     ``nbytes`` is the payload per rank (the allreduce vector, each rank's allgather block, the bcast
-    buffer). Operations without a model (gather, sendrecv, split) give ``(0, 0)``.
+    buffer). Operations without a model (gather, sendrecv, split) give ``(0, 0)``. ``algorithm="auto"``
+    is ``family``'s own choice (Open MPI: :func:`hes_mpi.ompi_tuned.coefficients`, 4-byte elements); a
+    named algorithm costs the same on either family.
     """
     if op not in OPS:
         raise ValueError(f"unknown operation {op!r}; one of {', '.join(OPS)}")
     scalar = _scalar(nbytes, p)
     _check(nbytes, p, scalar)
+    if _family(family) == "openmpi" and algorithm == "auto":
+        if scalar:
+            return ompi_tuned.coefficients(op, int(nbytes), int(p))
+        n_arr, p_arr = np.broadcast_arrays(np.asarray(nbytes), np.asarray(p))
+        pairs = [ompi_tuned.coefficients(op, int(n), int(q)) for n, q in zip(n_arr.ravel(), p_arr.ravel())]
+        ab = np.array(pairs, dtype=np.float64).reshape(n_arr.shape + (2,))
+        return ab[..., 0], ab[..., 1]
     if scalar:
         n, pf, zero = float(nbytes), float(p), 0.0
     else:
@@ -306,15 +409,16 @@ def barrier_time(p, alpha):
     return _out(a * alpha, scalar)
 
 
-def collective_time(op: str, nbytes, p, alpha, beta):
-    """Modelled time of ``op`` (a name of :data:`hes_mpi.schema.OPS`) with MPICH's ``auto`` algorithm.
+def collective_time(op: str, nbytes, p, alpha, beta, family: str = "mpich"):
+    """Modelled time of ``op`` (a name of :data:`hes_mpi.schema.OPS`) with ``family``'s default algorithm.
 
-    ``allreduce`` and ``minloc``: :func:`allreduce_time`; ``allgather``: :func:`allgather_time`
+    MPICH: ``allreduce`` and ``minloc``: :func:`allreduce_time`; ``allgather``: :func:`allgather_time`
     (``nbytes`` per rank); ``bcast``: :func:`bcast_time`; ``barrier``: ``ceil(log2 p) alpha``;
-    ``gather``, ``sendrecv``, ``split``: 0 (no model). Cheap on scalars (no numpy).
+    ``gather``, ``sendrecv``, ``split``: 0 (no model). Open MPI: :func:`hes_mpi.ompi_tuned.coefficients`.
+    Cheap on scalars (no numpy).
     """
     scalar = _scalar(nbytes, p, alpha, beta)
-    a, b = coefficients(op, nbytes, p)
+    a, b = coefficients(op, nbytes, p, family=family)
     return _out(a * alpha + b * beta, scalar)
 
 

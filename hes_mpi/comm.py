@@ -21,7 +21,7 @@ import os
 
 import numpy as np
 
-from .collectives import collective_time, wire_bytes
+from .collectives import VENDOR_FAMILIES, collective_model, collective_time, wire_bytes
 from .errors import RunError, UsageError
 from .schema import ALGORITHM_PHASES, OPS, PHASES, RECORD_DTYPE
 from .watchdog import CollectiveWatchdog, init_watchdog
@@ -46,6 +46,9 @@ class InstrumentedComm:
         self.rank = self.comm.Get_rank()
         self.size = self.comm.Get_size()
         self.instrument = instrument
+        #: The algorithm family (:data:`hes_mpi.collectives.FAMILIES`) the wire bytes and the emulation
+        #: follow: the running MPI's, MPICH's when it is of neither (:meth:`collective_model` says so).
+        self.family = VENDOR_FAMILIES.get(MPI.get_vendor()[0], "mpich")
         #: OSU's trick: a timed barrier before every algorithm collective separates waiting for late ranks.
         self.sync_barrier = sync_barrier
         self._seq = 0
@@ -87,7 +90,7 @@ class InstrumentedComm:
         """Busy-wait until ``t1`` + the emulated cost; returns the new exit time. Like MPI's own progress
         loop it polls rather than sleeps, so the core stays as hot as in a real wait."""
         _, alpha, beta = self.emulation
-        extra = collective_time(op, nbytes, self.size, alpha, beta)
+        extra = collective_time(op, nbytes, self.size, alpha, beta, self.family)
         self.emulated_seconds += extra
         until = t1 + extra
         wtime = self.MPI.Wtime
@@ -176,7 +179,7 @@ class InstrumentedComm:
         else:
             self.comm.Allreduce(buf, out, op=self._ops[op])
         t1 = MPI.Wtime()
-        self._record("allreduce", nbytes, nbytes, wire_bytes("allreduce", nbytes, self.size), t0, t1)
+        self._record("allreduce", nbytes, nbytes, wire_bytes("allreduce", nbytes, self.size, False, self.family, buf.size), t0, t1)
         return out
 
     def minloc(self, value: float, index: int) -> tuple[float, int]:
@@ -190,7 +193,7 @@ class InstrumentedComm:
         t0 = self._enter("minloc")
         self.comm.Allreduce(MPI.IN_PLACE, [buf, MPI.DOUBLE_INT], op=MPI.MINLOC)
         t1 = MPI.Wtime()
-        self._record("minloc", nbytes, nbytes, wire_bytes("minloc", nbytes, self.size), t0, t1)
+        self._record("minloc", nbytes, nbytes, wire_bytes("minloc", nbytes, self.size, False, self.family, 1), t0, t1)
         return float(buf["value"][0]), int(buf["index"][0])
 
     def Allgather(self, sendbuf: np.ndarray, recvbuf: np.ndarray) -> np.ndarray:
@@ -199,7 +202,7 @@ class InstrumentedComm:
         self.comm.Allgather(sendbuf, recvbuf)
         t1 = MPI.Wtime()
         n = sendbuf.nbytes
-        self._record("allgather", n, recvbuf.nbytes, wire_bytes("allgather", n, self.size), t0, t1)
+        self._record("allgather", n, recvbuf.nbytes, wire_bytes("allgather", n, self.size, False, self.family, sendbuf.size), t0, t1)
         return recvbuf
 
     def Bcast(self, buf: np.ndarray, root: int = 0) -> np.ndarray:
@@ -210,7 +213,7 @@ class InstrumentedComm:
         n = buf.nbytes
         is_root = self.rank == root
         self._record(
-            "bcast", n if is_root else 0, 0 if is_root else n, wire_bytes("bcast", n, self.size), t0, t1
+            "bcast", n if is_root else 0, 0 if is_root else n, wire_bytes("bcast", n, self.size, False, self.family, buf.size), t0, t1
         )
         return buf
 
@@ -229,7 +232,7 @@ class InstrumentedComm:
         t1 = MPI.Wtime()
         n = sendbuf.nbytes
         self._record(
-            "gather", n, recv.nbytes if is_root else 0, wire_bytes("gather", n, self.size, is_root), t0, t1
+            "gather", n, recv.nbytes if is_root else 0, wire_bytes("gather", n, self.size, is_root, self.family), t0, t1
         )
         return recv
 
@@ -360,6 +363,13 @@ class InstrumentedComm:
     def vendor(self) -> str:
         name, ver = self.MPI.get_vendor()
         return f"{name} {'.'.join(map(str, ver))}"
+
+    def collective_model(self, processor_names=()) -> dict:
+        """The run log's record of which algorithm family the figures follow and whether they are
+        assumed (:func:`hes_mpi.collectives.collective_model`; ``processor_names`` one per rank)."""
+        import os
+
+        return collective_model(self.MPI.get_vendor()[0], processor_names, os.environ)
 
     def mpi4py_version(self) -> str:
         import mpi4py

@@ -22,7 +22,9 @@ Schema (``format = "hes_mpi.runlog"``, ``format_version = 1``); growable dataset
                       ``param_count``, ``n_train``, ``n_dev``, ``dataset``, ``layers``, ``hdf5``,
                       ``hes_mpi``, ``wtick``, ``emulated_network``/``_alpha_s``/``_beta_s_per_byte``,
                       ``processor_names`` (every rank's, comma-separated), ``emulated_cluster``,
-                      ``cluster`` (JSON), ``cluster_nodes``, ``cluster_link_rates`` (docs/runlog.md)
+                      ``cluster`` (JSON), ``cluster_nodes``, ``cluster_link_rates``, ``mpi_family``,
+                      ``collective_model``, ``collective_model_assumed``, ``collective_model_note``
+                      (docs/runlog.md)
 ``/epochs/*``         one row per epoch: ``epoch``, ``iteration`` (iterations done), ``train_loss``,
                       ``train_acc``, ``dev_loss``, ``dev_acc``, ``epoch_s`` (training time, no
                       evaluation), ``eval_s``, ``wall_s`` (since the start of training)
@@ -199,7 +201,7 @@ class RunLogWriter:
             c.attrs["algorithm_phases"] = list(ALGORITHM_PHASES)
             c.attrs["payload_rule"] = ("bytes_sent/bytes_recv: count x type size of the buffers this rank passes "
                                        "(IN_PLACE: the receive buffer); wire_bytes: modelled bytes sent by this rank "
-                                       "by MPICH's default algorithm (see hes_mpi.collectives.wire_bytes)")
+                                       "by the default algorithm of /environment's mpi_family (see hes_mpi.collectives.wire_bytes)")
             rec = c.create_group("records")
             for name in RECORD_FIELDS:
                 dt = np.dtype("i4") if name == "rank" else RECORD_DTYPE[name]

@@ -161,6 +161,35 @@ def test_scaling_table_from_bench_steps_rows(tmp_path):
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
 
 
+def test_mpis_table_gives_medians_over_rounds_and_the_ratio(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from hes_mpi.post.benchtables import mpis_markdown
+
+    def osu(mpi, raw, us):
+        return {"bench": "osu", "mpi": mpi, "raw": raw, "rows": [{"size": 4, "avg_us": us}]}
+
+    rows = [{"bench": "startup", "mpi": "Open MPI 5.0.11", "seconds": s} for s in (1.0, 3.0, 2.0)]
+    rows += [{"bench": "startup", "mpi": "MPICH 5.0.2", "seconds": s} for s in (0.5, 0.4, 0.6)]
+    rows += [osu("MPICH 5.0.2", False, us) for us in (10.0, 30.0, 20.0)] + [osu("MPICH 5.0.2", True, 9.0)]
+    rows += [osu("Open MPI 5.0.11", False, us) for us in (5.0, 6.0, 100.0)] + [osu("Open MPI 5.0.11", True, 4.0)]
+    rows += [dict(osu("MPICH 5.0.2", False, 8.0), launch="-bind-to core")]  # a column of its own
+    md = mpis_markdown(rows).splitlines()
+    assert "| MPICH 5.0.2 -bind-to core (us) |" in md[5] and md[-1].startswith("| 4 | 20.0 | 8.0 | 6.0 |")
+    rows.pop()
+    md = mpis_markdown(rows).splitlines()
+    assert md[2] == "| MPICH 5.0.2 | 0.50 (0.40–0.60) | 3 |"
+    assert md[3] == "| Open MPI 5.0.11 | 2.00 (1.00–3.00) | 3 |"
+    assert md[-1] == "| 4 | 20.0 | 6.0 | 0.30 | 9.0 | 4.0 |"
+    path = tmp_path / "m.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    script = Path(__file__).resolve().parent.parent / "benchmarks" / "mpis_table.py"
+    proc = subprocess.run([sys.executable, str(script), str(path)], capture_output=True, text=True, check=False)
+    assert proc.returncode == 0 and proc.stdout.strip() == mpis_markdown(rows)
+
+
 def test_runtime_table_is_relative_to_the_median_bgd_run(tmp_path):
     from hes_mpi.post.benchtables import runtime_markdown
 

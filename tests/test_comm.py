@@ -55,7 +55,7 @@ def test_allreduce_in_place(comm):
     assert np.array_equal(buf, comm.size * np.arange(5) + sum(range(comm.size)))
     rec = comm.drain()
     assert rec.dtype == RECORD_DTYPE and rec.shape == (1,)
-    check_record(comm, rec[0], "allreduce", 40, 40, wire_bytes_model("allreduce", 40, comm.size), "grad", 7)
+    check_record(comm, rec[0], "allreduce", 40, 40, wire_bytes_model("allreduce", 40, comm.size, family=comm.family, count=5), "grad", 7)
 
 
 @pytest.mark.mpi
@@ -75,8 +75,8 @@ def test_allreduce_out_of_place_and_other_ops(comm):
     assert comm.Allreduce(ints.copy(), op="min").tolist() == [0, 1 - comm.size]
     rec = comm.drain()
     assert op_of(rec) == ["allreduce"] * 3
-    check_record(comm, rec[0], "allreduce", 4000, 4000, wire_bytes_model("allreduce", 4000, comm.size), "eval", 3)
-    check_record(comm, rec[1], "allreduce", 16, 16, wire_bytes_model("allreduce", 16, comm.size), "eval", 3)
+    check_record(comm, rec[0], "allreduce", 4000, 4000, wire_bytes_model("allreduce", 4000, comm.size, family=comm.family, count=1000), "eval", 3)
+    check_record(comm, rec[1], "allreduce", 16, 16, wire_bytes_model("allreduce", 16, comm.size, family=comm.family, count=2), "eval", 3)
     assert rec["seq"].tolist() == [rec["seq"][0] + i for i in range(3)]  # one number per collective
 
 
@@ -95,7 +95,7 @@ def test_minloc(comm):
     rec = comm.drain()
     assert op_of(rec) == ["minloc"] * 4
     for row in rec:
-        check_record(comm, row, "minloc", 12, 12, wire_bytes_model("minloc", 12, size), "es", 11)
+        check_record(comm, row, "minloc", 12, 12, wire_bytes_model("minloc", 12, size, family=comm.family, count=1), "es", 11)
 
 
 @pytest.mark.mpi
@@ -123,7 +123,7 @@ def test_bcast_counts_sent_on_the_root_and_received_elsewhere(comm, where):
     rec = comm.drain()
     assert rec.shape == (1,)
     sent, recv = (24, 0) if comm.rank == root else (0, 24)
-    check_record(comm, rec[0], "bcast", sent, recv, wire_bytes_model("bcast", 24, comm.size), "setup", 0)
+    check_record(comm, rec[0], "bcast", sent, recv, wire_bytes_model("bcast", 24, comm.size, family=comm.family, count=3), "setup", 0)
 
 
 @pytest.mark.mpi

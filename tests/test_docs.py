@@ -19,6 +19,16 @@ def readme_test_command() -> str:
 def test_ci_runs_exactly_the_readme_test_command():
     ci = (ROOT / ".ci" / "run").read_text()
     assert readme_test_command() in ci.splitlines()
+    assert ci.strip().splitlines()[-1] == readme_test_command()  # its status is CI's
+
+
+def test_ci_runs_exactly_the_readme_open_mpi_test_command():
+    text = (ROOT / "README.md").read_text()
+    blocks = re.findall(r"```bash\n(.*?)```", text, flags=re.DOTALL)
+    cmd = next(b.strip() for b in blocks if "pytest" in b and "[openmpi,test]" in b).split(" && ", 1)[1]
+    ci = (ROOT / ".ci" / "run-openmpi").read_text()
+    assert ci.strip().splitlines()[-1] == cmd
+    assert "bash .ci/run-openmpi" in (ROOT / ".ci" / "run").read_text()
 
 
 def test_only_comm_talks_to_mpi():

@@ -74,9 +74,10 @@ def osu(comm: InstrumentedComm, op: str, min_size: int = 4, max_size: int = 1 <<
     return rows
 
 
-def format_osu(rows: list[dict], op: str, raw: bool, ranks: int) -> str:
+def format_osu(rows: list[dict], op: str, raw: bool, ranks: int, mpi: str = "") -> str:
     title = {"allreduce": "Allreduce", "allgather": "Allgather", "bcast": "Broadcast"}[op]
-    lines = [f"# OSU MPI {title} Latency Test (hes_mpi {'raw mpi4py' if raw else 'instrumented'}, {ranks} ranks)",
+    on = f", {mpi}" if mpi else ""
+    lines = [f"# OSU MPI {title} Latency Test (hes_mpi {'raw mpi4py' if raw else 'instrumented'}, {ranks} ranks{on})",
              f"# {'Size':<10}{'Avg Latency(us)':>18}{'Min Latency(us)':>18}{'Max Latency(us)':>18}{'Iterations':>12}"]
     for r in rows:
         lines.append(f"{r['size']:<12}{r['avg_us']:>18.2f}{r['min_us']:>18.2f}{r['max_us']:>18.2f}"
@@ -147,7 +148,7 @@ def emulation(comm: InstrumentedComm, cfg, network: str, steps: int = 50, warmup
     times = _paired_steps(comm, algo, theta, X, y, {"emulated": on, "local": off}, steps, warmup)
     off()
     stats = slowest(comm, [np.median(times["emulated"] - times["local"]), np.median(times["local"])])
-    modelled = collective_time("allreduce", 4 * model.param_count, comm.size, alpha, beta)
+    modelled = collective_time("allreduce", 4 * model.param_count, comm.size, alpha, beta, comm.family)
     return {
         "bench": "emulation",
         "network": name,

@@ -108,9 +108,10 @@ def cmd_bench_osu(args) -> int:
                    args.warmup, args.warmup_large, args.raw)
         if comm.rank == 0:
             if args.json:
-                print(dumps({"bench": "osu", "op": args.op, "raw": args.raw, "ranks": comm.size, "rows": rows}))
+                print(dumps({"bench": "osu", "op": args.op, "raw": args.raw, "ranks": comm.size, "mpi": comm.vendor(),
+                             "mpi_family": comm.family, "rows": rows}))
             else:
-                print(format_osu(rows, args.op, args.raw, comm.size), flush=True)
+                print(format_osu(rows, args.op, args.raw, comm.size, comm.vendor()), flush=True)
         return 0
 
     return run_mpi(body, json_output=args.json)

@@ -1,5 +1,6 @@
 """Tables of benchmark results: a py-spy profile's hot spots, the scaling table of ``bench steps`` runs, and
-the runtime of short runs done in interleaved rounds (what the scripts in benchmarks/ print)."""
+the runtime of short runs done in interleaved rounds, MPI implementations side by side (what the scripts in
+benchmarks/ print)."""
 
 from __future__ import annotations
 
@@ -81,3 +82,68 @@ def runtime_markdown(paths: list[str]) -> str:
         t = float(np.median(groups[lab]))
         lines.append(f"| {lab} | {len(groups[lab])} | {t:.2f} | {100 * t / base:.1f}% |")
     return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------------ MPIs
+def mpis_markdown(rows: list[dict]) -> str:
+    """MPI implementations side by side (benchmarks/mpis.sh): the median over rounds of a trivial job's
+    wall time, then of ``bench osu``'s average allreduce latency per size, instrumented and raw, with the
+    ratio of each MPI to the first one (by name) on the instrumented figures. An MPI launched with flags
+    (a row's ``launch``) is a column of its own."""
+    startup: dict[str, list[float]] = {}
+    lat: dict[tuple[str, bool, int], list[float]] = {}
+
+    def label(r):  # the MPI and the launcher's flags, if any
+        return f"{r['mpi']} {r['launch']}".strip() if r.get("launch") else r["mpi"]
+
+    for r in rows:
+        if r.get("bench") == "startup":
+            startup.setdefault(label(r), []).append(float(r["seconds"]))
+        elif r.get("bench") == "osu":
+            for row in r["rows"]:
+                lat.setdefault((label(r), bool(r["raw"]), int(row["size"])), []).append(float(row["avg_us"]))
+    mpis = sorted({k[0] for k in lat} | set(startup))
+    if not mpis:
+        return "(no results)"
+    lines = ["| MPI | 2-rank job, start to end (s): median (range) | rounds |", "|---|---|---|"]
+    for m in mpis:
+        s = startup.get(m, [])
+        if s:
+            lines.append(f"| {m} | {np.median(s):.2f} ({min(s):.2f}–{max(s):.2f}) | {len(s)} |")
+    sizes = sorted({k[2] for k in lat})
+    if sizes:
+        ref = mpis[0]
+        head = ["size (bytes)"] + [f"{m} (us)" for m in mpis] + [f"{m} / {ref}" for m in mpis[1:]]
+        head += [f"{m} raw (us)" for m in mpis]
+        lines += ["", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+
+        def med(m, raw, n):
+            v = lat.get((m, raw, n))
+            return float(np.median(v)) if v else float("nan")
+
+        for n in sizes:
+            cells = [f"{n:,}"] + [f"{med(m, False, n):.1f}" for m in mpis]
+            cells += [f"{med(m, False, n) / med(ref, False, n):.2f}" for m in mpis[1:]]
+            cells += [f"{med(m, True, n):.1f}" for m in mpis]
+            lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------------ the scripts
+def jsonl_table_main(argv: list[str], usage: str, render, name: str) -> int:
+    """The body of a benchmarks/ table script: read the JSON lines file named by the one argument, print
+    ``render(rows)``; a missing or bad file is one line on stderr and status 2."""
+    import json
+    import sys
+
+    if len(argv) != 1:
+        print(usage.strip(), file=sys.stderr)
+        return 2
+    try:
+        with open(argv[0]) as f:
+            rows = [json.loads(line) for line in f if line.strip()]
+    except (OSError, ValueError) as e:
+        print(f"{name}: error: {argv[0]}: {e}", file=sys.stderr)
+        return 2
+    print(render(rows))
+    return 0

@@ -68,14 +68,15 @@ def folder_row(d: Path, target: float = 0.9) -> dict:
                           "to_target_s": _time_to(rl, target), "wire": _wire_bytes(rl),
                           "dev_acc": rl.summary()["dev_acc"]}
             pairs.extend(measured_pairs(rl, with_ranks=True))
-    fit = fit_alpha_beta(pairs)
+    family = runs["bgd"]["costs"].family
+    fit = fit_alpha_beta(pairs, family=family)
     row.update({"fit_alpha_us": fit.alpha * 1e6, "fit_gbit": 8 / fit.beta / 1e9 if fit.beta else math.inf,
                 "fit_median_error": fit.median_rel_error, "target": target})
     beta_nominal = 8 / rate_bps
     p = runs["bgd"]["costs"].param_count
     for name, alpha, beta in (("nominal", fit.alpha, beta_nominal), ("fit", fit.alpha, fit.beta)):
-        t_ar = collective_time("allreduce", 4 * p, nodes, alpha, beta)
-        t_ml = collective_time("minloc", MINLOC_BYTES, nodes, alpha, beta)
+        t_ar = collective_time("allreduce", 4 * p, nodes, alpha, beta, family)
+        t_ml = collective_time("minloc", MINLOC_BYTES, nodes, alpha, beta, family)
         for algo, kind, compute, comm in (("bgd", StepKind.GRAD, runs["bgd"]["costs"].compute_grad_s, t_ar),
                                           ("hes", StepKind.GRAD, runs["hes"]["costs"].compute_grad_s, t_ar),
                                           ("hes", StepKind.ES, runs["hes"]["costs"].compute_es_s, t_ml)):

@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from ..collectives import coefficients
+from ..collectives import coefficients, family_of
 from ..errors import UsageError
 from ..telemetry import waits
 
@@ -94,7 +94,7 @@ def _nnls2(A: np.ndarray, y: np.ndarray) -> np.ndarray:
     return best_x
 
 
-def fit_alpha_beta(records_or_pairs, p: int | None = None) -> Fit:
+def fit_alpha_beta(records_or_pairs, p: int | None = None, family: str | None = None) -> Fit:
     """Fit latency ``alpha`` and inverse bandwidth ``beta`` to measured collectives.
 
     ``records_or_pairs``: a :class:`hes_mpi.runlog.RunLog` (its :func:`measured_pairs`) or an iterable
@@ -106,10 +106,13 @@ def fit_alpha_beta(records_or_pairs, p: int | None = None) -> Fit:
     its measured median, so a 2 us class counts as much as a 300 us one). Classes whose model is 0
     (one rank) or whose median is not positive are left out. Returns a :class:`Fit` with the
     per-class table (measured median vs predicted) and the median and max relative error over classes.
+    ``family`` is the MPI's algorithm family the models follow (default: the run log's, or ``"mpich"``).
     """
     if hasattr(records_or_pairs, "f") and hasattr(records_or_pairs, "environment"):
         if p is None:
             p = int(records_or_pairs.environment.get("ranks", 1))
+        if family is None:
+            family = family_of(records_or_pairs.environment)
         pairs = measured_pairs(records_or_pairs)
     else:
         pairs = records_or_pairs
@@ -125,7 +128,7 @@ def fit_alpha_beta(records_or_pairs, p: int | None = None) -> Fit:
         groups.setdefault((str(op), int(n), int(q)), []).append(float(s))
     classes = []
     for (op, n, q), secs in sorted(groups.items()):
-        a, b = coefficients(op, n, q)
+        a, b = coefficients(op, n, q, family=family or "mpich")
         measured = float(np.median(secs))
         if (a == 0 and b == 0) or not measured > 0:
             continue

@@ -22,7 +22,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from ..collectives import MINLOC_BYTES, PRESETS, collective_time, describe_network, network_of, parse_network
+from ..collectives import (MINLOC_BYTES, PRESETS, collective_time, describe_network, family_of, network_of,
+                           parse_network)
 from ..errors import UsageError
 from ..schema import StepKind
 from .fit import fit_alpha_beta, measured_pairs
@@ -55,6 +56,7 @@ class StepCosts:
     compute_assisted_s: float | None  # the same over assisted iterations (gradient and ES)
     median_epoch_s: float | None  # measured, training only (includes waiting and the tool's overheads)
     ran_on: str = ""  # the emulated cluster or network the run was measured on ("": this host as it is)
+    family: str = "mpich"  # the MPI's algorithm family (hes_mpi.collectives.FAMILIES) the collectives follow
 
     @property
     def schedule(self) -> str:
@@ -94,7 +96,7 @@ def step_costs(runlog) -> StepCosts:
         batch=batch, n_train=n_train, iterations_per_epoch=per_epoch, compute_grad_s=med(StepKind.GRAD),
         compute_es_s=med(StepKind.ES), compute_assisted_s=med(StepKind.ASSISTED),
         median_epoch_s=float(np.median(epoch_s)) if np.size(epoch_s) else None,
-        ran_on=str(env.get("emulated_cluster") or env.get("emulated_network") or ""),
+        ran_on=str(env.get("emulated_cluster") or env.get("emulated_network") or ""), family=family_of(env),
     )
 
 
@@ -124,8 +126,8 @@ def _epoch_times(bgd: StepCosts | None, hes: StepCosts | None, alpha: float, bet
     out: dict = {}
     ref = bgd or hes
     grad_bytes = 4 * ref.param_count
-    t_ar = collective_time("allreduce", grad_bytes, n, alpha, beta)
-    t_ml = collective_time("minloc", MINLOC_BYTES, n, alpha, beta)
+    t_ar = collective_time("allreduce", grad_bytes, n, alpha, beta, ref.family)
+    t_ml = collective_time("minloc", MINLOC_BYTES, n, alpha, beta, ref.family)
     if bgd is not None:
         cg = bgd.compute_grad_s if bgd.compute_grad_s is not None else (hes.compute_grad_s if hes else None)
         it = (cg or 0.0) * _factor(bgd, n, scaling) + t_ar
@@ -246,7 +248,7 @@ def build_report(paths, networks=None, nodes=None, scaling: str = "weak", at_nod
             pairs.extend(measured_pairs(rl, with_ranks=True))
     bgd, hes = _by_algo(costs)
     if bgd is not None and hes is not None:
-        for what in ("param_count", "batch", "ranks"):
+        for what in ("param_count", "batch", "ranks", "family"):
             if getattr(bgd, what) != getattr(hes, what):
                 raise UsageError(f"{bgd.label} and {hes.label} differ in {what} ({getattr(bgd, what)} vs "
                                  f"{getattr(hes, what)}): project runs of the same network, batch and ranks")
@@ -254,7 +256,7 @@ def build_report(paths, networks=None, nodes=None, scaling: str = "weak", at_nod
     fit = None
     fit_problem = None
     try:
-        fit = fit_alpha_beta(pairs)
+        fit = fit_alpha_beta(pairs, family=costs[0].family)
     except UsageError as e:
         fit_problem = str(e)
     explicit = networks is not None and len(networks) > 0

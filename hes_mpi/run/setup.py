@@ -65,6 +65,7 @@ def environment(comm, threads: int, shard: Shard, model: MLP, processor_names: l
         "mpi4py": comm.mpi4py_version(),
         "mpi_vendor": comm.vendor(),
         "mpi_library": comm.library_version().splitlines()[0],
+        **comm.collective_model(processor_names or []),
         "hostname": socket.gethostname(),
         "platform": platform.platform(),
         "hes_mpi": __version__,
