@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import sys
 
-from hes_mpi.post.benchtables import mpis_markdown, jsonl_table_main
+from hes_mpi.post.benchtables import jsonl_table_main, mpis_markdown
 
 if __name__ == "__main__":
     sys.exit(jsonl_table_main(sys.argv[1:], __doc__, mpis_markdown, "mpis_table.py"))

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import sys
 
-from hes_mpi.post.benchtables import scaling_markdown, jsonl_table_main
+from hes_mpi.post.benchtables import jsonl_table_main, scaling_markdown
 
 if __name__ == "__main__":
     sys.exit(jsonl_table_main(sys.argv[1:], __doc__, scaling_markdown, "scaling_table.py"))

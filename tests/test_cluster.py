@@ -16,7 +16,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-from conftest import mpi_size, run_cli
+from conftest import launcher_is_open_mpi, mpi_size, run_cli
 
 from hes_mpi.runlog import RunLog
 
@@ -185,7 +185,7 @@ def logged_wire_bytes(path) -> int:
 @pytest.mark.parametrize("nodes", [2, 3])
 def test_train_across_nodes_over_tcp(state_root, tmp_path, nodes):
     """Each rank on its own node (its own hostname), and the MPI traffic crosses the rate-limited links: the
-    kernel's counters move by at least the bytes the run log says went on the wire."""
+    kernel's counters move by the bytes the run log says went on the wire, plus at most 10%."""
     name = f"tr{nodes}"
     with cluster(name, "--nodes", str(nodes), "--link", "1gbit") as st:
         before = counters(st, name)
@@ -201,7 +201,9 @@ def test_train_across_nodes_over_tcp(state_root, tmp_path, nodes):
     assert env["emulated_cluster"].startswith(f"{name}: {nodes} nodes, links 1gbit")
     assert s["emulated_cluster"] == env["emulated_cluster"]
     sent = sum(after[n]["tx"] - before[n]["tx"] for n in after)
-    assert sent >= logged_wire_bytes(out) > 0
+    wire = logged_wire_bytes(out)
+    # within +10%: TCP/IP and Ethernet headers, acknowledgements, the transport's own protocol (both MPIs)
+    assert wire <= sent <= 1.10 * wire, (sent, wire, sent / wire)
     assert leftovers(name) == []
 
 
@@ -288,10 +290,12 @@ def emulated_slurm(tmp_path_factory):
 
 
 def test_sbatch_across_two_emulated_nodes(emulated_slurm, tmp_path):
-    """``sbatch -N 2 jobs/train.sbatch``: one task on each emulated node, srun --mpi=pmi2, MPI over the links."""
+    """``sbatch -N 2 jobs/train.sbatch``: one task on each emulated node, MPI over the links; started by
+    srun --mpi=pmi2 on MPICH, by Open MPI's mpirun inside the allocation on Open MPI."""
     slurm = emulated_slurm
     path = os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "/usr/bin:/bin")
-    env = slurm.env(PATH=path, HES_MPI_INIT_TIMEOUT="30",
+    launcher = {"HES_MPI_LAUNCHER": "mpirun"} if launcher_is_open_mpi() else {}
+    env = slurm.env(PATH=path, HES_MPI_INIT_TIMEOUT="30", **launcher,
                     HES_MPI_ARGS="--data synthetic:4000 --hidden 256 --batch 400 --lr 1 --epochs 2")
     before = json.loads(cli("cluster", "status", "--name", "tslrm", "--json").stdout)["link_bytes"]
     cmd = slurm.client(["sbatch", "--parsable", f"--chdir={tmp_path}", "-N", "2", "--ntasks-per-node", "1",
@@ -308,6 +312,7 @@ def test_sbatch_across_two_emulated_nodes(emulated_slurm, tmp_path):
         assert rl.complete
     assert env_attrs["processor_names"] == "node0,node1"
     assert env_attrs["emulated_cluster"].startswith("tslrm: 2 nodes, links 1gbit")
+    assert env_attrs["mpi_family"] == ("openmpi" if launcher else "mpich")
     sent = sum(after[n]["tx"] - before[n]["tx"] for n in after)
     assert sent >= logged_wire_bytes(log) > 0
 
@@ -318,8 +323,9 @@ def test_sweep_array_across_two_emulated_nodes(emulated_slurm, tmp_path):
     params = tmp_path / "small.params"
     params.write_text("bgd --algo bgd\nhes2 --algo hes --r 2\n")
     path = os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "/usr/bin:/bin")
+    launcher = {"HES_MPI_LAUNCHER": "mpirun"} if launcher_is_open_mpi() else {}
     env = slurm.env(PATH=path, HES_MPI_INIT_TIMEOUT="30", HES_MPI_PARAMS=str(params), HES_MPI_PYTHON=sys.executable,
-                    HES_MPI_SEEDS="0", HES_MPI_ARGS="--data synthetic:800 --hidden 16 --batch 200 --lr 1 --epochs 2")
+                    HES_MPI_SEEDS="0", **launcher, HES_MPI_ARGS="--data synthetic:800 --hidden 16 --batch 200 --lr 1 --epochs 2")
     cmd = slurm.client(["sbatch", "--parsable", f"--chdir={tmp_path}", "-N", "2", "--ntasks-per-node", "1",
                         "--array=0-1", "--wait", str(Path(__file__).resolve().parents[1] / "jobs" / "sweep.sbatch")])
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300, check=False)

@@ -65,10 +65,12 @@ def add_parsers(sub) -> None:
                         description="Run a hes-mpi command (train, compare, sweep, bench ...) as one MPI job across "
                         "the nodes: mpiexec on node0, each node's ranks started in its namespaces by Hydra's ssh "
                         "launcher, MPI over TCP on the node links. Its run logs record the cluster. Exit status: "
-                        "the job's.", usage="hes-mpi cluster run [-n RANKS] [--ppn P] [--name NAME] -- COMMAND ...")
+                        "the job's.", usage="hes-mpi cluster run [-n RANKS] [--ppn P] [--mpi mpich|openmpi] [--name NAME] -- COMMAND ...")
     r.add_argument("-n", dest="ranks", type=int, default=None, help="MPI ranks (default: nodes x --ppn)")
     r.add_argument("--ppn", type=int, default=1, help="ranks per node (default %(default)s: one rank per node, "
                    "so all MPI traffic crosses the links)")
+    r.add_argument("--mpi", choices=("mpich", "openmpi"), default=None, help="the MPI whose launcher starts the job "
+                   "(default: the one installed next to this Python; naming it checks that it is)")
     r.add_argument("--name", default="hes", help=NAME_HELP)
     r.add_argument("argv", nargs="+", metavar="COMMAND", help="the hes-mpi command and its options, after --")
     r.set_defaults(func=cmd_run)
@@ -185,7 +187,7 @@ def cmd_run(args) -> int:
 
     net.require_privileges()
     argv = args.argv[1:] if args.argv and args.argv[0] == "--" else args.argv
-    return launch.run(state.load(args.name), args.ranks, args.ppn, argv)
+    return launch.run(state.load(args.name), args.ranks, args.ppn, argv, args.mpi)
 
 
 def cmd_fault(args) -> int:

@@ -22,8 +22,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from ..collectives import (MINLOC_BYTES, PRESETS, collective_time, describe_network, family_of, network_of,
-                           parse_network)
+from ..collectives import MINLOC_BYTES, PRESETS, collective_time, describe_network, family_of, network_of, parse_network
 from ..errors import UsageError
 from ..schema import StepKind
 from .fit import fit_alpha_beta, measured_pairs
