@@ -207,6 +207,23 @@ def test_train_across_nodes_over_tcp(state_root, tmp_path, nodes):
     assert leftovers(name) == []
 
 
+def test_cluster_run_names_the_mpi_and_refuses_the_other(state_root, tmp_path):
+    """``--mpi`` must name the MPI installed next to this Python (its mpi4py is what the ranks load): the
+    other one is a one-line error, exit 2, before any job starts; the right one runs."""
+    mine = "openmpi" if launcher_is_open_mpi() else "mpich"
+    other = "mpich" if mine == "openmpi" else "openmpi"
+    with cluster("tmpi", "--nodes", "2"):
+        proc = cli("cluster", "run", "--name", "tmpi", "--mpi", other, "--", "train", *SYN, "--epochs", "1")
+        assert proc.returncode == 2
+        assert proc.stderr.strip().count("\n") == 0 and f"--mpi {other}" in proc.stderr, proc.stderr
+        out = tmp_path / "r.h5"
+        proc = cli("cluster", "run", "--name", "tmpi", "--mpi", mine, "--", "train", *SYN, "--epochs", "1",
+                   "--out", str(out))
+        assert proc.returncode == 0, proc.stderr
+    with RunLog(str(out)) as rl:
+        assert rl.environment["mpi_family"] == mine and not rl.environment["collective_model_assumed"]
+
+
 def test_a_slow_node_shows_as_the_others_waiting(state_root, tmp_path):
     name = "tslow"
     with cluster(name, "--nodes", "2", "--cpu-of", "node1=0.2"):
