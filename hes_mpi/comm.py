@@ -99,14 +99,19 @@ class InstrumentedComm:
         return now
 
     def _enter(self, op: str) -> float:
-        """The entry time of a call; arms the collective watchdog (outside the setup phase)."""
-        if self.watchdog is not None and self._phase_code:
-            self.watchdog.arm(op, self.phase, self.iteration)
+        """The entry time of a call; arms the collective watchdog (setup calls with its setup timeout)."""
+        wd = self.watchdog
+        if wd is not None:
+            if self._phase_code:
+                wd.arm(op, self.phase, self.iteration)
+            elif wd.setup_timeout_s > 0:
+                wd.arm(op, self.phase, self.iteration, wd.setup_timeout_s)
         return self.MPI.Wtime()
 
     def watch_collectives(self, timeout_s: float, hint: str = "") -> None:
-        """End this process with one line and exit status 1 when a collective (outside the setup phase)
-        does not complete within ``timeout_s`` seconds; 0 turns the watchdog off. ``hint`` is appended to
+        """End this process with one line and exit status 1 when a collective does not complete within
+        ``timeout_s`` seconds (one of the setup phase: ``$HES_MPI_SETUP_TIMEOUT``, default 900 s); 0 turns
+        the watchdog off. ``hint`` is appended to
         the message (e.g. where the last checkpoint is)."""
         if timeout_s <= 0:
             if self.watchdog is not None:
@@ -331,6 +336,39 @@ class InstrumentedComm:
             err.agreed = True  # every rank knows: they leave together (run.control)
             raise err
         raise SilentExit(int(flag[0]))
+
+    def decide(self, fn, *args, root: int = 0, **kwargs) -> float:
+        """One decision every rank follows: ``fn`` runs on ``root`` alone (under :meth:`agree`, so its failure
+        ends every rank together) and its result, a number (a bool, an int up to 2**53, a float, NaN), is
+        broadcast. For every choice that precedes a collective and that a rank could otherwise make from its
+        own view (a file it sees, a read that failed on it alone)."""
+        value = self.agree(lambda: float(fn(*args, **kwargs)) if self.rank == root else 0.0)
+        buf = np.array([value], dtype=np.float64)
+        self.Bcast(buf, root=root)
+        return float(buf[0])
+
+    def exists_everywhere(self, path: str, what: str = "file") -> bool:
+        """True when ``path`` exists on every rank, False when on none. When only some ranks see it (a
+        node-local folder, a file system not mounted everywhere) every rank ends together: the lowest rank
+        that sees it raises :class:`RunError` naming the ranks, the others :class:`SilentExit`."""
+        import os
+
+        seen = np.array([1 if os.path.exists(path) else 0, 0], dtype=np.int64)
+        seen[1] = 1 - seen[0]
+        both = seen.copy()
+        self.Allreduce(both, op="max")
+        if not (both[0] and both[1]):
+            return bool(both[0])
+        who = np.zeros(self.size, dtype=np.int64)
+        self.Allgather(seen[:1].copy(), who)
+        ranks = [r for r in range(self.size) if who[r]]
+        if self.rank == ranks[0]:
+            err = RunError(f"the {what} {path} exists on rank{'s' if len(ranks) > 1 else ''} "
+                           f"{', '.join(map(str, ranks))} of {self.size} only: put it on a file system every "
+                           "rank sees")
+            err.agreed = True
+            raise err
+        raise SilentExit(RunError.exit_code)
 
     def bcast_str(self, text: str, root: int = 0, max_bytes: int = 4096) -> str:
         """Rank ``root``'s string on every rank (one Bcast of a fixed-size byte buffer)."""

@@ -30,6 +30,20 @@ ABORT_TIMEOUT_S = 10.0
 STUCK_S = 5.0
 
 
+#: Seconds a collective of the setup phase may take (agreeing that every rank loaded its data, found the
+#: same checkpoint, ...): generous, since a rank may be reading a large dataset or compiling kernels while
+#: the others wait. ``$HES_MPI_SETUP_TIMEOUT`` overrides it; 0 turns it off.
+DEFAULT_SETUP_TIMEOUT_S = 900.0
+ENV_SETUP_TIMEOUT = "HES_MPI_SETUP_TIMEOUT"
+
+
+def default_setup_timeout() -> float:
+    try:
+        return float(os.environ.get(ENV_SETUP_TIMEOUT, DEFAULT_SETUP_TIMEOUT_S))
+    except ValueError:
+        return DEFAULT_SETUP_TIMEOUT_S
+
+
 def default_collective_timeout() -> float:
     try:
         return float(os.environ.get(ENV_COLLECTIVE_TIMEOUT, DEFAULT_COLLECTIVE_TIMEOUT_S))
@@ -54,7 +68,10 @@ class CollectiveWatchdog:
         #: exits leaves the others of a multi-host job waiting). The process exits on its own if it hangs.
         self.abort = abort
         self.hint = ""
+        #: The limit of setup-phase calls (:data:`DEFAULT_SETUP_TIMEOUT_S`); 0: not watched.
+        self.setup_timeout_s = default_setup_timeout()
         self._call: tuple[str, str, int] | None = None
+        self._limit = self.timeout_s
         self._since = 0.0
         self._stop = threading.Event()
         self._signals = self._signal_pipe()
@@ -100,8 +117,10 @@ class CollectiveWatchdog:
         stuck = self._call is not None and time.monotonic() - self._since > STUCK_S
         return stuck and signal.SIGTERM in got
 
-    def arm(self, op: str, phase: str, iteration: int) -> None:
+    def arm(self, op: str, phase: str, iteration: int, limit: float | None = None) -> None:
+        """Watch a call from now on; ``limit``: its own timeout (setup calls), default :attr:`timeout_s`."""
         self._since = time.monotonic()
+        self._limit = self.timeout_s if limit is None else limit
         self._call = (op, phase, iteration)
 
     def disarm(self) -> None:
@@ -112,9 +131,10 @@ class CollectiveWatchdog:
 
     def message(self, call: tuple[str, str, int], waited: float) -> str:
         op, phase, iteration = call
+        which = f"${ENV_SETUP_TIMEOUT}" if phase == "setup" else "--collective-timeout"
         text = (f"hes-mpi: error{self.where}: {op} (phase {phase}, iteration {iteration}) did not complete within "
-                f"{self.timeout_s:g} s (waited {waited:.0f} s): a node or its link is down, or a rank died; "
-                "stopping (--collective-timeout)")
+                f"{self._limit:g} s (waited {waited:.0f} s): a node or its link is down, or a rank died; "
+                f"stopping ({which})")
         return text + (f"; {self.hint}" if self.hint else "")
 
     def _watch(self) -> None:
@@ -125,7 +145,7 @@ class CollectiveWatchdog:
             if call is None:
                 continue
             waited = time.monotonic() - self._since
-            if waited > self.timeout_s + self.grace_s and self._call is call:
+            if waited > self._limit + self.grace_s and self._call is call:
                 with contextlib.suppress(Exception):  # nothing may stop the exit
                     sys.stdout.flush()
                 os.write(2, (self.message(call, waited) + "\n").encode())

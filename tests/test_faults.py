@@ -263,3 +263,58 @@ def test_resume_restores_the_lowrank_state_of_a_deeper_network(tmp_path):
     extended_equals_straight(tmp_path, ["--data", "synthetic:4000", "--hidden", "24,12", "--activation", "tanh",
                                         "--init", "xavier", "--batch", "100", "--lr", "0.5", "--algo", "hes",
                                         "--r", "3", "--perturb", "lowrank:2"], per_layer)
+
+
+def _mpmd_with_hidden_folder(folder: Path, args: list[str]) -> list[str]:
+    """A 2-rank job of ``train ARGS`` in which rank 1 runs in a mount namespace where ``folder`` is an empty
+    tmpfs: a path only rank 0 can see, as a node-local folder on a real cluster."""
+    train = [sys.executable, "-m", "hes_mpi", "train", *map(str, args)]
+    hidden = ["unshare", "-m", "sh", "-c", 'mount -t tmpfs none "$0" && shift && exec "$@"', str(folder), "sh", *train]
+    first = mpiexec_cmd(1)
+    return [*first, *train, ":", "-n", "1", *hidden]
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("unshare") is None, reason="needs root and unshare (mount ns)")
+def test_a_checkpoint_only_one_rank_sees_is_one_line_not_two_runs(tmp_path):
+    """--resume with a checkpoint rank 1 cannot see: every rank decides together (before, rank 0 restored and
+    rank 1 started afresh; their collectives then paired different iterations, and each rank reported a
+    different one)."""
+    folder = tmp_path / "ckpt"
+    folder.mkdir()
+    args = [*SYN, "--checkpoint", folder / "c.ckpt", "--checkpoint-every", "5", "--collective-timeout", "10",
+            "--out", tmp_path / "run.h5"]
+    first = run_cli(["train", *args, "--epochs", "1"])
+    assert first.returncode == 0, first.stderr
+    assert (folder / "c.ckpt").exists()
+    proc = subprocess.run(_mpmd_with_hidden_folder(folder, [*args, "--epochs", "2", "--resume"]),
+                          capture_output=True, text=True, timeout=120, check=False)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 1, proc.stderr
+    assert len(lines) == 1 and "exists on rank 0 of 2 only" in lines[0], proc.stderr
+
+
+def test_a_rank_stuck_in_setup_ends_the_job_in_one_line(tmp_path):
+    """The setup's collectives are watched too: rank 1 blocks reading its dataset (a FIFO nobody writes)
+    while rank 0 waits for it to agree the data loaded; with HES_MPI_SETUP_TIMEOUT=3 the job ends with one
+    line and exit 1 (before, nothing watched the setup and the job hung until killed)."""
+    from hes_mpi.data.fetch import MANIFEST, MNIST_SPLITS, mnist_paths
+
+    good, stuck = tmp_path / "good", tmp_path / "stuck"
+    for root in (good, stuck):
+        (root / "mnist").mkdir(parents=True)
+        (root / "mnist" / MANIFEST).write_text("{}")
+        for key, path in mnist_paths(root).items():
+            n = MNIST_SPLITS[key.split("-")[0]]
+            if root is stuck:
+                os.mkfifo(path)
+            else:
+                np.save(path, np.zeros((n, 784) if key.endswith("images") else (n,), dtype=np.uint8))
+    train = [sys.executable, "-m", "hes_mpi", "train", "--data", "mnist", "--epochs", "1"]
+    cmd = [*mpiexec_cmd(1), "env", f"HES_MPI_DATA={good}", *train, ":", "-n", "1", "env", f"HES_MPI_DATA={stuck}", *train]
+    t0 = time.monotonic()
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=90, check=False,
+                          env={**os.environ, "HES_MPI_SETUP_TIMEOUT": "3"})
+    took = time.monotonic() - t0
+    lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("hes-mpi:")]
+    assert proc.returncode != 0 and took < 60, (proc.returncode, took, proc.stderr)
+    assert len(lines) == 1 and "(phase setup" in lines[0] and "$HES_MPI_SETUP_TIMEOUT" in lines[0], proc.stderr

@@ -99,6 +99,14 @@ def chosen_mpi(mpi: str | None) -> tuple[str, str]:
     return path, found
 
 
+#: Open MPI on the emulated nodes (an mpirun inside an allocation): its daemons talk over the management
+#: network, MPI's TCP transport takes the node links, no binding (every node's daemon would bind its first
+#: rank to the same core of this host); and jobs run as root here.
+OPEN_MPI_ON_THE_LINKS = {"PRTE_MCA_oob_tcp_if_include": "mgmt0", "OMPI_MCA_pml": "ob1", "OMPI_MCA_btl": "self,sm,tcp",
+                         "OMPI_MCA_btl_tcp_if_include": "eth0", "OMPI_MCA_hwloc_base_binding_policy": "none",
+                         "OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1"}
+
+
 def job_environment(cluster: Cluster) -> dict[str, str]:
     """The environment of a job on the cluster: MPI over TCP on the node links (MPICH: libfabric's tcp
     provider on eth0; Open MPI takes its interfaces on the command line), and the cluster's state. Open

@@ -365,16 +365,10 @@ class EmulatedSlurmCluster(SlurmCluster):
         return "\n".join(lines) + "\n"
 
     def env(self, **extra: str) -> dict[str, str]:
+        from .launch import OPEN_MPI_ON_THE_LINKS
+
         return super().env(MPIR_CVAR_CH4_NETMOD="ofi", FI_PROVIDER="tcp", FI_TCP_IFACE="eth0",
                            **OPEN_MPI_ON_THE_LINKS, HES_MPI_CLUSTER=str(self.cluster.state_path), **extra)
-
-
-#: Open MPI on the emulated nodes (an mpirun inside an allocation): its daemons talk over the management
-#: network, MPI's TCP transport takes the node links, no binding (every node's daemon would bind its first
-#: rank to the same core of this host); and jobs run as root here.
-OPEN_MPI_ON_THE_LINKS = {"PRTE_MCA_oob_tcp_if_include": "mgmt0", "OMPI_MCA_pml": "ob1", "OMPI_MCA_btl": "self,sm,tcp",
-                         "OMPI_MCA_btl_tcp_if_include": "eth0", "OMPI_MCA_hwloc_base_binding_policy": "none",
-                         "OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1"}
 
 
 def run_with_slurm(cluster, argv: list[str]) -> int:

@@ -18,13 +18,15 @@ from ..model import MLP
 
 def set_threads(comm, requested: int) -> int:
     """Limit BLAS threads per rank: ``requested``, or the node's cores divided by its ranks. The nodes of an
-    emulated cluster share this host's cores, so there every rank of the job counts."""
+    emulated cluster share this host's cores, so there every rank of the job counts (rank 0's reading of
+    the cluster's state decides, for every rank)."""
     import scipy.linalg.cython_blas  # noqa: F401  (the BLAS Numba's np.dot calls)
     from threadpoolctl import threadpool_limits
 
     from ..cluster.state import from_environment
 
-    sharing = comm.size if from_environment() is not None else comm.local_size()
+    local = comm.local_size()  # a collective: every rank calls it, whatever it reads below
+    sharing = comm.size if comm.decide(lambda: from_environment() is not None) else local
     n = requested or max(1, cpu_count() // sharing)
     threadpool_limits(limits=n, user_api="blas")
     return n

@@ -112,7 +112,7 @@ def run_sweep(comm, runs: list[tuple[str, RunConfig]], out_dir: str, argv=None) 
         cfg = dataclasses.replace(base, out=str(path), force=True)
         comm.agree(cfg.validate)
         paths.append(str(path))
-        if comm.agree(finished, path, cfg):
+        if comm.decide(finished, path, cfg):  # rank 0, which wrote the log, decides
             log.info("== run %d/%d: %s: complete in %s, kept", n, len(runs), name, path)
             continue
         log.info("== run %d/%d: %s (%s, seed %d)", n, len(runs), name, run_label(cfg.to_dict()), cfg.seed)
@@ -141,7 +141,7 @@ def tune_lr(comm, grid: list[tuple[str, float, RunConfig]], out_dir: str, argv=N
         path = out / f"{name}_lr{lr:g}.h5"
         cfg = dataclasses.replace(base, out=str(path), force=True)
         comm.agree(cfg.validate)
-        if comm.agree(finished, path, cfg):
+        if comm.decide(finished, path, cfg):  # rank 0, which wrote the log, decides
             log.info("== tuning %d/%d: %s at lr %g: complete in %s, kept", n, len(grid), name, lr, path)
         else:
             log.info("== tuning %d/%d: %s at lr %g (seed %d)", n, len(grid), name, lr, cfg.seed)
@@ -149,7 +149,7 @@ def tune_lr(comm, grid: list[tuple[str, float, RunConfig]], out_dir: str, argv=N
                 train(cfg, comm, argv)
             except RunError as e:  # every rank sees the same non-finite figure, so all of them are here
                 log.warning("tuning %s at lr %g: %s", name, lr, e)
-        dev = final_dev_acc(path) if path.exists() else math.nan
+        dev = comm.decide(lambda p=path: final_dev_acc(p) if p.exists() else math.nan)  # one choice of lr
         rows.append({"name": name, "lr": lr, "dev_acc": dev, "runlog": str(path)})
     chosen = {}
     for name in dict.fromkeys(r["name"] for r in rows):

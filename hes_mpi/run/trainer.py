@@ -38,6 +38,10 @@ class Trainer:
         comm.drain()  # a previous run in the same job (the comparison suite) keeps its own records
         comm.set_phase("setup", -1)
         comm.emulation = None
+        # the setup's collectives are watched too (with their own, generous limit): a rank that hangs or dies
+        # while the others agree on data, threads or a checkpoint ends the job instead of holding it
+        timeout = cfg.collective_timeout if cfg.collective_timeout is not None else default_collective_timeout()
+        comm.watch_collectives(timeout)
         if not comm.same_everywhere(zlib.crc32(cfg.to_json().encode())):
             raise RunError("ranks were started with different options")
         self.threads = set_threads(comm, cfg.threads)
@@ -48,7 +52,9 @@ class Trainer:
         self.shard, self.model = load_run_data(comm, cfg)
         self.processor_names = comm.processor_names()
         self.ckpt_path = cfg.checkpoint or checkpoint.default_path(cfg.out)
-        state = comm.agree(self._resume_state)
+        # one answer for every rank: a checkpoint only some ranks see would have them restore and start afresh
+        found = cfg.resume and comm.exists_everywhere(self.ckpt_path, "checkpoint")
+        state = comm.agree(self._resume_state, found)
         self.writer = comm.agree(self._open_writer, state)
         warm_kernels(comm, len(self.model.hidden))
         self.theta = self.model.init_params(cfg.seed)
@@ -71,7 +77,6 @@ class Trainer:
         if state is not None:
             self._restore(state)
             self.ckpt_written = True  # the checkpoint it resumed from
-        timeout = cfg.collective_timeout if cfg.collective_timeout is not None else default_collective_timeout()
         comm.watch_collectives(timeout, self._checkpoint_hint())
 
     def _open_writer(self, state: dict | None):
@@ -193,9 +198,10 @@ class Trainer:
             return f"the last checkpoint is {self.ckpt_path}: continue with --resume"
         return "no checkpoint was written (--checkpoint-every N writes them)"
 
-    def _resume_state(self) -> dict | None:
+    def _resume_state(self, found: bool) -> dict | None:
+        """The checkpoint's state when resuming from one (``found``: every rank sees it), else None."""
         cfg = self.cfg
-        if not (cfg.resume and os.path.exists(self.ckpt_path)):
+        if not found:
             if cfg.resume:
                 log.info("no checkpoint at %s: starting afresh", self.ckpt_path)
             return None
