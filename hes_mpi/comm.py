@@ -111,8 +111,7 @@ class InstrumentedComm:
     def watch_collectives(self, timeout_s: float, hint: str = "") -> None:
         """End this process with one line and exit status 1 when a collective does not complete within
         ``timeout_s`` seconds (one of the setup phase: ``$HES_MPI_SETUP_TIMEOUT``, default 900 s); 0 turns
-        the watchdog off. ``hint`` is appended to
-        the message (e.g. where the last checkpoint is)."""
+        the watchdog off. ``hint`` is appended to the message (e.g. where the last checkpoint is)."""
         if timeout_s <= 0:
             if self.watchdog is not None:
                 self.watchdog.stop()
