@@ -146,6 +146,8 @@ class InstrumentedComm:
         self.n_records = n + 1
 
     def _pre_sync(self) -> None:
+        """``--sync-barrier``: a timed barrier before every collective of an algorithm phase (allreduce,
+        minloc, allgather, bcast; a gather's count exchange is an allgather)."""
         if self.sync_barrier and self.phase in ALGORITHM_PHASES:
             self.Barrier()
 
@@ -202,6 +204,7 @@ class InstrumentedComm:
 
     def Allgather(self, sendbuf: np.ndarray, recvbuf: np.ndarray) -> np.ndarray:
         MPI = self.MPI
+        self._pre_sync()
         t0 = self._enter("allgather")
         self.comm.Allgather(sendbuf, recvbuf)
         t1 = MPI.Wtime()
@@ -211,6 +214,7 @@ class InstrumentedComm:
 
     def Bcast(self, buf: np.ndarray, root: int = 0) -> np.ndarray:
         MPI = self.MPI
+        self._pre_sync()
         t0 = self._enter("bcast")
         self.comm.Bcast(buf, root=root)
         t1 = MPI.Wtime()

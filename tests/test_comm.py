@@ -299,6 +299,26 @@ def test_bcast_str(comm):
 
 
 @pytest.mark.mpi
+def test_sync_barrier_precedes_every_collective_of_an_algorithm_phase(comm):
+    """--sync-barrier: a barrier before each allreduce, minloc, allgather and bcast of an algorithm phase
+    (top-k and weighted recombination exchange by allgather), none in the tool's phases."""
+    from hes_mpi.comm import InstrumentedComm
+
+    synced = InstrumentedComm(sync_barrier=True)
+    buf, gathered = np.zeros(4), np.zeros(4 * comm.size)
+    for phase in ("grad", "es", "eval"):
+        synced.set_phase(phase, 1)
+        synced.Allreduce(buf)
+        synced.minloc(1.0, 0)
+        synced.Allgather(buf, gathered)
+        synced.Bcast(buf)
+    ops = op_of(synced.drain())
+    calls = ["allreduce", "minloc", "allgather", "bcast"]
+    with_barriers = [x for op in calls for x in ("barrier", op)]
+    assert ops == with_barriers * 2 + calls
+
+
+@pytest.mark.mpi
 def test_strings_from_mpi_hold_no_nul_and_go_into_an_hdf5_attribute(comm, tmp_path_factory):
     """Open MPI 5.0's MPI_Get_library_version counts its terminating NUL (open-mpi/ompi#14411); the string
     went into the run log's /environment as it was, and HDF5 refused it: no train --out could start."""
