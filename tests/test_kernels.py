@@ -453,9 +453,27 @@ def test_evaluate_empty_set():
     assert loss == 0.0 and correct == 0
 
 
-def test_warm_up_runs():
-    kernels.warm_up()
-    kernels.warm_up(3)
+@pytest.mark.parametrize("hidden", [(9,), (9, 7, 5)])
+def test_warm_up_compiles_what_training_calls(hidden):
+    """After ``warm_up(depth)`` a training step of a network of that depth (its parameters as the model's
+    views, float32) compiles nothing more: the warm-up's inputs have the training's types and layouts."""
+    from hes_mpi.model import MLP
+
+    kernels.warm_up(len(hidden))
+    names = ("forward_loss", "forward_backward")
+    before = {k: len(getattr(kernels, k).signatures) for k in names}
+    assert all(before.values()), before
+    model = MLP(12, hidden, 4, "relu")
+    theta = model.init_params(0)
+    grad = np.zeros_like(theta)
+    (Ws, bs), (gWs, gbs) = model.layer_views(theta), model.layer_views(grad)
+    ws = kernels.Workspace(model.hidden, model.n_out, 6)
+    rng = np.random.default_rng(1)
+    X = rng.random((6, 12), dtype=np.float32)
+    y = rng.integers(0, 4, 6).astype(np.int32)
+    kernels.forward_loss(X, y, Ws, bs, ws.Hs, ws.Z, model.activation_code)
+    kernels.forward_backward(X, y, Ws, bs, gWs, gbs, ws.Hs, ws.Z, ws.Ds, model.activation_code)
+    assert {k: len(getattr(kernels, k).signatures) for k in names} == before
 
 
 # ------------------------------------------------------------------------------ deeper networks
