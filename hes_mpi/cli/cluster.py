@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+from ..cluster.launch import MPIS
 from ..errors import UsageError
 from .common import Parser, show_help
 
@@ -69,7 +70,7 @@ def add_parsers(sub) -> None:
     r.add_argument("-n", dest="ranks", type=int, default=None, help="MPI ranks (default: nodes x --ppn)")
     r.add_argument("--ppn", type=int, default=1, help="ranks per node (default %(default)s: one rank per node, "
                    "so all MPI traffic crosses the links)")
-    r.add_argument("--mpi", choices=("mpich", "openmpi"), default=None, help="the MPI whose launcher starts the job "
+    r.add_argument("--mpi", choices=MPIS, default=None, help="the MPI whose launcher starts the job "
                    "(default: the one installed next to this Python; naming it checks that it is)")
     r.add_argument("--name", default="hes", help=NAME_HELP)
     r.add_argument("argv", nargs="+", metavar="COMMAND", help="the hes-mpi command and its options, after --")
