@@ -1,7 +1,7 @@
 """Command line: ``python -m hes_mpi`` / ``hes-mpi``.
 
 Subcommands: ``compare`` (the default: the main job), ``train`` (under mpirun/mpiexec/srun), ``sweep``
-(a parameter file x seeds), ``data fetch|list``, ``evaluate`` (test accuracy), ``summary``,
+(a parameter file x seeds), ``data fetch|list``, ``evaluate`` (test accuracy), ``summary``, ``simulate`` (SimGrid replay),
 ``bench osu|overhead|emulation|steps|forward|torch|all``, ``cluster up|status|run|fault|down``. One module per command group; the work is done
 by the package's other layers (docs/architecture.md).
 Exit status: 0 success, 1 a run that could not go on (or an MPI abort), 2 bad input.
@@ -18,7 +18,7 @@ from ..run.control import exit_status, say_error
 from . import bench, cluster, data, post, train
 from .common import Parser, launcher_rank, show_help, speaks_before_mpi
 
-COMMANDS = ("compare", "train", "sweep", "data", "bench", "evaluate", "summary", "cluster")
+COMMANDS = ("compare", "train", "sweep", "data", "bench", "evaluate", "summary", "simulate", "cluster")
 #: Tokens that the top-level parser itself answers.
 TOP_LEVEL = ("-h", "--help", "--version")
 
