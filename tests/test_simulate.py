@@ -8,8 +8,8 @@ import shutil
 
 import numpy as np
 import pytest
-
 from conftest import mpi_size, run_cli
+
 from hes_mpi.errors import UsageError
 from hes_mpi.post import simtrace, simulate, smpi
 from hes_mpi.runlog import RunLog
@@ -175,6 +175,13 @@ def test_simulate_command_end_to_end(two_rank_logs, tmp_path):
         assert r["epoch_s"] > 0 and r["ratio_to_bgd"] > 0
     assert all(r["ratio_to_bgd"] == 1 for r in rows if r["algo"] == "bgd")
     assert all("es_s" in r for r in rows if r["algo"] == "hes")
+    for r in rows:  # at the run's own rank count, the replay's error against what was measured
+        assert ("error_epoch" in r) == (r["nodes"] == r["measured_ranks"] == 2)
+        if "error_epoch" in r:
+            assert r["error_epoch"] == pytest.approx(r["epoch_s"] / r["measured_epoch_s"] - 1)
+            assert r["error_grad"] == pytest.approx(r["grad_s"] / r["measured_grad_s"] - 1)
+    table = simulate.validation_markdown(rows)
+    assert table.count("\n") == 2 + 2 and "(+" in table or "(-" in table
     assert proc.stderr.count("simulate: [") == 4  # one progress line per replay
     for f in ("simulate.md", "simulate.csv", "simulate.png"):
         assert (tmp_path / f).stat().st_size > 0

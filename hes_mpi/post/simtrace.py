@@ -79,7 +79,7 @@ class Epoch:
     # per iteration, per measured rank: [("compute", s) | ("call", op, bytes_sent, bytes_recv)], in order
     items: list = field(default_factory=list)
     rows: np.ndarray | None = None  # (iterations, ranks) rows of each rank
-    measured_step_s: np.ndarray | None = None  # (iterations,) slowest rank's step time
+    measured_step_s: np.ndarray | None = None  # (iterations,) step time, mean over the ranks
     measured_epoch_s: float = math.nan
     overhead_s: float = 0.0  # measured epoch time outside the steps (not replayed)
     ops: tuple = ()  # ((op, bytes_sent), count) of the calls, for the report
@@ -144,13 +144,13 @@ def epoch_steps(log, epoch: int | None = None, label: str = "") -> Epoch:
             per_rank.append(seq)
         items.append(per_rank)
     row = int(np.nonzero(epochs["epoch"] == epoch)[0][0])
-    measured_step = step_s.max(axis=1)
+    measured_step = step_s.mean(axis=1)
     measured_epoch = float(epochs["epoch_s"][row])
     from ..config import run_label
     return Epoch(label=label or run_label(cfg), algo=str(cfg.get("algo", "")), epoch=int(epoch), ranks=ranks,
                  family=family_of(env), batch=int(cfg.get("batch", 0)), kinds=it["kind"][sel].astype(int),
                  items=items, rows=it["local_n"][sel], measured_step_s=measured_step, measured_epoch_s=measured_epoch,
-                 overhead_s=max(0.0, measured_epoch - float(measured_step.sum())),
+                 overhead_s=max(0.0, measured_epoch - float(step_s.sum(axis=0).max())),
                  ops=tuple(sorted(counts.items())))
 
 

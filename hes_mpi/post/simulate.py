@@ -4,12 +4,16 @@ For each run log, platform and node count: :mod:`hes_mpi.post.simtrace` writes o
 from one measured epoch, :mod:`hes_mpi.post.smpi` replays them, and :func:`simulate_one` turns the replay's
 per-action clocks into the report's figures:
 
-* an iteration ends when its last action ends on the slowest rank; its time is the difference of two ends,
-  summed per step kind (``grad_s``, ``es_s``, ...) and over the epoch (``replayed_s``);
+* a rank's step ends when its last action of that iteration ends; its duration is the difference of two
+  ends; ``grad_s``, ``es_s``, ... sum the steps of each kind, mean over the ranks (as the measured
+  ``step_s``: a rank that leaves a collective early waits in its next step, which the mean keeps in one
+  place); ``replayed_s`` is the slowest rank's end of the epoch;
 * ``epoch_s`` = ``replayed_s`` + the measured time outside the steps (``overhead_s``, not replayed);
 * per rank and collective, the waiting is the time from the rank's arrival to the last rank's (the same rule
   as the measured split, :mod:`hes_mpi.telemetry`), the rest of the call is communication; ``compute_s``,
   ``comm_s`` and ``wait_s`` are their means over the ranks, per epoch;
+* ``measured_<kind>_s``: the same sums as measured (slowest rank per iteration); at the run's own rank count,
+  ``error_<kind>`` and ``error_epoch`` are the replay's relative errors against them (the validation);
 * ``ratio_to_bgd``: ``epoch_s`` over that of the BGD run (no compression) among the inputs, on the same
   platform, node count, scaling and hosts.
 """
@@ -47,14 +51,13 @@ def load_epochs(paths, epoch: int | None = None) -> list[simtrace.Epoch]:
     return out
 
 
-def _iteration_times(ends: np.ndarray, owners: list[np.ndarray], n_iter: int) -> np.ndarray:
-    """Per iteration, the latest end of its actions over the ranks, then the differences."""
-    last = np.zeros(n_iter)
-    for end, own in zip(ends, owners):
+def _iteration_ends(ends: np.ndarray, owners: list[np.ndarray], n_iter: int) -> np.ndarray:
+    """(ranks, iterations): when each rank's last action of each iteration ends."""
+    out = np.zeros((len(ends), n_iter))
+    for j, (end, own) in enumerate(zip(ends, owners)):
         m = own >= 0
-        np.maximum.at(last, own[m], end[m])
-    last = np.maximum.accumulate(last)
-    return np.diff(np.concatenate(([0.0], last)))
+        np.maximum.at(out[j], own[m], end[m])
+    return np.maximum.accumulate(out, axis=1)
 
 
 def simulate_one(ep: simtrace.Epoch, spec: str, n: int, scaling: str = "weak", hosts: str | None = None,
@@ -87,13 +90,15 @@ def simulate_one(ep: simtrace.Epoch, spec: str, n: int, scaling: str = "weak", h
         own_c.append(owners[j][:k])
         coll_c.append(is_coll[j][:k])
     n_iter = len(ep.items)
-    step = _iteration_times(ends, own_c, n_iter)
+    per_rank_end = _iteration_ends(ends, own_c, n_iter)
+    # per step kind: each rank's own step durations, the mean over ranks (as measured: step_s)
+    step = np.diff(np.concatenate((np.zeros((n, 1)), per_rank_end), axis=1), axis=1).mean(axis=0)
     row = {"label": ep.label, "algo": ep.algo, "run": ep.path, "reference": ep.reference, "epoch": ep.epoch,
            "measured_ranks": ep.ranks, "family": ep.family, "platform": spec, "platform_described": described,
            "nodes": n, "scaling": scaling, "hosts": hosts or "", "iterations": n_iter}
     for kind in sorted({int(k) for k in ep.kinds}):
         row[f"{KIND_LABELS[kind]}_s"] = float(step[ep.kinds == kind].sum())
-    row["replayed_s"] = float(step.sum())
+    row["replayed_s"] = float(per_rank_end[:, -1].max()) if n_iter else 0.0  # the slowest rank
     row["overhead_s"] = float(ep.overhead_s)
     row["epoch_s"] = row["replayed_s"] + row["overhead_s"]
     # the time split: compute, communication and waiting per rank (all ranks have the same collectives)
@@ -109,6 +114,13 @@ def simulate_one(ep: simtrace.Epoch, spec: str, n: int, scaling: str = "weak", h
         row["wait_s"] = row["comm_s"] = 0.0
     row["compute_s"] = float(comp.mean())
     row["measured_epoch_s"] = ep.measured_epoch_s
+    for kind in sorted({int(k) for k in ep.kinds}):
+        name = KIND_LABELS[kind]
+        row[f"measured_{name}_s"] = float(ep.measured_step_s[ep.kinds == kind].sum())  # mean over ranks
+        if n == ep.ranks and row[f"measured_{name}_s"] > 0:  # the run's own cluster size: how far the replay is from what was measured
+            row[f"error_{name}"] = row[f"{name}_s"] / row[f"measured_{name}_s"] - 1
+    if n == ep.ranks and ep.measured_epoch_s > 0:
+        row["error_epoch"] = row["epoch_s"] / ep.measured_epoch_s - 1
     row["algorithms"] = " ".join(f"{c}:{a}" for c, a in sorted(sel.algorithms.items()))
     row["stand_in_calls"], row["other_algorithm_calls"], row["calls"] = sel.stand_ins, sel.other, sel.calls
     row["speeds"] = _speeds_text(speeds)
@@ -177,8 +189,8 @@ def format_markdown(rows: list[dict]) -> str:
                  f"{_f(r['measured_epoch_s'])} ({r['measured_ranks']})"]
         lines.append("| " + " | ".join(cells) + " |")
     scal = sorted({r["scaling"] for r in rows})
-    notes = [(f"Scaling: {', '.join(scal)}. Seconds per epoch on the slowest rank; compute, comm and wait are "
-              "means over the ranks.")]
+    notes = [(f"Scaling: {', '.join(scal)}. Seconds per epoch: the epoch on the slowest rank; the step kinds, "
+              "compute, comm and wait as means over the ranks.")]
     if "strong" in scal:
         notes.append("Strong scaling shrinks all compute with the rows, per-parameter work (update, noise, "
                      "compression) included: a lower bound on compute at large N.")
@@ -226,3 +238,22 @@ def plot(rows: list[dict], path) -> str:
 
 def stderr_progress(text: str) -> None:
     print(f"simulate: {text}", file=sys.stderr, flush=True)
+
+
+def validation_markdown(rows: list[dict]) -> str:
+    """The replay against what was measured, for rows at their run's own rank count: seconds per epoch of
+    each step kind and of the epoch, measured and replayed, and the relative error."""
+    kinds = [k[:-2] for k in kind_columns(rows)]
+    head = ["nodes", "link", "method", *(f"{k}: measured / replayed s (error)" for k in kinds),
+            "epoch: measured / replayed s (error)"]
+    out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        if r["nodes"] != r["measured_ranks"]:
+            continue
+        cells = [str(r["nodes"]), r["platform"], r["label"]]
+        for k in kinds:
+            cells.append(f"{_f(r[f'measured_{k}_s'])} / {_f(r[f'{k}_s'])} ({100 * r[f'error_{k}']:+.1f}%)"
+                         if f"error_{k}" in r else "")
+        cells.append(f"{_f(r['measured_epoch_s'])} / {_f(r['epoch_s'])} ({100 * r['error_epoch']:+.1f}%)")
+        out.append("| " + " | ".join(cells) + " |")
+    return "\n".join(out) + "\n"

@@ -1,0 +1,46 @@
+"""The accuracy-at-scale table (hes_mpi.post.scale, analysis/scale.py): per rank count, each method over its
+seeds and H-ES - reuse with Welch's interval, checked against scipy directly."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from scipy import stats
+
+from hes_mpi.post.scale import markdown_scale, plot_scale, scale_rows
+from hes_mpi.post.tables import Run
+
+SCRIPT = Path(__file__).resolve().parents[1] / "analysis" / "scale.py"
+
+
+def run(algo, ranks, acc, seed):
+    cfg = {"algo": algo, "K": 8, "r": 2, "lr": 5.0, "seed": seed, "compress": "none", "assisted": False}
+    return Run(path=f"{algo}_{ranks}_{seed}.h5", summary={"ranks": ranks, "dev_acc": acc}, config=cfg, epochs={},
+               iterations={})
+
+
+def test_rows_per_rank_count_with_welch(tmp_path):
+    accs = {2: {"bgd": [0.96, 0.97, 0.965], "hes": [0.95, 0.96, 0.955], "reuse": [0.94, 0.95, 0.96]},
+            32: {"bgd": [0.96, 0.97, 0.965], "hes": [0.97, 0.96, 0.965], "reuse": [0.93, 0.95, 0.94]}}
+    runs = [run(a, n, x, s) for n, by in accs.items() for a, xs in by.items() for s, x in enumerate(xs)]
+    rows = scale_rows(runs)
+    assert [r["ranks"] for r in rows] == [2, 32] and [r["candidates"] for r in rows] == [16, 256]
+    for r in rows:
+        a, b = accs[r["ranks"]]["hes"], accs[r["ranks"]]["reuse"]
+        t = stats.ttest_ind(a, b, equal_var=False)
+        assert r["diff"] == pytest.approx(sum(a) / 3 - sum(b) / 3)
+        assert r["p"] == pytest.approx(t.pvalue)
+        assert (r["diff_low"], r["diff_high"]) == pytest.approx(tuple(t.confidence_interval(0.95)))
+        assert r["bgd_n"] == r["hes_n"] == r["reuse_n"] == 3
+    text = markdown_scale(rows)
+    assert text.count("\n") == 3 and "| 32 | 256 |" in text
+    assert Path(plot_scale(rows, tmp_path / "s.png")).stat().st_size > 0
+
+
+def test_script_without_run_logs_is_one_line(tmp_path):
+    proc = subprocess.run([sys.executable, str(SCRIPT), str(tmp_path)], capture_output=True, text=True, timeout=60,
+                          check=False)
+    assert proc.returncode == 2 and proc.stderr.strip() == "scale.py: error: no run logs found", proc.stderr
