@@ -1,27 +1,43 @@
 """The accuracy-at-scale table from run logs: at each rank count N, BGD, H-ES and its control (gradient
 reuse) with 95% CIs over their seeds, and H-ES - reuse with Welch's interval (hes_mpi.post.scale).
 
-Usage: python analysis/scale.py DIR_OR_RUN.h5 [...] [--out-dir DIR]
+Usage: python analysis/scale.py DIR_OR_RUN.h5 [...] [--simulated ROWS.jsonl ...] [--target ACC] [--out-dir DIR]
 
 A folder is searched for run logs below it (benchmarks/scale_accuracy.sh writes results/scale/nN/*.h5). With
---out-dir, also writes scale.md, scale.csv and scale.png (H-ES - reuse against N).
+--simulated (the output of 'hes-mpi simulate --json' of the same methods), also the time to the target dev
+accuracy (default: BGD's final mean minus 0.5 points) on each simulated platform and N: the epochs to the
+target of the mean curve over seeds at the nearest measured rank count at or below N (marked * when that is
+not N itself) times the simulated epoch time. With --out-dir, also writes scale.md, scale.csv, scale.png
+(H-ES - reuse against N) and time_to_target.md, time_to_target.csv.
 Exit status: 0 success, 2 bad input (a one-line message).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
 from hes_mpi.errors import UsageError
-from hes_mpi.post.scale import markdown_scale, plot_scale, scale_rows
+from hes_mpi.post.scale import (
+    markdown_scale,
+    markdown_time_to_target,
+    plot_scale,
+    scale_rows,
+    target_of,
+    time_to_target_rows,
+)
 from hes_mpi.post.tables import load_runs, to_csv
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="scale.py", description=__doc__.split("\n\n")[0])
     p.add_argument("paths", nargs="+", help="run logs or folders of jobs/scale.params runs")
+    p.add_argument("--simulated", nargs="+", default=[], metavar="ROWS.jsonl",
+                   help="hes-mpi simulate --json output: adds the time-to-target table")
+    p.add_argument("--target", type=float, default=None, metavar="ACC",
+                   help="dev accuracy target as a fraction (default: BGD's final mean minus 0.005)")
     p.add_argument("--out-dir", default=None, help="also write scale.md, scale.csv and scale.png into this folder")
     args = p.parse_args(argv)
     files = []
@@ -30,15 +46,30 @@ def main(argv=None) -> int:
     try:
         if not files:
             raise UsageError("no run logs found")
-        rows = scale_rows(load_runs(files))
+        runs = load_runs(files)
+        rows = scale_rows(runs)
         if not rows:
             raise UsageError("no BGD, H-ES or reuse run logs among the inputs")
+        simulated = []
+        for f in args.simulated:
+            try:
+                with open(f, encoding="utf-8") as fh:
+                    simulated += [json.loads(line) for line in fh if line.strip()]
+            except (OSError, ValueError) as e:
+                raise UsageError(f"{f}: not readable as hes-mpi simulate --json output ({e})") from None
+        ttt = []
+        if simulated:
+            try:
+                ttt = time_to_target_rows(runs, simulated, target_of(runs, args.target))
+            except ValueError as e:
+                raise UsageError(str(e)) from None
     except UsageError as e:
         print(f"scale.py: error: {e}", file=sys.stderr)
         return 2
     text = markdown_scale(rows)
+    ttt_text = markdown_time_to_target(ttt)
     try:
-        print(text)
+        print(text + ("\n\n" + ttt_text if ttt_text else ""))
     except BrokenPipeError:
         return 0
     if args.out_dir:
@@ -47,6 +78,9 @@ def main(argv=None) -> int:
         (out / "scale.md").write_text(text + "\n")
         (out / "scale.csv").write_text(to_csv(rows))
         plot_scale(rows, out / "scale.png")
+        if ttt:
+            (out / "time_to_target.md").write_text(ttt_text + "\n")
+            (out / "time_to_target.csv").write_text(to_csv(ttt))
     return 0
 
 

@@ -10,16 +10,17 @@ from pathlib import Path
 import pytest
 from scipy import stats
 
-from hes_mpi.post.scale import markdown_scale, plot_scale, scale_rows
+from hes_mpi.post.scale import (epochs_to_target, markdown_scale, markdown_time_to_target, plot_scale, scale_rows,
+                                target_of, time_to_target_rows)
 from hes_mpi.post.tables import Run
 
 SCRIPT = Path(__file__).resolve().parents[1] / "analysis" / "scale.py"
 
 
-def run(algo, ranks, acc, seed):
+def run(algo, ranks, acc, seed, curve=()):
     cfg = {"algo": algo, "K": 8, "r": 2, "lr": 5.0, "seed": seed, "compress": "none", "assisted": False}
-    return Run(path=f"{algo}_{ranks}_{seed}.h5", summary={"ranks": ranks, "dev_acc": acc}, config=cfg, epochs={},
-               iterations={})
+    return Run(path=f"{algo}_{ranks}_{seed}.h5", summary={"ranks": ranks, "dev_acc": acc}, config=cfg,
+               epochs={"dev_acc": list(curve)}, iterations={})
 
 
 def test_rows_per_rank_count_with_welch(tmp_path):
@@ -44,3 +45,24 @@ def test_script_without_run_logs_is_one_line(tmp_path):
     proc = subprocess.run([sys.executable, str(SCRIPT), str(tmp_path)], capture_output=True, text=True, timeout=60,
                           check=False)
     assert proc.returncode == 2 and proc.stderr.strip() == "scale.py: error: no run logs found", proc.stderr
+
+
+def test_time_to_target_uses_the_nearest_measured_rank_count():
+    runs = [run("bgd", 2, 0.97, 0, [0.90, 0.96, 0.97]), run("bgd", 2, 0.96, 1, [0.90, 0.95, 0.96]),
+            run("hes", 2, 0.95, 0, [0.80, 0.90, 0.95]), run("hes", 8, 0.96, 0, [0.85, 0.96, 0.96])]
+    t = target_of(runs)
+    assert t == pytest.approx(0.965 - 0.005)
+    assert epochs_to_target(runs[:2], t) == 3  # the mean curve 0.90, 0.955, 0.965 reaches 0.96 at epoch 3
+    assert epochs_to_target(runs[2:3], t) != epochs_to_target(runs[2:3], t)  # never: NaN
+    sim = [{"label": "H-ES", "algo": "hes", "platform": "star", "nodes": n, "scaling": "strong", "epoch_s": 2.0}
+           for n in (2, 8, 64)] + [{"label": "BGD", "algo": "bgd", "platform": "star", "nodes": 64,
+                                     "scaling": "strong", "epoch_s": 1.5}]
+    rows = time_to_target_rows(runs, sim, 0.955)
+    got = {(r["label"], r["nodes"]): (r["accuracy_ranks"], r["assumed"], r["epochs_to_target"], r["time_to_target_s"])
+           for r in rows}
+    assert got[("H-ES", 2)] == (2, False, 3.0, 6.0)
+    assert got[("H-ES", 8)] == (8, False, 2.0, 4.0)
+    assert got[("H-ES", 64)] == (8, True, 2.0, 4.0)  # assumed from 8 ranks
+    assert got[("BGD", 64)] == (2, True, 2.0, 3.0)
+    text = markdown_time_to_target(rows)
+    assert "| star | 64 | 4 (2*) | 3 (2*) |" in text and "95.50%" in text

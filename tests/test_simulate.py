@@ -181,7 +181,7 @@ def test_simulate_command_end_to_end(two_rank_logs, tmp_path):
             assert r["error_epoch"] == pytest.approx(r["epoch_s"] / r["measured_epoch_s"] - 1)
             assert r["error_grad"] == pytest.approx(r["grad_s"] / r["measured_grad_s"] - 1)
     table = simulate.validation_markdown(rows)
-    assert table.count("\n") == 2 + 2 and "(+" in table or "(-" in table
+    assert table.count("\n") == 2 + 2 and ("(+" in table or "(-" in table)
     assert proc.stderr.count("simulate: [") == 4  # one progress line per replay
     for f in ("simulate.md", "simulate.csv", "simulate.png"):
         assert (tmp_path / f).stat().st_size > 0

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 from .stats import mean_ci, welch
 from .tables import Run
 
@@ -74,3 +76,71 @@ def plot_scale(rows: list[dict], path) -> str:
     ax.set_ylabel("H-ES - reuse, dev accuracy (points)")
     _save(plt, fig, path)
     return str(path)
+
+
+def target_of(runs: list[Run], target: float | None = None) -> float:
+    """The dev-accuracy target: ``target`` when given, else the BGD runs' mean final dev accuracy (at the
+    smallest rank count) minus 0.5 points."""
+    if target is not None:
+        return target
+    bgd = [r for r in runs if r.config["algo"] == "bgd"]
+    if not bgd:
+        raise ValueError("no BGD run to set the target from: give --target")
+    n0 = min(int(r.summary["ranks"]) for r in bgd)
+    return float(np.mean([r.summary["dev_acc"] for r in bgd if int(r.summary["ranks"]) == n0])) - 0.005
+
+
+def epochs_to_target(runs: list[Run], target: float) -> float:
+    """The first epoch (1-based) whose dev accuracy, mean over the runs (seeds), reaches ``target``; NaN
+    when none does."""
+    curves = [np.asarray(r.epochs["dev_acc"], dtype=float) for r in runs if len(r.epochs.get("dev_acc", ()))]
+    if not curves:
+        return math.nan
+    n = min(len(c) for c in curves)
+    mean = np.mean([c[:n] for c in curves], axis=0)
+    hit = np.nonzero(mean >= target)[0]
+    return float(hit[0] + 1) if hit.size else math.nan
+
+
+def time_to_target_rows(runs: list[Run], simulated: list[dict], target: float) -> list[dict]:
+    """Per simulated method, platform and N: the epochs to ``target`` measured at the nearest rank count
+    at or below N (``assumed`` when that is not N itself) times the simulated epoch time."""
+    by: dict[tuple[str, int], list[Run]] = {}
+    for r in runs:
+        by.setdefault((r.config["algo"], int(r.summary["ranks"])), []).append(r)
+    out = []
+    for s in simulated:
+        ns = sorted(n for a, n in by if a == s["algo"] and n <= s["nodes"])
+        if not ns:
+            continue
+        n_acc = ns[-1]
+        e = epochs_to_target(by[s["algo"], n_acc], target)
+        out.append({"label": s["label"], "algo": s["algo"], "platform": s["platform"], "nodes": s["nodes"],
+                    "scaling": s["scaling"], "epoch_s": s["epoch_s"], "accuracy_ranks": n_acc,
+                    "assumed": n_acc != s["nodes"], "epochs_to_target": e, "target": target,
+                    "time_to_target_s": e * s["epoch_s"] if math.isfinite(e) else math.nan})
+    return out
+
+
+def markdown_time_to_target(rows: list[dict]) -> str:
+    if not rows:
+        return ""
+    t = rows[0]["target"]
+    methods = list(dict.fromkeys(r["label"] for r in rows))
+    keys = list(dict.fromkeys((r["platform"], r["nodes"]) for r in rows))
+    cell = {(r["label"], r["platform"], r["nodes"]): r for r in rows}
+    out = [(f"Time to {100 * t:.2f}% dev accuracy (s; epochs to it in brackets; * accuracy measured at fewer "
+            "ranks and assumed at this N; - never reached)"), "",
+           "| platform | nodes | " + " | ".join(methods) + " |", "|---|---|" + "---|" * len(methods)]
+    for spec, n in keys:
+        cells = []
+        for m in methods:
+            r = cell.get((m, spec, n))
+            if r is None:
+                cells.append("")
+            elif not math.isfinite(r["time_to_target_s"]):
+                cells.append("-")
+            else:
+                cells.append(f"{r['time_to_target_s']:.3g} ({r['epochs_to_target']:.0f}{'*' if r['assumed'] else ''})")
+        out.append(f"| {spec} | {n} | " + " | ".join(cells) + " |")
+    return "\n".join(out)
