@@ -30,7 +30,7 @@ import time
 
 import numpy as np
 
-from ..errors import UsageError
+from ..errors import RunError, UsageError
 from . import simtrace, smpi
 
 KIND_LABELS = simtrace.kind_names()
@@ -84,7 +84,7 @@ def simulate_one(ep: simtrace.Epoch, spec: str, n: int, scaling: str = "weak", h
         acts = per_rank[j]
         k = min(len(acts), len(owners[j]))
         if k < int((owners[j] >= 0).sum()):
-            raise UsageError(f"replay of rank {j} logged {len(acts)} actions, its trace has {len(owners[j])}")
+            raise RunError(f"replay of rank {j} logged {len(acts)} actions, its trace has {len(owners[j])}")
         ends.append(np.array([a[0] for a in acts[:k]]))
         durs.append(np.array([a[1] for a in acts[:k]]))
         own_c.append(owners[j][:k])
