@@ -112,6 +112,13 @@ def test_allreduce_hand_computed():
     # the optional reduction term: (p-1)/p n gamma for Rabenseifner
     assert nm.allreduce_time(4096, 4, A, B, gamma=1e-10) == pytest.approx(4e-6 + 6144e-9 + 3072e-10)
     assert nm.collective_time("minloc", 12, 4, A, B) == nm.allreduce_time(12, 4, A, B)
+    # p not a power of two: a pre-step and a post-step of the whole vector around the largest power of two
+    # (3 ranks: Rabenseifner on 2 plus 2 rounds; 6: on 4 plus 2; 1000: on 512 plus 2)
+    assert nm.allreduce_time(n, 3, A, B) == pytest.approx(4e-6 + 3e-3)
+    assert nm.allreduce_time(n, 6, A, B) == pytest.approx(6e-6 + 3.5e-3)
+    assert nm.allreduce_time(n, 1000, A, B) == pytest.approx(20e-6 + (2 * 511 / 512 + 2) * 1e-3)
+    assert nm.allreduce_time(100, 3, A, B) == pytest.approx(3 * (1e-6 + 100e-9))  # recursive doubling
+    assert nm.allreduce_time(100, 5, A, B) == pytest.approx(4 * (1e-6 + 100e-9))
 
 
 def test_allgather_bcast_barrier_hand_computed():
