@@ -1,12 +1,15 @@
 """Project BGD and H-ES epoch times from this machine's run logs to larger clusters and slower networks.
 
 Usage: python analysis/project.py BGD.h5 [HES.h5] [--network 1gbe --network 10gbe ... | --network ALPHA,BETA]
-       [--nodes 2 4 8 ... 1024] [--scaling weak|strong] [--at-nodes N] [--fit] [--markdown | --csv FILE | --json]
+       [--nodes 2 4 8 ... 1024] [--scaling weak|strong] [--at-nodes N] [--simgrid] [--fit]
+       [--markdown | --csv FILE | --json]
 
 Measured compute per step (from the logs) plus modelled communication (alpha-beta models of MPICH's
 collectives, Thakur, Rabenseifner & Gropp 2005) on N nodes; the crossover where H-ES beats BGD; and
 alpha and beta fitted to the logs' own collectives. The models live in hes_mpi.collectives, the projection in hes_mpi.post.projection.
-Exit status: 0 success, 2 bad input (a one-line message).
+--simgrid puts each row beside SimGrid's replay of the same logs on a star of that network (the model's
+error against the validated simulator; hes-mpi simulate covers every method, this model only BGD and H-ES).
+Exit status: 0 success, 1 a replay failed, 2 bad input (a one-line message).
 """
 
 from __future__ import annotations
@@ -16,8 +19,8 @@ import json
 import sys
 
 from hes_mpi.collectives import PRESETS
-from hes_mpi.errors import UsageError
-from hes_mpi.post import projection
+from hes_mpi.errors import RunError, UsageError
+from hes_mpi.post import projection, simulate
 from hes_mpi.post import report as fmt
 
 PROG = "project.py"
@@ -45,6 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "x measured ranks / N (optimistic for ES steps) (default %(default)s)")
     p.add_argument("--at-nodes", type=int, default=None, metavar="N",
                    help="node count of the bandwidth crossover (default: the largest --nodes)")
+    p.add_argument("--simgrid", action="store_true",
+                   help="beside each row, SimGrid's replay of the same logs ('hes-mpi simulate') on a star of that "
+                   "network, and the model's error against it (needs smpirun; minutes at 1024 nodes)")
     p.add_argument("--fit", action="store_true",
                    help="also print the fit per op/size class: measured median vs modelled time")
     fmt = p.add_mutually_exclusive_group()
@@ -62,6 +68,9 @@ def main(argv=None) -> int:
             raise UsageError(f"--at-nodes must be >= 1, got {args.at_nodes}")
         report = projection.build_report(args.runs, networks=args.network, nodes=args.nodes, scaling=args.scaling,
                                        at_nodes=args.at_nodes)
+        if args.simgrid:
+            simulate.against_projection(args.runs, report,
+                                        progress=lambda t: print(f"{PROG}: {t}", file=sys.stderr, flush=True))
         if args.csv:
             text = fmt.format_csv(report)
             if args.csv == "-":
@@ -79,6 +88,9 @@ def main(argv=None) -> int:
     except UsageError as e:
         print(f"{PROG}: error: {e}", file=sys.stderr)
         return 2
+    except RunError as e:
+        print(f"{PROG}: error: {e}", file=sys.stderr)
+        return 1
     return 0
 
 

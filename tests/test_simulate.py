@@ -11,7 +11,7 @@ import pytest
 from conftest import mpi_size, run_cli
 
 from hes_mpi.errors import UsageError
-from hes_mpi.post import simtrace, simulate, smpi
+from hes_mpi.post import projection, simtrace, simulate, smpi
 from hes_mpi.runlog import RunLog
 from hes_mpi.schema import StepKind
 
@@ -158,6 +158,11 @@ def test_platforms():
     assert 'topo_parameters="2;16,3;1,16;1,1"' in xml and len(hosts) == 40
     xml, hosts, _ = smpi.platform("dragonfly:10gbit,1us", 100)
     assert 'topology="DRAGONFLY"' in xml and len(hosts) == 100
+    for alpha, beta in ((50e-6, 8e-9), (1e-6, 4e-11), (5.5e-6, 1.76e-10)):  # the model's networks as stars
+        spec = smpi.star_spec(alpha, beta)
+        assert smpi.star_alpha_beta(spec) == pytest.approx((alpha, beta), rel=1e-8)
+        smpi.platform(spec, 2)
+    assert smpi.star_alpha_beta("fattree:1gbit,1us") is None
     for bad in ("ring:1gbit,1us", "star:1gbit", "star:fast,1us", "fattree:1gbit,1us,0"):
         with pytest.raises(UsageError):
             smpi.platform(bad, 4)
@@ -185,6 +190,36 @@ def test_simulate_command_end_to_end(two_rank_logs, tmp_path):
     assert proc.stderr.count("simulate: [") == 4  # one progress line per replay
     for f in ("simulate.md", "simulate.csv", "simulate.png"):
         assert (tmp_path / f).stat().st_size > 0
+
+
+def test_the_alpha_beta_projection_stands_beside_the_replay_on_a_star(two_rank_logs):
+    """Where the projection models the method (BGD, H-ES) and the platform is a star, each row carries its
+    epoch and error; nothing for top-k, a fat tree or mixed hosts. On a star of factors 1 both are
+    latency-bandwidth models of the same calls: their communication agrees within 5% of the epoch. Their
+    compute differs by design (the model: each kind's median on the slowest rank; the replay: every step as
+    recorded), which on these sub-millisecond steps is several percent of the epoch."""
+    needs_smpirun()
+    star = "star:1gbit,30us"
+    rows = simulate.simulate([two_rank_logs[k] for k in ("bgd", "hes", "topk")], [2, 16],
+                             [star, "fattree:1gbit,15us,4"], factors_one=True)
+    for r in rows:
+        has = str(r["run"]) != str(two_rank_logs["topk"]) and r["platform"] == star
+        assert ("projection_epoch_s" in r) == has, r["label"]
+        if has:
+            assert r["projection_error"] == pytest.approx(r["projection_epoch_s"] / r["epoch_s"] - 1)
+            with RunLog(str(r["run"])) as log:
+                c = projection.step_costs(log)
+            model_comm = r["projection_epoch_s"] - r["overhead_s"] - projection.epoch_time(c, 0.0, 0.0, r["nodes"])
+            assert abs(model_comm - (r["replayed_s"] - r["compute_s"])) < 0.05 * r["replayed_s"], r
+            assert ("projection_error_measured" in r) == (r["nodes"] == 2)
+            # the model's figure is its own: the same computed directly from the log's step costs
+            assert r["projection_epoch_s"] == pytest.approx(
+                projection.epoch_time(c, LAT, 1 / BW, r["nodes"]) + r["overhead_s"])
+    assert sum("projection_epoch_s" in r for r in rows) == 4
+    mixed = simulate.simulate([two_rank_logs["bgd"]], [2], [star], hosts="0.5:fast=2x", factors_one=True)
+    assert "projection_epoch_s" not in mixed[0]
+    table = simulate.validation_markdown([r for r in rows if r["platform"] == star])
+    assert "alpha-beta projection" in table and table.count("%)") >= 4
 
 
 def test_missing_smpirun_is_one_line_with_the_install_hint(two_rank_logs):

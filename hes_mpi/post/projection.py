@@ -153,6 +153,12 @@ def _epoch_times(bgd: StepCosts | None, hes: StepCosts | None, alpha: float, bet
     return out
 
 
+def epoch_time(c: StepCosts, alpha: float, beta: float, n: int, scaling: str = "weak") -> float:
+    """The modelled steps of one epoch of run ``c`` (BGD or H-ES) on ``n`` nodes of an alpha-beta network."""
+    t = _epoch_times(c if c.algo == "bgd" else None, c if c.algo == "hes" else None, alpha, beta, n, scaling)
+    return float(t[f"{c.algo}_epoch_s"])
+
+
 def project(costs, network, nodes, scaling: str = "weak") -> list[dict]:
     """Modelled time per iteration and per epoch of BGD and H-ES on ``nodes`` nodes of ``network``.
 
@@ -230,7 +236,8 @@ def build_report(paths, networks=None, nodes=None, scaling: str = "weak", at_nod
     ``networks``: specs for :func:`parse_network`, or ``"measured"`` for alpha and beta fitted to the
     logs (default :data:`DEFAULT_NETWORKS`; a default "measured" that cannot be fitted, e.g. from
     1-rank logs, is left out with a note). ``nodes``: default :data:`DEFAULT_NODES`. ``at_nodes``: node
-    count of the bandwidth crossover (default the largest of ``nodes``).
+    count of the bandwidth crossover (default the largest of ``nodes``). Its rows beside SimGrid's replay of
+    the same logs: :func:`hes_mpi.post.simulate.against_projection`.
     """
     from ..runlog import RunLog
 
@@ -287,6 +294,7 @@ def build_report(paths, networks=None, nodes=None, scaling: str = "weak", at_nod
                  "hes_model_epoch_s": t.get("hes_epoch_s"), "hes_measured_epoch_s": hes.median_epoch_s if hes else None}
     return {
         "scaling": scaling,
+        "simgrid": False,
         "inputs": [asdict(c) | {"schedule": c.schedule} for c in costs],
         "networks": [{"name": n, "alpha_s": a, "beta_s_per_byte": b, "description": d} for n, a, b, d in resolved],
         "nodes": [int(n) for n in nodes],

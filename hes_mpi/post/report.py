@@ -63,10 +63,22 @@ def format_markdown(report: dict, fit_table: bool = False) -> str:
     for n in report["networks"]:
         out.append(f"| {n['name']} | {_num(n['alpha_s'] * 1e6)} | {_gbit(n['beta_s_per_byte'])} | "
                    f"{n['description']} |")
-    out.append("\n| network | nodes | BGD (s/epoch) | H-ES (s/epoch) | H-ES / BGD |\n|---|---|---|---|---|")
-    for r in report["rows"]:
-        out.append(f"| {r['network']} | {r['nodes']} | {_num(r['bgd_epoch_s'])} | {_num(r['hes_epoch_s'])} | "
-                   f"{_num(r['hes_over_bgd'])} |")
+    if report.get("simgrid"):
+        out.append("\n| network | nodes | BGD (s/epoch) | SimGrid (model error) | H-ES (s/epoch) | SimGrid (model error) "
+                   "| H-ES / BGD |\n|---|---|---|---|---|---|---|")
+        for r in report["rows"]:
+            sim = [f"{_num(r[f'simgrid_{a}_epoch_s'])} ({100 * r[f'{a}_error_vs_simgrid']:+.1f}%)"
+                   if r.get(f"{a}_error_vs_simgrid") is not None else "" for a in ("bgd", "hes")]
+            out.append(f"| {r['network']} | {r['nodes']} | {_num(r['bgd_epoch_s'])} | {sim[0]} | "
+                       f"{_num(r['hes_epoch_s'])} | {sim[1]} | {_num(r['hes_over_bgd'])} |")
+        out.append("\nSimGrid: `hes-mpi simulate` of the same logs on a star of each network's alpha and bandwidth, "
+                   "SMPI's factors 1; the replayed steps of one epoch, as the model's figure (neither has the time "
+                   "outside the steps). The model error is model / replay - 1.")
+    else:
+        out.append("\n| network | nodes | BGD (s/epoch) | H-ES (s/epoch) | H-ES / BGD |\n|---|---|---|---|---|")
+        for r in report["rows"]:
+            out.append(f"| {r['network']} | {r['nodes']} | {_num(r['bgd_epoch_s'])} | {_num(r['hes_epoch_s'])} | "
+                       f"{_num(r['hes_over_bgd'])} |")
     if report["crossovers"]:
         out.append("\n### Crossover: where H-ES beats BGD per epoch\n")
         lo, hi = CROSSOVER_SEARCH[0], CROSSOVER_SEARCH[-1]
@@ -98,8 +110,11 @@ def format_markdown(report: dict, fit_table: bool = False) -> str:
                 if ch[f"{algo}_model_epoch_s"] is not None:
                     parts.append(f"{name} {_num(ch[f'{algo}_model_epoch_s'])} s/epoch modelled vs "
                                  f"{_num(ch[f'{algo}_measured_epoch_s'])} s measured")
+            where = sorted({c["ran_on"] for c in report["inputs"] if c.get("ran_on")})
             out.append(f"\nCheck at N = {ch['ranks']} (the runs' own rank count) on the fitted network: "
-                       + "; ".join(parts) + " (measured includes waiting and the tool's own work).")
+                       + "; ".join(parts) + " (measured includes waiting and the tool's own work"
+                       + (f"; measured on {', '.join(where)}: the model's error against that cluster" if where else "")
+                       + ").")
         if fit_table:
             out.append("\n| op | bytes | ranks | calls | measured median (us) | model (us) | error |\n"
                        "|---|---|---|---|---|---|---|")
@@ -114,15 +129,17 @@ def format_markdown(report: dict, fit_table: bool = False) -> str:
 
 CSV_COLUMNS = ("network", "alpha_s", "beta_s_per_byte", "nodes", "scaling", "bgd_iteration_s", "bgd_epoch_s",
                "bgd_comm_s", "hes_iteration_s", "hes_epoch_s", "hes_comm_s", "hes_over_bgd")
+SIMGRID_COLUMNS = ("simgrid_bgd_epoch_s", "bgd_error_vs_simgrid", "simgrid_hes_epoch_s", "hes_error_vs_simgrid")
 
 
 def format_csv(report: dict) -> str:
     """The projection rows as CSV (one row per network and node count; empty cells: no such run)."""
     buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, lineterminator="\n", extrasaction="ignore")
+    cols = CSV_COLUMNS + (SIMGRID_COLUMNS if report.get("simgrid") else ())
+    w = csv.DictWriter(buf, fieldnames=cols, lineterminator="\n", extrasaction="ignore")
     w.writeheader()
     for r in report["rows"]:
-        w.writerow({k: ("" if r[k] is None else r[k]) for k in CSV_COLUMNS})
+        w.writerow({k: ("" if r[k] is None else r[k]) for k in cols})
     return buf.getvalue()
 
 

@@ -85,6 +85,7 @@ class Epoch:
     ops: tuple = ()  # ((op, bytes_sent), count) of the calls, for the report
     path: str = ""
     reference: bool = False  # BGD without compression: what ratio_to_bgd divides by
+    costs: object = None  # hes_mpi.post.projection.StepCosts when the alpha-beta projection models the method
 
 
 def _median_epoch(epochs: dict) -> int:

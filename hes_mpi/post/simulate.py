@@ -31,7 +31,7 @@ import time
 import numpy as np
 
 from ..errors import RunError, UsageError
-from . import simtrace, smpi
+from . import projection, simtrace, smpi
 
 KIND_LABELS = simtrace.kind_names()
 
@@ -46,7 +46,11 @@ def load_epochs(paths, epoch: int | None = None) -> list[simtrace.Epoch]:
         with RunLog(run.path) as log:
             ep = simtrace.epoch_steps(log, epoch, run.label)
         ep.path = run.path
-        ep.reference = run.config.get("algo") == "bgd" and run.config.get("compress", "none") in ("none", "")
+        plain = run.config.get("compress", "none") in ("none", "")
+        ep.reference = run.config.get("algo") == "bgd" and plain
+        if plain and run.config.get("algo") in ("bgd", "hes"):
+            with RunLog(run.path) as log:
+                ep.costs = projection.step_costs(log)
         out.append(ep)
     return out
 
@@ -124,8 +128,25 @@ def simulate_one(ep: simtrace.Epoch, spec: str, n: int, scaling: str = "weak", h
     row["algorithms"] = " ".join(f"{c}:{a}" for c, a in sorted(sel.algorithms.items()))
     row["stand_in_calls"], row["other_algorithm_calls"], row["calls"] = sel.stand_ins, sel.other, sel.calls
     row["speeds"] = _speeds_text(speeds)
+    row.update(projected(ep, spec, n, scaling, hosts, row))
     row["replay_wall_s"] = time.perf_counter() - t0
     return row
+
+
+def projected(ep: simtrace.Epoch, spec: str, n: int, scaling: str, hosts: str | None, row: dict) -> dict:
+    """The alpha-beta projection (:mod:`hes_mpi.post.projection`) of the same run on the same star, for its
+    error beside the replay's: ``projection_epoch_s`` (its modelled steps plus the same time outside them),
+    ``projection_error`` against the replay's ``epoch_s`` and, at the run's own rank count,
+    ``projection_error_measured`` against the measured epoch. Empty for methods the projection does not model
+    (it knows BGD and H-ES without compression), platforms other than a star and heterogeneous hosts."""
+    ab = smpi.star_alpha_beta(spec)
+    if ep.costs is None or ab is None or (hosts and row["speeds"]):
+        return {}
+    out = {"projection_epoch_s": projection.epoch_time(ep.costs, ab[0], ab[1], n, scaling) + row["overhead_s"]}
+    out["projection_error"] = out["projection_epoch_s"] / row["epoch_s"] - 1 if row["epoch_s"] > 0 else math.nan
+    if n == ep.ranks and ep.measured_epoch_s > 0:
+        out["projection_error_measured"] = out["projection_epoch_s"] / ep.measured_epoch_s - 1
+    return out
 
 
 def _speeds_text(speeds: list[float]) -> str:
@@ -165,6 +186,29 @@ def simulate(paths, nodes, platforms, scaling: str = "weak", hosts: str | None =
         ref = refs.get((r["platform"], r["nodes"], r["scaling"], r["hosts"]))
         r["ratio_to_bgd"] = r["epoch_s"] / ref if ref else math.nan
     return rows
+
+
+def against_projection(paths, report: dict, progress=None) -> None:
+    """Each row of a projection report (:func:`hes_mpi.post.projection.build_report`) beside SimGrid's replay
+    of the same run logs on a star of the row's alpha and beta, SMPI's factors 1 (a pure latency-bandwidth network, the model's own assumption):
+    ``simgrid_<algo>_epoch_s`` (the replayed steps of one epoch, the part the model models) and
+    ``<algo>_error_vs_simgrid`` (model / replay - 1), in place. What differs is what the model leaves out:
+    the run's own calls and their order, its compute per step as recorded (not the median of the slowest
+    rank), the MPI's algorithm per size, and waiting. Sets ``report["simgrid"]``."""
+    rows, scaling = report["rows"], report["scaling"]
+    specs = {(r["alpha_s"], r["beta_s_per_byte"]): smpi.star_spec(r["alpha_s"], r["beta_s_per_byte"]) for r in rows}
+    nodes = sorted({int(r["nodes"]) for r in rows})
+    sim = simulate(paths, nodes, list(dict.fromkeys(specs.values())), scaling=scaling, factors_one=True,
+                   progress=progress)
+    got = {(x["platform"], x["nodes"], x["algo"]): x["replayed_s"] for x in sim}
+    for r in rows:
+        spec = specs[(r["alpha_s"], r["beta_s_per_byte"])]
+        for algo in ("bgd", "hes"):
+            t = got.get((spec, int(r["nodes"]), algo))
+            r[f"simgrid_{algo}_epoch_s"] = t
+            m = r[f"{algo}_epoch_s"]
+            r[f"{algo}_error_vs_simgrid"] = m / t - 1 if t and m is not None else None
+    report["simgrid"] = True
 
 
 def _f(x, digits=4) -> str:
@@ -242,10 +286,12 @@ def stderr_progress(text: str) -> None:
 
 def validation_markdown(rows: list[dict]) -> str:
     """The replay against what was measured, for rows at their run's own rank count: seconds per epoch of
-    each step kind and of the epoch, measured and replayed, and the relative error."""
+    each step kind and of the epoch, measured and replayed, and the relative error; where the alpha-beta
+    projection models the method (BGD, H-ES) and the platform is a star, its epoch and error beside them."""
     kinds = [k[:-2] for k in kind_columns(rows)]
+    proj = any("projection_error_measured" in r for r in rows)
     head = ["nodes", "link", "method", *(f"{k}: measured / replayed s (error)" for k in kinds),
-            "epoch: measured / replayed s (error)"]
+            "epoch: measured / replayed s (error)", *(["alpha-beta projection s (error)"] if proj else [])]
     out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         if r["nodes"] != r["measured_ranks"]:
@@ -255,5 +301,8 @@ def validation_markdown(rows: list[dict]) -> str:
             cells.append(f"{_f(r[f'measured_{k}_s'])} / {_f(r[f'{k}_s'])} ({100 * r[f'error_{k}']:+.1f}%)"
                          if f"error_{k}" in r else "")
         cells.append(f"{_f(r['measured_epoch_s'])} / {_f(r['epoch_s'])} ({100 * r['error_epoch']:+.1f}%)")
+        if proj:
+            cells.append(f"{_f(r['projection_epoch_s'])} ({100 * r['projection_error_measured']:+.1f}%)"
+                         if "projection_error_measured" in r else "")
         out.append("| " + " | ".join(cells) + " |")
     return "\n".join(out) + "\n"

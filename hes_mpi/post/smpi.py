@@ -69,6 +69,21 @@ def _doc(body: str) -> str:
             f"<platform version=\"4.1\">\n{body}</platform>\n")
 
 
+def star_alpha_beta(spec: str) -> tuple[float, float] | None:
+    """``(alpha, beta)`` of a ``star:RATE,LATENCY`` spec as the alpha-beta model reads it (node-to-node
+    latency in s, s per byte); None for any other platform (no single latency and bandwidth describes it)."""
+    kind, _, args = spec.partition(":")
+    parts = [a.strip() for a in args.split(",")]
+    if kind.strip().lower() != "star" or len(parts) != 2:
+        return None
+    return seconds(parts[1]), 1.0 / rate_bytes(parts[0])
+
+
+def star_spec(alpha: float, beta: float) -> str:
+    """The ``star:RATE,LATENCY`` spec of an alpha-beta network (the inverse of :func:`star_alpha_beta`)."""
+    return f"star:{8 / beta / 1e3:.9g}kbit,{alpha * 1e9:.9g}ns"
+
+
 def platform(spec: str, n: int) -> tuple[str, list[str], str]:
     """(platform XML, the host names of ranks 0..n-1, a short description) for ``spec`` at ``n`` nodes."""
     if spec.endswith(".xml"):
