@@ -43,14 +43,13 @@ def load_epochs(paths, epoch: int | None = None) -> list[simtrace.Epoch]:
     runs = label_runs(load_runs(paths))
     out = []
     for run in runs:
+        plain = run.config.get("compress", "none") in ("none", "")
         with RunLog(run.path) as log:
             ep = simtrace.epoch_steps(log, epoch, run.label)
-        ep.path = run.path
-        plain = run.config.get("compress", "none") in ("none", "")
-        ep.reference = run.config.get("algo") == "bgd" and plain
-        if plain and run.config.get("algo") in ("bgd", "hes"):
-            with RunLog(run.path) as log:
+            if plain and run.config.get("algo") in ("bgd", "hes"):
                 ep.costs = projection.step_costs(log)
+        ep.path = run.path
+        ep.reference = run.config.get("algo") == "bgd" and plain
         out.append(ep)
     return out
 
