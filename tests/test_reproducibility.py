@@ -1,5 +1,7 @@
 """Results are bitwise the same as before the restructuring of the package: four runs whose final
-parameters were hashed with the code as it was (2 ranks, seed 7), before any module moved."""
+parameters were hashed with the code as it was (2 ranks, seed 7), before any module moved; and the
+compressed exchanges as they were before their Numba kernels (issue: fair time), six more runs hashed with the
+NumPy code they replaced."""
 
 from __future__ import annotations
 
@@ -14,6 +16,17 @@ RECORDED = {
     ("hes", "synthetic", 2): "3d46be0a2153325cdcd606ed535ce782a724ae88c76852694599db8655a096d8",
     ("hes", "mnist", 1): "e0062785d05fadcb3b65092213fd313c6b503889df18bb14489dc2a52ef55791",
     ("bgd", "mnist", 1): "a7b85384bc112486ffa7024d69950db4712625f7ede7009369c5db94db6132eb",
+}
+
+#: (compress, dataset, epochs) -> theta_sha256 of ``... train --algo bgd --compress C --data D --epochs E --seed 7``,
+#: recorded with the NumPy exchanges (algorithms/compress.py before compress_kernels.py).
+RECORDED_COMPRESS = {
+    ("fp16", "synthetic", 2): "2034984624bd6cb9f4e26862dac26bc33c7b3abbbefb621241f4db8e040dac32",
+    ("fp16", "mnist", 1): "3fbcd553db684b8d0d893bd092e21e7583a3bd4876b7729a77213df869bc0a0a",
+    ("topk:0.25", "synthetic", 2): "202f3698b5944bd3d0b98ff402c8a2e9192b2312b31e97680e959cc9ade8b6a1",
+    ("topk:0.25", "mnist", 1): "fe32a40d37cecfd9ca89cea5be2af7f074baef5be70236fb3fdacae55bd60a26",
+    ("powersgd:4", "synthetic", 2): "2a8c86ce6bbba6fb3876c1f802c14dcf76355825806a4a99ba79513f3b62bad5",
+    ("powersgd:4", "mnist", 1): "1b728d305ecf8f4e037b4f43c6904815327c78c9f460aec558a555c75e18c66c",
 }
 
 
@@ -33,3 +46,11 @@ def test_synthetic_runs_end_with_the_recorded_parameters(tmp_path, algo):
 @pytest.mark.parametrize("algo", ["bgd", "hes"])
 def test_mnist_runs_end_with_the_recorded_parameters(tmp_path, mnist_dir, algo):
     assert final_sha256(tmp_path, algo, "mnist", 1, "--data-dir", mnist_dir) == RECORDED[(algo, "mnist", 1)]
+
+
+@pytest.mark.parametrize("compress", ["fp16", "topk:0.25", "powersgd:4"])
+def test_compressed_runs_end_with_the_recorded_parameters(tmp_path, mnist_dir, compress):
+    assert final_sha256(tmp_path, "bgd", "synthetic", 2, "--compress", compress) == \
+        RECORDED_COMPRESS[(compress, "synthetic", 2)]
+    assert final_sha256(tmp_path, "bgd", "mnist", 1, "--compress", compress, "--data-dir", mnist_dir) == \
+        RECORDED_COMPRESS[(compress, "mnist", 1)]

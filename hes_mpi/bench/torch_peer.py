@@ -15,7 +15,10 @@ the instrumented communicator, the hook's from the tensors it passes to ``all_re
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import functools
+import gc
 import socket
 
 import numpy as np
@@ -34,8 +37,16 @@ def torch_available() -> str | None:
     return None
 
 
-def _init_gloo(comm, port: int | None = None) -> None:
-    """gloo's rendezvous: rank 0's address (loopback when every rank is on its node) and a free port there."""
+@contextlib.contextmanager
+def _gloo(comm, port: int | None = None):
+    """A gloo process group for the body of the ``with``, ended on every rank before the next MPI call.
+
+    gloo's rendezvous: rank 0's address (loopback when every rank is on its node) and a free port there.
+    On the way out every rank drops what still holds the group (DDP and its reducer, in the body's
+    objects: the caller deletes them), collects garbage, destroys the group and, unless the body raised,
+    waits for the others in an MPI barrier, so that rank 0's store outlives every rank's teardown. A group left for the
+    interpreter's exit, or a store gone while another rank still tears down, can end a rank in
+    ``std::terminate`` ("terminate called without an active exception", seen once in CI)."""
     import torch.distributed as dist
 
     one_node = comm.local_size() == comm.size
@@ -47,6 +58,14 @@ def _init_gloo(comm, port: int | None = None) -> None:
     port = int(comm.bcast_str(str(port or 0)))
     comm.set_phase("setup", -1)
     dist.init_process_group("gloo", init_method=f"tcp://{addr}:{port}", rank=comm.rank, world_size=comm.size)
+    try:
+        yield
+    finally:
+        gc.collect()
+        dist.destroy_process_group()
+        gc.collect()
+    comm.set_phase("setup", -1)
+    comm.Barrier()  # not on an exception: the failing rank's error ends the job (run/control.py)
 
 
 class _TorchMLP:
@@ -104,7 +123,6 @@ def torch_vs_bgd(comm, cfg, epochs: int = 5, warmup: int = 1, port: int | None =
     if why is not None:
         return {"bench": "torch", "skipped": why, "bgd_epoch_vs_torch": None}
     import torch
-    import torch.distributed as dist
 
     from ..algorithms import BGD
 
@@ -112,13 +130,10 @@ def torch_vs_bgd(comm, cfg, epochs: int = 5, warmup: int = 1, port: int | None =
     s = BenchSetup(comm, cfg)
     m = s.model
     torch.set_num_threads(s.threads)
-    _init_gloo(comm, port)
-    try:
+    with _gloo(comm, port):
         peer = _TorchMLP(comm, cfg, m, m.init_params(cfg.seed))
 
-        def torch_epoch(epoch):
-            peer.epoch(s, epoch)
-
+        torch_epoch = functools.partial(peer.epoch, s)
         algo = BGD(cfg, m, comm, s.max_rows, cfg.batch)
         ours = m.init_params(cfg.seed)
 
@@ -138,10 +153,9 @@ def torch_vs_bgd(comm, cfg, epochs: int = 5, warmup: int = 1, port: int | None =
         comm.drain()
         # Same start, same rows, same updates: the two models agree after training (to float32 noise).
         with torch.no_grad():
-            tw1 = peer.linears[0].weight.T.numpy()
+            tw1 = peer.linears[0].weight.T.numpy().copy()
         drift = float(np.max(np.abs(tw1 - m.views(ours)[0])))
-    finally:
-        dist.destroy_process_group()
+        del peer, torch_epoch  # DDP holds the process group: gone before it is destroyed
     med = slowest(comm, [_median(t_ours), _median(t_torch)])
     return {
         "bench": "torch",
@@ -157,8 +171,6 @@ def torch_vs_bgd(comm, cfg, epochs: int = 5, warmup: int = 1, port: int | None =
         "bgd_epoch_vs_torch": float(med[0] / med[1]),
         "max_abs_weight_difference": drift,
     }
-
-
 
 
 def _dev_accuracy(comm, setup, theta: np.ndarray) -> float:
@@ -197,7 +209,6 @@ def compress_peer(comm, cfg, epochs: int, port: int | None = None) -> dict:
     s = BenchSetup(comm, cfg)
     m = s.model
     torch.set_num_threads(s.threads)
-    _init_gloo(comm, port)
     sent: list[int] = []  # payload bytes of every all_reduce the hook makes
     real_all_reduce = dist.all_reduce
 
@@ -205,7 +216,7 @@ def compress_peer(comm, cfg, epochs: int, port: int | None = None) -> dict:
         sent.append(tensor.numel() * tensor.element_size())
         return real_all_reduce(tensor, *args, **kwargs)
 
-    try:
+    with _gloo(comm, port):
         theta0 = m.init_params(cfg.seed)
         if name == "fp16":
             hook, state = default_hooks.fp16_compress_hook, None
@@ -236,8 +247,7 @@ def compress_peer(comm, cfg, epochs: int, port: int | None = None) -> dict:
         torch_bytes = float(sum(sent[skip:]) / (steps - skip)) if steps > skip else float("nan")
         acc_ours = _dev_accuracy(comm, s, ours)
         acc_torch = _dev_accuracy(comm, s, peer.theta())
-    finally:
-        dist.destroy_process_group()
+        del peer, state, hook  # DDP and the hook's state hold the process group: gone before it is destroyed
     return {
         "bench": "torch",
         "compress": cfg.compress,
