@@ -226,3 +226,26 @@ def test_torch_peer_of_a_compressed_exchange_sends_the_same_bytes_as_pytorchs_ho
 def test_torch_peer_refuses_a_compression_pytorch_has_no_hook_for():
     proc = run_cli(["bench", "torch", "--compress", "topk:0.1", *SMALL], n=None)
     assert proc.returncode == 2 and "fp16 and powersgd:R only" in proc.stderr
+
+
+def test_compress_reports_each_method_against_the_gradient_step_and_its_floor():
+    out = bench("compress", "--reps", "3", "--json", "--methods", "fp16", "topk:0.25", "powersgd:2")
+    n = MLP(32, 32, 10).param_count  # synthetic rows have 32 features
+    assert out["params"] == n and out["ranks"] == 2
+    rows = {r["method"]: r for r in out["rows"]}
+    assert set(rows) == {"fp16", "topk:0.25", "powersgd:2"}
+    assert out["copy_bandwidth_bytes_per_s"] > 0 and out["grad_step_s"] > 0
+    k = math.ceil(0.25 * n)
+    floors = {"fp16": 12 * n, "topk:0.25": 16 * n + 8 * k * 3, "powersgd:2": 32 * n}
+    for m, r in rows.items():
+        # the call's time minus its collectives' (inside it, on the same clock): positive
+        assert r["encode_decode_s"] > 0 and r["collectives_s"] > 0, m
+        assert r["over_grad_step"] == pytest.approx(r["encode_decode_s"] / out["grad_step_s"])
+        assert r["floor_s"] == pytest.approx(floors[m] / out["copy_bandwidth_bytes_per_s"])
+        assert r["goal_met"] == (r["over_grad_step"] <= r["goal_over_grad_step"] and r["over_floor"] <= 2.0)
+
+
+def test_compress_refuses_a_method_with_nothing_to_encode():
+    proc = run_cli(["bench", "compress", "--methods", "none", *SMALL], n=2)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().count("\n") == 0 and "nothing to encode" in proc.stderr

@@ -26,6 +26,10 @@ not depend on the batch size, and return 1).
     hook's ``M - mean`` scaled to this module's shares). Up to 3 Allreduces per step.
 
 Error feedback is each rank's own: a checkpoint gathers every rank's (``state`` is collective).
+
+The element-wise work (the float16 cast, top-k's selection and sum, PowerSGD's error feedback) runs in the
+Numba kernels of :mod:`hes_mpi.compress_kernels`, which give exactly what the NumPy code they replaced gave
+(the runs' recorded final parameters are unchanged); PowerSGD's matrix products and QR stay NumPy's.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ import math
 
 import numpy as np
 
+from .. import compress_kernels
 from ..config import parse_compress
 
 
@@ -89,10 +94,10 @@ class FP16(Exact):
         self.h = np.empty(model.param_count, dtype=np.float16)
 
     def reduce(self, comm, g: np.ndarray, inv_batch: float) -> float:
-        np.multiply(g, np.float32(inv_batch), out=g)
-        self.h[:] = g
+        bits = self.h.view(np.uint16)
+        compress_kernels.pack_fp16(g, np.float32(inv_batch), bits)  # NumPy's float32 -> float16, in one pass
         comm.Allreduce(self.h)
-        g[:] = self.h
+        compress_kernels.unpack_fp16(bits, g)
         return 1.0
 
     def work_bytes(self) -> int:
@@ -110,25 +115,19 @@ class TopK(Exact):
         self.error = np.zeros(n, dtype=np.float32)
         self.send = np.empty(2 * self.k, dtype=np.int32)  # k indices, then k float32 values (their bits)
         self.recv = np.empty(size * 2 * self.k, dtype=np.int32)
-        self.mag = np.empty(n, dtype=np.float32)
+        self.cand = np.empty(n + 1, dtype=np.int32)  # the selection's work array
+        self.size = size
 
     def reduce(self, comm, g: np.ndarray, inv_batch: float) -> float:
-        e, k = self.error, self.k
-        np.multiply(g, np.float32(inv_batch), out=g)
-        e += g
-        np.abs(e, out=self.mag)
-        idx = np.sort(np.argpartition(self.mag, e.size - k)[e.size - k:])
-        self.send[:k] = idx
-        self.send[k:].view(np.float32)[:] = e[idx]
-        e[idx] = 0.0
+        k = self.k
+        compress_kernels.topk_select(g, np.float32(inv_batch), self.error, k, self.send[:k],
+                                     self.send[k:].view(np.float32), self.cand)
         comm.Allgather(self.send, self.recv)
-        g[:] = 0.0
-        for block in self.recv.reshape(-1, 2, k):  # rank order: the same sum on every rank
-            g[block[0]] += block[1].view(np.float32)  # indices of one rank are distinct
+        compress_kernels.topk_scatter(self.recv, self.recv.view(np.float32), self.size, k, g)
         return 1.0
 
     def work_bytes(self) -> int:
-        return self.error.nbytes + self.send.nbytes + self.recv.nbytes + self.mag.nbytes
+        return self.error.nbytes + self.send.nbytes + self.recv.nbytes + self.cand.nbytes
 
     def state(self, comm) -> dict:
         return {"compress_error": gather_rows(comm, self.error)}
@@ -161,6 +160,7 @@ class PowerSGD(Exact):
         self.Q = np.empty(sum(m * rank for _, _, m in self.matrices), dtype=np.float32)
         rng = np.random.Generator(np.random.Philox(np.random.SeedSequence([0x5D6, seed])))
         self.Q[:] = rng.standard_normal(self.Q.size, dtype=np.float32)  # the same on every rank
+        self.views = list(self._views())
 
     def _views(self):
         p = q = 0
@@ -172,9 +172,8 @@ class PowerSGD(Exact):
 
     def reduce(self, comm, g: np.ndarray, inv_batch: float) -> float:
         e = self.error
-        np.multiply(g, np.float32(inv_batch), out=g)
-        e += g  # e is M (this rank's compensated share) until the error is taken below
-        views = list(self._views())
+        compress_kernels.accumulate(g, np.float32(inv_batch), e)  # e is M (this rank's share) until the error below
+        views = self.views
         if self.flat_plain.size:
             pos = 0
             for a, b in self.plain:
@@ -197,7 +196,7 @@ class PowerSGD(Exact):
             pos += b - a
         for a, n, m, P, Q in views:
             np.matmul(P, Q.T, out=g[a : a + n * m].reshape(n, m))
-        e -= g * inv_size  # each rank's part of M - approximation
+        compress_kernels.subtract_scaled(e, g, inv_size)  # each rank's part of M - approximation
         return 1.0
 
     def work_bytes(self) -> int:

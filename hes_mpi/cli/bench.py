@@ -1,4 +1,4 @@
-"""``bench osu|overhead|emulation|steps|forward|torch|all``."""
+"""``bench osu|overhead|emulation|compress|steps|forward|torch|all``."""
 
 from __future__ import annotations
 
@@ -47,6 +47,22 @@ def add_parsers(sub) -> None:
     em.add_argument("--batch", type=int, default=1000, help="global minibatch (default %(default)s)")
     em.add_argument("--steps", type=int, default=50, help="timed steps of each kind (default %(default)s)")
     em.set_defaults(func=cmd_bench_emulation)
+    cp = bsub.add_parser("compress", help="encode + decode time of each --compress method against a gradient step "
+                         "and its memory floor",
+                         description="Each compressed exchange reduces the gradient of a real batch; its time minus "
+                         "its collectives' is the encode plus decode time, shown as a ratio to the gradient step and "
+                         "beside its floor (the bytes it must read and write at the copy bandwidth measured in the "
+                         "same rounds). Prints a markdown table, or one JSON object with --json.")
+    cp.add_argument("--methods", nargs="+", default=None, metavar="METHOD",
+                    help="--compress methods to time (default fp16 topk:0.25 powersgd:4)")
+    cp.add_argument("--data", default="mnist", help="dataset (default %(default)s)")
+    cp.add_argument("--data-dir", default=None, help="data folder (default $HES_MPI_DATA or ~/.cache/hes_mpi)")
+    network_args(cp)
+    cp.add_argument("--batch", type=int, default=1000, help="global minibatch (default %(default)s)")
+    cp.add_argument("--threads", type=int, default=0, help="BLAS threads per rank (default: cores / ranks)")
+    cp.add_argument("--reps", type=int, default=40, help="timed repetitions (default %(default)s)")
+    cp.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
+    cp.set_defaults(func=cmd_bench_compress)
     speed_help = {
         "steps": ("gradient vs ES step time, noise share, step memory and bytes (H-ES, r = 2)",
                   ("Gradient and ES steps alternating on the same batches: median step times and their ratio "
@@ -147,6 +163,30 @@ def cmd_bench_emulation(args) -> int:
 
     return _bench_bgd_steps(args, lambda comm, cfg: emulation(comm, cfg, args.network, steps=args.steps),
                             emulate_net=args.network)
+
+
+def cmd_bench_compress(args) -> int:
+    from ..bench.compress import METHODS, compress, format_compress
+    from ..bench.harness import dumps
+    from ..config import parse_compress
+
+    methods = tuple(args.methods or METHODS)
+    for m in methods:
+        parse_compress(m)
+        if m == "none":
+            raise UsageError("--methods: 'none' has nothing to encode; name fp16, topk:F or powersgd:R")
+    if args.reps < 1:
+        raise UsageError("--reps must be >= 1")
+    cfg = RunConfig(data=args.data, data_dir=args.data_dir, batch=args.batch, threads=args.threads,
+                    **network_fields(args)).validate()
+
+    def body(comm):
+        result = compress(comm, cfg, methods, reps=args.reps)
+        if comm.rank == 0:
+            print(dumps(result) if args.json else format_compress(result), flush=True)
+        return 0
+
+    return run_mpi(body, json_output=args.json)
 
 
 def cmd_bench_speed(args) -> int:
