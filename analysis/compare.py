@@ -1,11 +1,13 @@
 """The poster's two tables from run logs (accuracy, and savings relative to the BGD reference), the
 Pareto table (accuracy against bytes and time) and H-ES against gradient reuse at the same r.
 
-Usage: python analysis/compare.py RUN.h5 [RUN.h5 ...] [--out-dir DIR] [--csv] [--test]
+Usage: python analysis/compare.py RUN.h5 [RUN.h5 ...] [--out-dir DIR] [--csv] [--test] [--target ACC]
 
 Runs of the same configuration with different seeds are reported as the mean and its 95% confidence
 interval, with n; H-ES against reuse as the difference, its 95% CI and Welch's p (hes_mpi.post.stats).
-Runtime %, Memory % and Net BW % are measured from the logs (see hes_mpi.post.tables).
+Runtime %, Memory % and Net BW % are measured from the logs (see hes_mpi.post.tables). The savings and
+Pareto tables give each configuration's time to a target dev accuracy (hes_mpi.post.target): the reference's
+final mean minus 0.5 points, or --target.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from hes_mpi.post.tables import (
     savings_rows,
     to_csv,
 )
+from hes_mpi.post.target import add_target_option
 
 
 def main(argv=None) -> int:
@@ -34,6 +37,7 @@ def main(argv=None) -> int:
     p.add_argument("--csv", action="store_true", help="print CSV instead of Markdown")
     p.add_argument("--test", action="store_true", help="also measure every run's final parameters on the test split "
                    "(once, at the end; as hes-mpi evaluate) and add it to the Pareto table")
+    add_target_option(p)
     args = p.parse_args(argv)
     try:
         runs = load_runs(args.runs)
@@ -45,7 +49,8 @@ def main(argv=None) -> int:
     except UsageError as e:
         print(f"compare.py: error: {e}", file=sys.stderr)
         return 2
-    acc, sav, par, cmp = accuracy_rows(runs), savings_rows(runs), pareto_rows(runs), comparisons(runs)
+    acc, sav = accuracy_rows(runs), savings_rows(runs, args.target)
+    par, cmp = pareto_rows(runs, args.target), comparisons(runs)
     if args.csv:
         for rows in (acc, sav, par, cmp):
             if rows:
@@ -60,7 +65,7 @@ def main(argv=None) -> int:
         if cmp:
             print("\nH-ES against gradient reuse at the same r (Welch's t-test)\n\n" + markdown_comparisons(cmp))
     if args.out_dir:
-        write_tables(runs, Path(args.out_dir))
+        write_tables(runs, Path(args.out_dir), args.target)
     return 0
 
 

@@ -1,9 +1,10 @@
 """The size study from run logs: Runtime %, Memory % and Net BW % of every method against BGD on the same
 network, with the parameter count and the dev accuracy beside them (hes_mpi.post.size).
 
-Usage: python analysis/size.py RUN.h5 [RUN.h5 ...] [--out-dir DIR]
+Usage: python analysis/size.py RUN.h5 [RUN.h5 ...] [--out-dir DIR] [--target ACC]
 
-With --out-dir, also writes size.md, size.csv and size.png (the four panels against the parameter count).
+Each row also gives the time to a target dev accuracy (--target, default: that network's BGD final mean
+minus 0.5 points). With --out-dir, also writes size.md, size.csv and size.png (the four panels against the parameter count).
 """
 
 from __future__ import annotations
@@ -16,15 +17,17 @@ from hes_mpi.errors import UsageError
 from hes_mpi.post.figures import plot_size
 from hes_mpi.post.size import markdown_size, size_rows
 from hes_mpi.post.tables import load_runs, to_csv
+from hes_mpi.post.target import add_target_option
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="size.py", description=__doc__.split("\n\n")[0])
     p.add_argument("runs", nargs="+", help="run logs of the size study (jobs/size.params)")
     p.add_argument("--out-dir", default=None, help="also write size.md, size.csv and size.png into this folder")
+    add_target_option(p)
     args = p.parse_args(argv)
     try:
-        rows = size_rows(load_runs(args.runs))
+        rows = size_rows(load_runs(args.runs), args.target)
     except UsageError as e:
         print(f"size.py: error: {e}", file=sys.stderr)
         return 2

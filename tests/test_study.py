@@ -100,3 +100,54 @@ def test_accuracy_table_shows_the_ci_half_width_and_n():
     assert bgd["seeds"] == 3 and bgd["dev_acc_ci_low"] < bgd["dev_acc"] < bgd["dev_acc_ci_high"]
     half = 100 * (bgd["dev_acc_ci_high"] - bgd["dev_acc_ci_low"]) / 2
     assert f"| 97.00% ± {half:.2f} |" in text and "95% CI" in text
+
+
+def curve_run(seed, accs, epoch_s=2.0, **options) -> Run:
+    """A run whose dev accuracy after epoch e is accs[e] (each epoch ``epoch_s`` of training)."""
+    accs = np.asarray(accs, dtype=float)
+    return Run(path=f"{seed}.h5", summary={"ranks": 2, "epochs": accs.size, "iterations": 10, "train_acc": accs[-1],
+                                             "dev_acc": accs[-1], "comm_bytes_sent_per_rank": 1e6},
+               config=RunConfig(seed=seed, **options).to_dict(),
+               epochs={"epoch_s": np.full(accs.size, epoch_s), "dev_acc": accs}, iterations={})
+
+
+def target_runs():
+    bgd = [curve_run(s, [0.90, 0.95, 0.962, 0.970], algo="bgd") for s in range(3)]  # target 0.965: epoch 4
+    hes = [curve_run(0, [0.90, 0.966, 0.95, 0.96], 1.0, algo="hes", r=2),  # reaches it at epoch 2, then falls
+           curve_run(1, [0.90, 0.93, 0.94, 0.967], 1.0, algo="hes", r=2),
+           curve_run(2, [0.90, 0.93, 0.94, 0.95], 1.0, algo="hes", r=2)]  # never
+    reuse = [curve_run(s, [0.9, 0.91, 0.92, 0.93], 0.5, algo="reuse", r=2) for s in range(2)]
+    return label_runs(bgd + hes + reuse)
+
+
+def test_time_to_target_is_the_training_time_to_the_first_epoch_at_the_target():
+    from hes_mpi.post.target import cell, default_target, group_time_to_target, seconds_to
+    from hes_mpi.post.tables import group_runs, markdown_savings, savings_rows
+
+    runs = target_runs()
+    assert default_target(group_runs(runs)) == pytest.approx(0.965)  # BGD's final mean minus 0.5 points
+    assert default_target(group_runs(runs), 0.9) == 0.9
+    assert seconds_to(runs[0].epochs, 0.965) == pytest.approx(8.0)
+    assert math.isnan(seconds_to(runs[0].epochs, 0.99))
+    hes = group_time_to_target(runs[3:6], 0.965)
+    assert hes["target_reached"] == 2 and hes["time_to_target_s"] == pytest.approx((2.0 + 4.0) / 2)
+    assert cell(hes, 3) == "3.0 (2 of 3)"
+    rows = {r["run"].split(" [")[0]: r for r in savings_rows(runs)}
+    assert rows["Reference (BGD)"]["time_to_target_s"] == pytest.approx(8.0)
+    assert rows["Gradient reuse, r = 2"]["target_reached"] == 0
+    text = markdown_savings(list(rows.values()))
+    assert "time to 96.50% (s)" in text and "| never |" in text and "| 3.0 (2 of 3) |" in text
+    assert "| 8.0 |" in text
+
+
+def test_pareto_table_and_figure_carry_the_time_to_target(tmp_path):
+    from hes_mpi.post.figures import plot_pareto
+
+    runs = target_runs()
+    rows = pareto_rows(runs, target=0.95)
+    assert [r["time_to_target_s"] for r in rows] == [pytest.approx(4.0), pytest.approx(4.0), pytest.approx(math.nan,
+                                                                                                           nan_ok=True)]
+    text = markdown_pareto(rows)
+    assert "time to 95.00% (s, median)" in text and "never" in text
+    path = plot_pareto(runs, tmp_path / "pareto.png", target=0.95)
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

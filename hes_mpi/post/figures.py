@@ -1,5 +1,6 @@
 """Figures from run logs: training curves, equal-budget curves, time split, memory, the gradient, and the
-Pareto view (accuracy against bytes and against time, one point per configuration), and the size study's
+Pareto view (accuracy against bytes and against time, one point per configuration, and the accuracy reached
+against time), and the size study's
 savings against the parameter count."""
 
 from __future__ import annotations
@@ -11,7 +12,8 @@ import numpy as np
 
 from ..schema import ALGORITHM_PHASES, GRADIENT_KINDS
 from .study import pareto_rows
-from .tables import Run
+from .tables import Run, group_runs
+from .target import accuracy_over_time
 
 
 def _plt():
@@ -148,12 +150,16 @@ def plot_gradient(runs: list[Run], path: Path) -> Path:
     return _save(plt, fig, path)
 
 
-def plot_pareto(runs: list[Run], path: Path) -> Path:
+def plot_pareto(runs: list[Run], path: Path, target: float | None = None) -> Path:
     """Dev accuracy (mean, 95% CI) against MB sent per rank (log scale) and against training time, one point
-    per configuration (its own colour and marker), the fronts joined by a line."""
+    per configuration (its own colour and marker), the fronts joined by a line; and, third, the accuracy
+    each configuration has reached against the training time it took (median over seeds of the best dev
+    accuracy so far, at the end of each epoch), with the target of the time-to-target columns
+    (:mod:`.target`) as a dashed line."""
     plt = _plt()
-    rows = pareto_rows(runs)
-    fig, axes = plt.subplots(1, 2, figsize=(15, 5.5))
+    rows = pareto_rows(runs, target)
+    groups = group_runs(runs)
+    fig, axes = plt.subplots(1, 3, figsize=(21, 5.5))
     colours = plt.get_cmap("tab20").colors
     markers = "osD^vP*Xh<>p"
     for ax, cost, key, xlabel in ((axes[0], "bytes_per_rank", "front_bytes", "MB sent per rank by the algorithm"),
@@ -171,11 +177,26 @@ def plot_pareto(runs: list[Run], path: Path) -> Path:
         if cost == "bytes_per_rank" and all(r[cost] > 0 for r in rows):
             ax.set_xscale("log")
         ax.grid(alpha=0.3)
+    ax = axes[2]
+    for j, g in enumerate(groups):
+        t, a = accuracy_over_time(g)
+        if t.size:
+            ax.plot(t, 100 * a, marker=markers[j % len(markers)], ms=3, lw=1, color=colours[j % len(colours)])
+    goal = rows[0]["target"] if rows else math.nan
+    if math.isfinite(goal):
+        ax.axhline(100 * goal, color="k", lw=0.8, ls="--")
+        reached = [100 * a for g in groups for a in accuracy_over_time(g)[1]]
+        if reached:  # the last points near the target, not the first epochs
+            ax.set_ylim(max(min(reached), 100 * goal - 3), max(max(reached), 100 * goal) + 0.3)
+    ax.set(xlabel="training seconds (median over seeds)", ylabel="dev accuracy reached (%)")
+    ax.grid(alpha=0.3)
     axes[0].set_title("Accuracy against bytes (mean, 95% CI)")
     axes[1].set_title("Accuracy against time")
+    axes[2].set_title(f"Accuracy reached against time (target {100 * goal:.2f}%, dashed)" if math.isfinite(goal)
+                      else "Accuracy reached against time")
     handles, labels = axes[1].get_legend_handles_labels()
-    fig.tight_layout(rect=(0, 0, 0.76, 1))
-    fig.legend(handles, labels, fontsize=7, loc="center left", bbox_to_anchor=(0.76, 0.5))
+    fig.tight_layout(rect=(0, 0, 0.82, 1))
+    fig.legend(handles, labels, fontsize=7, loc="center left", bbox_to_anchor=(0.82, 0.5))
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
@@ -191,9 +212,10 @@ FIGURES = {
 }
 
 
-def write_figures(runs: list[Run], out_dir: Path) -> list[Path]:
+def write_figures(runs: list[Run], out_dir: Path, target: float | None = None) -> list[Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
-    return [fn(runs, out_dir / name) for name, fn in FIGURES.items()]
+    return [fn(runs, out_dir / name, target) if fn is plot_pareto else fn(runs, out_dir / name)
+            for name, fn in FIGURES.items()]
 
 
 def plot_size(rows: list[dict], path: Path) -> Path:

@@ -4,8 +4,8 @@ test of the difference.
 
 - :func:`pareto_rows`: per configuration (seeds grouped as in :mod:`.tables`), the dev accuracy (mean,
   95% CI, n), the payload bytes the algorithm sent per rank over the whole run, the training time
-  (epochs, no evaluation), and whether no other configuration is at least as accurate for fewer bytes
-  (or less time) — the fronts.
+  (epochs, no evaluation), the time to a target dev accuracy (:mod:`.target`), and whether no other
+  configuration is at least as accurate for fewer bytes (or less time) — the fronts.
 - :func:`comparisons`: every H-ES configuration against the ``reuse`` configuration with the same r and
   every other option shared but the learning rate (the same lr when there is one, else reuse's own:
   each at its tuned lr): the difference of the mean dev accuracies, its 95% CI and Welch's p.
@@ -29,6 +29,9 @@ from .tables import (
     savings_rows,
     to_csv,
 )
+from .target import cell as target_cell
+from .target import default_target, group_time_to_target
+from .target import header as target_header
 
 
 def _train_s(r: Run) -> float:
@@ -48,16 +51,18 @@ def _front(points: list[tuple[float, float]]) -> list[bool]:
     return out
 
 
-def pareto_rows(runs: list[Run]) -> list[dict]:
+def pareto_rows(runs: list[Run], target: float | None = None) -> list[dict]:
+    groups = group_runs(runs)
+    goal = default_target(groups, target)
     rows = []
-    for g in group_runs(runs):
+    for g in groups:
         m, lo, hi, n = mean_ci([r.summary["dev_acc"] for r in g])
         row = {"run": g[0].label, "seeds": n, "dev_acc": m, "dev_acc_ci_low": lo, "dev_acc_ci_high": hi}
         if any("test_acc" in r.summary for r in g):  # measured once at the end (analysis/compare.py --test)
             tm, tlo, thi, _ = mean_ci([r.summary.get("test_acc", math.nan) for r in g])
             row.update({"test_acc": tm, "test_acc_ci_low": tlo, "test_acc_ci_high": thi})
         row.update({"bytes_per_rank": float(np.mean([r.summary.get("comm_bytes_sent_per_rank", math.nan) for r in g])),
-                    "train_s": float(np.median([_train_s(r) for r in g]))})
+                    "train_s": float(np.median([_train_s(r) for r in g])), **group_time_to_target(g, goal)})
         rows.append(row)
     for key, cost in (("front_bytes", "bytes_per_rank"), ("front_time", "train_s")):
         for row, on in zip(rows, _front([(r[cost], r["dev_acc"]) for r in rows])):
@@ -72,13 +77,15 @@ def _acc(r: dict, split: str) -> str:
 
 def markdown_pareto(rows: list[dict]) -> str:
     test = any("test_acc" in r for r in rows)
+    goal = rows[0]["target"] if rows else math.nan
     out = ["| run | seeds (n) | dev (mean ± 95% CI) |" + (" test (mean ± 95% CI) |" if test else "")
-           + " MB sent per rank | training s (median) | front: bytes | front: time |",
-           "|---|---|---|" + ("---|" if test else "") + "---|---|---|---|"]
+           + f" MB sent per rank | training s (median) | {target_header(goal)[:-4]} (s, median) "
+           "| front: bytes | front: time |",
+           "|---|---|---|" + ("---|" if test else "") + "---|---|---|---|---|"]
     for r in rows:
         cells = [r["run"], str(r["seeds"]), _acc(r, "dev"), *([_acc(r, "test")] if test else []),
-                 f"{r['bytes_per_rank'] / 1e6:,.2f}", f"{r['train_s']:.1f}", "yes" if r["front_bytes"] else "",
-                 "yes" if r["front_time"] else ""]
+                 f"{r['bytes_per_rank'] / 1e6:,.2f}", f"{r['train_s']:.1f}", target_cell(r, r["seeds"]),
+                 "yes" if r["front_bytes"] else "", "yes" if r["front_time"] else ""]
         out.append("| " + " | ".join(cells) + " |")
     return "\n".join(out)
 
@@ -126,12 +133,14 @@ def markdown_comparisons(rows: list[dict]) -> str:
     return "\n".join(out)
 
 
-def write_tables(runs: list[Run], out_dir: Path) -> dict[str, str]:
+def write_tables(runs: list[Run], out_dir: Path, target: float | None = None) -> dict[str, str]:
     """Write the accuracy, savings, Pareto and (when there are H-ES runs and their reuse controls)
-    comparison tables, Markdown and CSV, into ``out_dir``; return {name: Markdown} of those written."""
+    comparison tables, Markdown and CSV, into ``out_dir``; return {name: Markdown} of those written.
+    ``target``: the dev accuracy of the time-to-target columns (default: the reference's minus 0.5 points)."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    tables = {"accuracy": (accuracy_rows(runs), markdown_accuracy), "savings": (savings_rows(runs), markdown_savings),
-              "pareto": (pareto_rows(runs), markdown_pareto), "comparisons": (comparisons(runs), markdown_comparisons)}
+    tables = {"accuracy": (accuracy_rows(runs), markdown_accuracy),
+              "savings": (savings_rows(runs, target), markdown_savings),
+              "pareto": (pareto_rows(runs, target), markdown_pareto), "comparisons": (comparisons(runs), markdown_comparisons)}
     out = {}
     for name, (rows, fmt) in tables.items():
         if not rows and name == "comparisons":
