@@ -393,3 +393,31 @@ def test_a_killed_node_ends_the_job(state_root, tmp_path):
                 job.kill()
         assert job.returncode != 0, err
     assert leftovers(name) == []
+
+
+def test_cluster_bench_rounds_interleave_and_report_medians_with_their_range(state_root, tmp_path):
+    """``cluster bench --rounds 2``: each round brings a cluster up, runs BGD and H-ES over its links and takes
+    it down again; the table gives the median of the rounds with the smallest and largest value, and the
+    time to the default target (BGD's final dev accuracy minus 0.5 points)."""
+    out = tmp_path / "bench"
+    proc = cli("cluster", "bench", "--name", "tb", "--nodes", "2", "--link", "1gbit", "--data", "synthetic:4000",
+               "--epochs", "2", "--rounds", "2", "--no-emulated", "--no-osu", "--args", "--hidden 256 --batch 400 --lr 1",
+               "--out-dir", str(out), timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    d = out / "2n_1gbit"
+    for rnd in ("round1", "round2"):
+        assert all((d / rnd / f).stat().st_size > 0 for f in ("bgd.h5", "hes.h5", "links.json")), rnd
+    (row,) = json.loads((out / "cluster.json").read_text())
+    assert row["rounds"] == 2
+    for key in ("bgd_epoch_s", "hes_epoch_s", "hes_over_bgd"):
+        assert row[f"{key}_min"] <= row[key] <= row[f"{key}_max"], key
+        assert row[f"{key}_n"] == 2
+    epochs = []
+    for rnd in ("round1", "round2"):
+        with RunLog(str(d / rnd / "bgd.h5")) as rl:
+            epochs.append(rl.summary()["median_epoch_s"])
+            final = rl.summary()["dev_acc"]
+    assert row["bgd_epoch_s"] == pytest.approx(np.median(epochs))
+    assert row["target"] == pytest.approx(final - 0.005)  # the same final accuracy in both rounds (bitwise)
+    assert "Medians over 2 interleaved rounds" in proc.stdout and f"| {100 * row['target']:.2f}% |" in proc.stdout
+    assert leftovers("tb") == []

@@ -121,8 +121,8 @@ def target_runs():
 
 
 def test_time_to_target_is_the_training_time_to_the_first_epoch_at_the_target():
-    from hes_mpi.post.target import cell, default_target, group_time_to_target, seconds_to
     from hes_mpi.post.tables import group_runs, markdown_savings, savings_rows
+    from hes_mpi.post.target import cell, default_target, group_time_to_target, seconds_to
 
     runs = target_runs()
     assert default_target(group_runs(runs)) == pytest.approx(0.965)  # BGD's final mean minus 0.5 points

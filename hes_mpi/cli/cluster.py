@@ -114,18 +114,23 @@ def add_parsers(sub) -> None:
                         description="For every --nodes and --link: bring a cluster up, run the OSU allreduce table, "
                         "BGD and H-ES (r = 2) over its links (reading the kernel's byte counters of every link), and "
                         "BGD with --emulate-net at the link's nominal rate on this host; take the cluster down; then "
-                        "write and print the table of measured and modelled step and epoch times (docs/cluster.md).")
+                        "write and print the table of measured and modelled step and epoch times (docs/cluster.md). "
+                        "With --rounds N, the whole matrix N times, interleaved; medians with their range.")
     b.add_argument("--nodes", type=int, nargs="+", default=[2, 4], help="node counts (default: 2 4)")
     b.add_argument("--link", nargs="+", default=["1gbit", "100mbit"], metavar="RATE", help="link rates "
                    "(default: 1gbit 100mbit)")
     b.add_argument("--data", default="mnist", help="dataset (default %(default)s)")
     b.add_argument("--epochs", type=int, default=3, help="epochs of each training run (default %(default)s)")
-    b.add_argument("--target", type=float, default=0.9, help="dev accuracy for the time-to-accuracy columns "
-                   "(default %(default)s)")
+    b.add_argument("--target", type=float, default=None, help="dev accuracy for the time-to-target columns "
+                   "(default: each configuration's BGD final dev accuracy minus 0.005)")
+    b.add_argument("--rounds", type=int, default=1, help="repeat the whole matrix this many times, interleaved "
+                   "(each round visits every configuration, the order reversed on even rounds), and report "
+                   "medians with the smallest and largest value (default %(default)s)")
     b.add_argument("--args", dest="common", default="", metavar="OPTIONS", help="more train options for every run")
     b.add_argument("--out-dir", default="results/cluster-bench", help="folder for run logs and the table "
                    "(default %(default)s)")
     b.add_argument("--no-emulated", dest="emulated", action="store_false", help="skip the --emulate-net runs")
+    b.add_argument("--no-osu", dest="osu", action="store_false", help="skip the OSU allreduce table of each cluster")
     b.add_argument("--name", default="bench", help=NAME_HELP)
     b.set_defaults(func=cmd_bench)
 
@@ -235,11 +240,13 @@ def cmd_bench(args) -> int:
     from ..post.clustertables import table
 
     _logging()
-    if args.epochs < 1 or not 0 < args.target <= 1:
+    if args.epochs < 1 or args.target is not None and not 0 < args.target <= 1:
         raise UsageError("--epochs must be >= 1 and --target a dev accuracy in (0, 1]")
+    if args.rounds < 1:
+        raise UsageError("--rounds must be >= 1")
     out = Path(args.out_dir)
     train_args = ["--data", args.data, "--epochs", str(args.epochs), "--no-eval-train", *shlex.split(args.common)]
-    folders = run_matrix(out, args.nodes, args.link, train_args, args.name, args.emulated)
+    folders = run_matrix(out, args.nodes, args.link, train_args, args.name, args.emulated, args.rounds, args.osu)
     rows, md = table(folders, args.target)
     (out / "cluster.md").write_text(md + "\n")
     (out / "cluster.json").write_text(json.dumps(rows, indent=1) + "\n")

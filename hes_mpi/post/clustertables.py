@@ -4,13 +4,18 @@ model's figures for the same cluster, and the kernel's byte counts next to the l
 For every folder of :mod:`hes_mpi.bench.cluster` (one node count and link rate):
 
 - measured: the median step time of each kind (slowest rank), the median epoch (training only), H-ES / BGD
-  per epoch, the training time until the dev accuracy first reaches ``target``;
+  per epoch, the training time until the dev accuracy first reaches ``target`` (default: BGD's final dev
+  accuracy minus 0.5 points, :mod:`.target`);
 - modelled: each step kind as its measured compute (the same logs) plus the modelled collective on the
   link's nominal bandwidth, with latency and bandwidth fitted to the logs' own collectives (alpha-beta of
   :mod:`hes_mpi.post.fit`), and the error of each against the measurement;
 - bytes: what the kernel counted leaving the nodes' links (headers included) over the bytes the run log
   says the MPI calls put on the wire (:func:`hes_mpi.collectives.wire_bytes`);
 - the busy-wait emulation (``--emulate-net`` at the nominal rate, on one host) against the real links.
+
+A folder with ``round1`` ... ``roundN`` (``cluster bench --rounds N``) gives one row: the median over its
+rounds of every figure, and for the epoch times, H-ES / BGD and the times to target their smallest and
+largest value over the rounds (``*_min``, ``*_max``), shown as "median (min-max)".
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from ..runlog import RunLog
 from ..schema import StepKind
 from .fit import fit_alpha_beta, measured_pairs
 from .projection import step_costs
+from .target import BELOW_REFERENCE, seconds_to
 
 
 def _median_steps(rl: RunLog) -> dict[int, float]:
@@ -37,9 +43,8 @@ def _median_steps(rl: RunLog) -> dict[int, float]:
 
 
 def _time_to(rl: RunLog, target: float) -> float | None:
-    ep = rl.table("epochs")
-    reached = np.flatnonzero(ep["dev_acc"] >= target)
-    return float(np.sum(ep["epoch_s"][: reached[0] + 1])) if reached.size else None
+    t = seconds_to(rl.table("epochs"), target)
+    return t if math.isfinite(t) else None
 
 
 def _wire_bytes(rl: RunLog) -> int:
@@ -51,12 +56,15 @@ def _err(model: float, measured: float) -> float:
     return model / measured - 1 if measured else math.nan
 
 
-def folder_row(d: Path, target: float = 0.9) -> dict:
-    """One configuration's measured and modelled figures (see the module docstring)."""
+def folder_row(d: Path, target: float | None = None) -> dict:
+    """One configuration's (one round's) measured and modelled figures (see the module docstring)."""
     need = [d / f for f in ("bgd.h5", "hes.h5", "links.json")]
     missing = [str(p) for p in need if not p.exists()]
     if missing:
         raise UsageError(f"{d}: not a finished cluster bench folder ({', '.join(missing)} missing)")
+    if target is None:
+        with RunLog(str(d / "bgd.h5")) as rl:
+            target = float(rl.summary()["dev_acc"]) - BELOW_REFERENCE
     links = json.loads((d / "links.json").read_text())
     nodes = len(links["cluster"]["nodes"])
     rate_bps = links["cluster"]["nodes"][0]["rate_bps"]
@@ -109,18 +117,58 @@ def _pct(x) -> str:
 
 
 def _s(x) -> str:
-    return "-" if x is None else f"{x:.2f}"
+    return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.2f}"
+
+
+#: Figures shown with their range over the rounds.
+SPREAD = ("bgd_epoch_s", "hes_epoch_s", "hes_over_bgd", "bgd_to_target_s", "hes_to_target_s", "bgd_emulated_epoch_s")
+
+
+def config_row(d: Path, target: float | None = None) -> dict:
+    """One configuration's row: :func:`folder_row` of its folder, or the median of its rounds' rows with
+    the range of the :data:`SPREAD` figures (a time to target that a round never reached counts as NaN)."""
+    rounds = sorted((x for x in d.glob("round*") if x.is_dir()), key=lambda x: int(x.name[5:] or 0))
+    if not rounds:
+        return {**folder_row(d, target), "rounds": 1}
+    rows = [folder_row(x, target) for x in rounds]
+    out: dict = {"rounds": len(rows)}
+    for k, v in rows[0].items():
+        values = [r.get(k) for r in rows]
+        if isinstance(v, (int, float)) and not isinstance(v, bool) or v is None and k in SPREAD:
+            arr = np.array([math.nan if x is None else x for x in values], dtype=float)
+            finite = arr[np.isfinite(arr)]
+            out[k] = float(np.median(finite)) if finite.size else math.nan
+            if k in SPREAD:
+                out[f"{k}_min"] = float(finite.min()) if finite.size else math.nan
+                out[f"{k}_max"] = float(finite.max()) if finite.size else math.nan
+                out[f"{k}_n"] = int(finite.size)
+        else:
+            out[k] = v
+    out["folder"] = d.name
+    return out
+
+
+def _spread(r: dict, key: str, fmt=_s) -> str:
+    """'0.71' or, over several rounds, '0.71 (0.69-0.80)', with 'k of n' when some rounds have no value."""
+    text = fmt(r.get(key))
+    if r.get("rounds", 1) > 1 and f"{key}_min" in r and math.isfinite(r[f"{key}_min"]):
+        text += f" ({fmt(r[f'{key}_min'])}-{fmt(r[f'{key}_max'])})"
+        if r[f"{key}_n"] < r["rounds"]:
+            text += f" [{r[f'{key}_n']} of {r['rounds']}]"
+    return text
 
 
 def markdown(rows: list[dict]) -> str:
     """Three Markdown tables: time, the model's error per step kind, bytes on the links."""
-    out = ["| nodes | link | BGD epoch (s) | H-ES epoch (s) | H-ES / BGD | BGD to {t} dev (s) | H-ES to {t} dev (s) | "
-           "BGD, --emulate-net (s) |".format(t=f"{100 * rows[0]['target']:.0f}%" if rows else ""),
-           "|---|---|---|---|---|---|---|---|"]
+    rounds = max((r.get("rounds", 1) for r in rows), default=1)
+    out = ([f"Medians over {rounds} interleaved rounds (smallest-largest in brackets).", ""] if rounds > 1 else []) + [
+        ("| nodes | link | BGD epoch (s) | H-ES epoch (s) | H-ES / BGD | target dev | BGD to target (s) "
+        "| H-ES to target (s) | BGD, --emulate-net (s) |"),
+        "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        out.append(f"| {r['nodes']} | {r['rate']} | {_s(r['bgd_epoch_s'])} | {_s(r['hes_epoch_s'])} | "
-                   f"{r['hes_over_bgd']:.2f} | {_s(r['bgd_to_target_s'])} | {_s(r['hes_to_target_s'])} | "
-                   f"{_s(r.get('bgd_emulated_epoch_s'))} |")
+        out.append(f"| {r['nodes']} | {r['rate']} | {_spread(r, 'bgd_epoch_s')} | {_spread(r, 'hes_epoch_s')} | "
+                   f"{_spread(r, 'hes_over_bgd')} | {100 * r['target']:.2f}% | {_spread(r, 'bgd_to_target_s')} | "
+                   f"{_spread(r, 'hes_to_target_s')} | {_spread(r, 'bgd_emulated_epoch_s')} |")
     out += ["", "| nodes | link | step | measured (ms) | model, nominal rate (ms) | error | model, fitted (ms) | error |",
             "|---|---|---|---|---|---|---|---|"]
     for r in rows:
@@ -137,6 +185,6 @@ def markdown(rows: list[dict]) -> str:
     return "\n".join(out)
 
 
-def table(folders, target: float = 0.9) -> tuple[list[dict], str]:
-    rows = [folder_row(Path(d), target) for d in folders]
+def table(folders, target: float | None = None) -> tuple[list[dict], str]:
+    rows = [config_row(Path(d), target) for d in folders]
     return rows, markdown(rows)
