@@ -57,6 +57,15 @@ def test_dry_run_lists_the_runs_without_mpi(tmp_path):
         "head_s3: H-ES, r = 2 [output layer, baseline, ES step auto], seed 3, 2 epochs, data synthetic:2000"]
 
 
+def test_interleave_runs_seed_by_seed(tmp_path):
+    (tmp_path / "p.params").write_text(PARAMS)
+    proc = run_cli(["sweep", tmp_path / "p.params", "--seeds", "4", "2", "--args", COMMON, "--dry-run", "--interleave"],
+                   n=None)
+    assert proc.returncode == 0, proc.stderr
+    assert [ln.split(":")[0] for ln in proc.stdout.splitlines()] == [
+        "bgd_s4", "plain_s4", "head_s4", "bgd_s2", "plain_s2", "head_s2"]
+
+
 def test_only_runs_the_matching_lines(tmp_path):
     size = Path(__file__).resolve().parent.parent / "jobs" / "size.params"
     proc = run_cli(["sweep", size, "--seeds", "0", "--only", "w1024_*", "w300_d1_bgd",

@@ -91,6 +91,9 @@ def add_parsers(sub) -> None:
                    "reported --seeds (default %(default)s)")
     w.add_argument("--only", nargs="+", default=None, metavar="PATTERN", help="run only the lines whose name "
                    "matches one of these shell patterns, e.g. --only 'w1024_*' bgd")
+    w.add_argument("--interleave", action="store_true", help="run seed by seed (every line's first seed, then every "
+                   "line's second, ...) instead of line by line, so that a slow spell of the machine lands on every "
+                   "line alike: for timing studies")
     w.add_argument("--dry-run", action="store_true", help="print the runs and exit (no MPI)")
     w.set_defaults(func=cmd_sweep, wants_argv=True)
 
@@ -191,13 +194,23 @@ def _selected(names_of, items: list, only: list[str] | None) -> list:
     return [it for it in items if any(fnmatchcase(names_of(it), pat) for pat in only)]
 
 
+def by_seed(runs: list, seeds: list[int]) -> list:
+    """``runs`` (NAME_sSEED, config), every line's first seed first, then every line's second, ... (stable
+    within a seed: the lines' own order)."""
+    order = {s: j for j, s in enumerate(seeds)}
+    return sorted(runs, key=lambda r: order[r[1].seed])
+
+
 def cmd_sweep(args, argv=None) -> int:
     from ..config import run_label
 
     def line(name: str) -> str:
         return name.rsplit("_s", 1)[0]
 
-    runs = _selected(lambda r: line(r[0]), sweep_runs(args.params, args.seeds, args.common), args.only)
+    def ordered(rs):
+        return by_seed(rs, args.seeds) if args.interleave else rs
+
+    runs = ordered(_selected(lambda r: line(r[0]), sweep_runs(args.params, args.seeds, args.common), args.only))
     if not runs:
         raise UsageError(f"--only {' '.join(args.only)}: no line of {args.params} matches")
     grid = tuning_grid(args.params, args.tune_lr, args.tune_seed, args.common) if args.tune_lr else []
@@ -220,8 +233,8 @@ def cmd_sweep(args, argv=None) -> int:
         if grid:
             chosen, rows = tune_lr(comm, grid, f"{out_dir}/tune", argv)
             extra = {name: ["--lr", f"{lr:g}"] for name, lr in chosen.items()}
-            final_runs = _selected(lambda r: line(r[0]), sweep_runs(args.params, args.seeds, args.common, extra),
-                                   args.only)
+            final_runs = ordered(_selected(lambda r: line(r[0]),
+                                           sweep_runs(args.params, args.seeds, args.common, extra), args.only))
             tuning = markdown_tuning(rows)
             if comm.rank == 0:
                 from pathlib import Path
