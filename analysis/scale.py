@@ -7,8 +7,11 @@ A folder is searched for run logs below it (benchmarks/scale_accuracy.sh writes 
 --simulated (the output of 'hes-mpi simulate --json' of the same methods), also the time to the target dev
 accuracy (default: BGD's final mean minus 0.5 points) on each simulated platform and N: the epochs to the
 target of the mean curve over seeds at the nearest measured rank count at or below N (marked * when that is
-not N itself) times the simulated epoch time. With --out-dir, also writes scale.md, scale.csv, scale.png
-(H-ES - reuse against N) and time_to_target.md, time_to_target.csv.
+not N itself) times the simulated epoch time, for every simulated method whose accuracy runs are among the
+inputs (e.g. the 2-rank baselines runs of fp16, top-k, PowerSGD and local SGD beside the scale study's: their
+accuracy at larger N is then assumed from 2 ranks). With --out-dir, also writes scale.md, scale.csv, scale.png
+(H-ES - reuse against N) and time_to_target.md, time_to_target.csv, time_to_target.png (time to target against
+N, one panel per platform, one line per method).
 Exit status: 0 success, 2 bad input (a one-line message).
 """
 
@@ -24,6 +27,7 @@ from hes_mpi.post.scale import (
     markdown_scale,
     markdown_time_to_target,
     plot_scale,
+    plot_time_to_target,
     scale_rows,
     target_of,
     time_to_target_rows,
@@ -81,6 +85,7 @@ def main(argv=None) -> int:
         if ttt:
             (out / "time_to_target.md").write_text(ttt_text + "\n")
             (out / "time_to_target.csv").write_text(to_csv(ttt))
+            plot_time_to_target(ttt, out / "time_to_target.png")
     return 0
 
 

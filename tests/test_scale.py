@@ -73,3 +73,33 @@ def test_time_to_target_uses_the_nearest_measured_rank_count():
     assert got[("BGD", 64)] == (2, True, 2.0, 3.0)
     text = markdown_time_to_target(rows)
     assert "| star | 64 | 4 (2*) | 3 (2*) |" in text and "95.00%" in text
+
+
+def test_time_to_target_matches_each_baseline_by_its_configuration(tmp_path):
+    """A simulated row carries its configuration's poster label (``method``): BGD and BGD with PowerSGD are
+    both algo 'bgd' but are matched with their own accuracy runs; a method measured at 2 ranks only is assumed
+    from 2 ranks at every N; a method without accuracy runs is left out."""
+    from hes_mpi.config import run_label
+    from hes_mpi.post.scale import plot_time_to_target
+
+    runs = [run("bgd", 2, 0.97, 0, [0.90, 0.96, 0.97]), run("bgd", 2, 0.97, 1, [0.90, 0.96, 0.97])]
+    psgd = [run("bgd", 2, 0.96, s, [0.80, 0.90, 0.96]) for s in (0, 1)]
+    for r in psgd:
+        r.config["compress"] = "powersgd:4"
+    local = [run("localsgd", 2, 0.95, s, [0.80, 0.90, 0.95]) for s in (0, 1)]
+    bgd_label, psgd_label = run_label(runs[0].config), run_label(psgd[0].config)
+    assert bgd_label != psgd_label
+    sim = [{"label": lab, "method": lab, "algo": "bgd", "platform": p, "nodes": n, "scaling": "strong",
+            "epoch_s": 1.0} for lab in (bgd_label, psgd_label) for p in ("star", "fattree") for n in (2, 64)]
+    sim.append({"label": "fp16", "method": "BGD, fp16", "algo": "bgd", "platform": "star", "nodes": 2,
+                "scaling": "strong", "epoch_s": 1.0})
+    rows = time_to_target_rows(runs + psgd + local, sim, 0.955)
+    got = {(r["method"], r["platform"], r["nodes"]): (r["epochs_to_target"], r["assumed"]) for r in rows}
+    assert got[(bgd_label, "star", 2)] == (2.0, False) and got[(bgd_label, "star", 64)] == (2.0, True)
+    assert got[(psgd_label, "fattree", 64)] == (3.0, True)
+    assert not any(m == "BGD, fp16" for m, _, _ in got)  # no accuracy runs: left out
+    text = markdown_time_to_target(rows)
+    assert f"| {bgd_label} | {psgd_label} |" in text
+    never = time_to_target_rows(runs + psgd, sim, 0.965)  # PowerSGD never reaches it
+    assert "-" in markdown_time_to_target(never)
+    assert Path(plot_time_to_target(never, tmp_path / "t.png")).stat().st_size > 0

@@ -195,10 +195,11 @@ def test_simulate_command_end_to_end(two_rank_logs, tmp_path):
 def test_the_alpha_beta_projection_stands_beside_the_replay_on_a_star(two_rank_logs):
     """Where the projection models the method (BGD, H-ES) and the platform is a star, each row carries its
     epoch and error; nothing for top-k, a fat tree or mixed hosts. On a star of factors 1 both are
-    latency-bandwidth models of the same calls: their communication agrees within 5% of the epoch. Their
-    compute differs by design (the model: each kind's median on the slowest rank; the replay: every step as
-    recorded, the ranks' imbalance showing as waiting), which on these sub-millisecond steps is several
-    percent of the epoch; so the star is slow (10 Mbit/s, 100 us), where communication is most of it."""
+    latency-bandwidth models of the same calls: their communication (the replay's without its waiting) agrees
+    within 5% of the epoch. Their compute differs by design (the model: each kind's median on the slowest rank;
+    the replay: every step as recorded, the ranks' imbalance showing as waiting: on a loaded machine it was
+    half of a replayed epoch once), so the waiting is left out, and the star is slow (10 Mbit/s, 100 us), where
+    communication is most of the epoch."""
     needs_smpirun()
     star, lat, bw = "star:10mbit,100us", 100e-6, 1.25e6
     rows = simulate.simulate([two_rank_logs[k] for k in ("bgd", "hes", "topk")], [2, 16],
@@ -211,7 +212,8 @@ def test_the_alpha_beta_projection_stands_beside_the_replay_on_a_star(two_rank_l
             with RunLog(str(r["run"])) as log:
                 c = projection.step_costs(log)
             model_comm = r["projection_epoch_s"] - r["overhead_s"] - projection.epoch_time(c, 0.0, 0.0, r["nodes"])
-            assert abs(model_comm - (r["replayed_s"] - r["compute_s"])) < 0.05 * r["replayed_s"], r
+            # the replay's communication without its waiting (which is the ranks' compute imbalance)
+            assert abs(model_comm - r["comm_s"]) < 0.05 * r["replayed_s"], r
             assert ("projection_error_measured" in r) == (r["nodes"] == 2)
             # the model's figure is its own: the same computed directly from the log's step costs
             assert r["projection_epoch_s"] == pytest.approx(

@@ -9,6 +9,7 @@ import math
 
 import numpy as np
 
+from ..config import run_label
 from .stats import mean_ci, welch
 from .tables import Run
 
@@ -104,20 +105,26 @@ def epochs_to_target(runs: list[Run], target: float) -> float:
 
 def time_to_target_rows(runs: list[Run], simulated: list[dict], target: float) -> list[dict]:
     """Per simulated method, platform and N: the epochs to ``target`` measured at the nearest rank count
-    at or below N (``assumed`` when that is not N itself) times the simulated epoch time."""
+    at or below N (``assumed`` when that is not N itself) times the simulated epoch time. A simulated row is
+    matched with the accuracy runs of its configuration (``method``: the poster label, ``run_label``; rows of
+    older simulate output without it match uncompressed runs of their ``algo``); methods without accuracy
+    runs are left out."""
     by: dict[tuple[str, int], list[Run]] = {}
     for r in runs:
-        by.setdefault((r.config["algo"], int(r.summary["ranks"])), []).append(r)
+        by.setdefault((run_label(r.config), int(r.summary["ranks"])), []).append(r)
+        if r.config.get("compress", "none") in ("none", "") and not r.config.get("assisted"):
+            by.setdefault((f"algo:{r.config['algo']}", int(r.summary["ranks"])), []).append(r)
     out = []
     for s in simulated:
-        ns = sorted(n for a, n in by if a == s["algo"] and n <= s["nodes"])
+        key = s.get("method") or f"algo:{s['algo']}"
+        ns = sorted(n for m, n in by if m == key and n <= s["nodes"])
         if not ns:
             continue
         n_acc = ns[-1]
-        e = epochs_to_target(by[s["algo"], n_acc], target)
-        out.append({"label": s["label"], "algo": s["algo"], "platform": s["platform"], "nodes": s["nodes"],
-                    "scaling": s["scaling"], "epoch_s": s["epoch_s"], "accuracy_ranks": n_acc,
-                    "assumed": n_acc != s["nodes"], "epochs_to_target": e, "target": target,
+        e = epochs_to_target(by[key, n_acc], target)
+        out.append({"label": s["label"], "method": s.get("method", s["label"]), "algo": s["algo"],
+                    "platform": s["platform"], "nodes": s["nodes"], "scaling": s["scaling"], "epoch_s": s["epoch_s"],
+                    "accuracy_ranks": n_acc, "assumed": n_acc != s["nodes"], "epochs_to_target": e, "target": target,
                     "time_to_target_s": e * s["epoch_s"] if math.isfinite(e) else math.nan})
     return out
 
@@ -126,9 +133,9 @@ def markdown_time_to_target(rows: list[dict]) -> str:
     if not rows:
         return ""
     t = rows[0]["target"]
-    methods = list(dict.fromkeys(r["label"] for r in rows))
+    methods = list(dict.fromkeys(r["method"] for r in rows))
     keys = list(dict.fromkeys((r["platform"], r["nodes"]) for r in rows))
-    cell = {(r["label"], r["platform"], r["nodes"]): r for r in rows}
+    cell = {(r["method"], r["platform"], r["nodes"]): r for r in rows}
     out = [(f"Time to {100 * t:.2f}% dev accuracy (s; epochs to it in brackets; * accuracy measured at fewer "
             "ranks and assumed at this N; - never reached)"), "",
            "| platform | nodes | " + " | ".join(methods) + " |", "|---|---|" + "---|" * len(methods)]
@@ -144,3 +151,47 @@ def markdown_time_to_target(rows: list[dict]) -> str:
                 cells.append(f"{r['time_to_target_s']:.3g} ({r['epochs_to_target']:.0f}{'*' if r['assumed'] else ''})")
         out.append(f"| {spec} | {n} | " + " | ".join(cells) + " |")
     return "\n".join(out)
+
+
+def plot_time_to_target(rows: list[dict], path) -> str:
+    """Time to the target against N, one panel per platform, one line per method (hollow markers where the
+    accuracy is assumed from fewer ranks; methods that never reach the target are left out, and named)."""
+    from .figures import _plt, _save
+
+    plt = _plt()
+    platforms = list(dict.fromkeys(r["platform"] for r in rows))
+    fig, axes = plt.subplots(1, len(platforms), figsize=(5.5 * len(platforms), 4.5), squeeze=False)
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    colours = plt.get_cmap("tab10").colors
+    for ax, spec in zip(axes[0], platforms):
+        never = []
+        for j, m in enumerate(methods):
+            pts = sorted((r["nodes"], r["time_to_target_s"], r["assumed"]) for r in rows
+                         if r["platform"] == spec and r["method"] == m)
+            ok = [p for p in pts if math.isfinite(p[1])]
+            if pts and not ok:
+                never.append(m)
+            if not ok:
+                continue
+            c = colours[j % len(colours)]
+            ax.plot([p[0] for p in ok], [p[1] for p in ok], color=c, lw=1, label=m)
+            for n, t, assumed in ok:
+                ax.plot(n, t, "o", color=c, mfc="none" if assumed else c, ms=5)
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set(xlabel="nodes N", ylabel="time to target (s)", title=spec)
+        if never:
+            ax.text(0.02, 0.02, "never reach it: " + "; ".join(never), transform=ax.transAxes, fontsize=6, va="bottom")
+        ax.grid(alpha=0.3)
+    t = rows[0]["target"] if rows else math.nan
+    fig.suptitle(f"Time to {100 * t:.2f}% dev accuracy (hollow: accuracy assumed from fewer ranks)")
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    for ax in axes[0][1:]:
+        for h, lab in zip(*ax.get_legend_handles_labels()):
+            if lab not in labels:
+                handles.append(h)
+                labels.append(lab)
+    fig.legend(handles, labels, fontsize=7, loc="lower center", ncol=min(4, max(1, len(labels))))
+    fig.tight_layout(rect=(0, 0.12, 1, 0.95))
+    _save(plt, fig, path)
+    return str(path)

@@ -86,6 +86,7 @@ class Epoch:
     path: str = ""
     reference: bool = False  # BGD without compression: what ratio_to_bgd divides by
     costs: object = None  # hes_mpi.post.projection.StepCosts when the alpha-beta projection models the method
+    method: str = ""  # the configuration's poster label (config.run_label), without the options that tell runs apart
 
 
 def _median_epoch(epochs: dict) -> int:
@@ -148,7 +149,8 @@ def epoch_steps(log, epoch: int | None = None, label: str = "") -> Epoch:
     measured_step = step_s.mean(axis=1)
     measured_epoch = float(epochs["epoch_s"][row])
     from ..config import run_label
-    return Epoch(label=label or run_label(cfg), algo=str(cfg.get("algo", "")), epoch=int(epoch), ranks=ranks,
+    return Epoch(label=label or run_label(cfg), method=run_label(cfg), algo=str(cfg.get("algo", "")), epoch=int(epoch),
+                 ranks=ranks,
                  family=family_of(env), batch=int(cfg.get("batch", 0)), kinds=it["kind"][sel].astype(int),
                  items=items, rows=it["local_n"][sel], measured_step_s=measured_step, measured_epoch_s=measured_epoch,
                  overhead_s=max(0.0, measured_epoch - float(step_s.sum(axis=0).max())),

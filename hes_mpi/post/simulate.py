@@ -96,7 +96,7 @@ def simulate_one(ep: simtrace.Epoch, spec: str, n: int, scaling: str = "weak", h
     per_rank_end = _iteration_ends(ends, own_c, n_iter)
     # per step kind: each rank's own step durations, the mean over ranks (as measured: step_s)
     step = np.diff(np.concatenate((np.zeros((n, 1)), per_rank_end), axis=1), axis=1).mean(axis=0)
-    row = {"label": ep.label, "algo": ep.algo, "run": ep.path, "reference": ep.reference, "epoch": ep.epoch,
+    row = {"label": ep.label, "method": ep.method, "algo": ep.algo, "run": ep.path, "reference": ep.reference, "epoch": ep.epoch,
            "measured_ranks": ep.ranks, "family": ep.family, "platform": spec, "platform_described": described,
            "nodes": n, "scaling": scaling, "hosts": hosts or "", "iterations": n_iter}
     for kind in sorted({int(k) for k in ep.kinds}):
