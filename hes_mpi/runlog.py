@@ -50,7 +50,9 @@ Schema (``format = "hes_mpi.runlog"``, ``format_version = 1``); growable dataset
 ``/final``            ``theta`` (float32, the final flat parameters, bitwise equal on all ranks);
                       attrs ``iterations``, ``wall_s``, ``theta_checksum``, ``theta_consistent``,
                       ``consistency_checks``, ``step_transient_bytes_grad``/``_es`` (tracemalloc
-                      peak of one probe step of each kind, max over ranks)
+                      peak of one probe step of each kind, max over ranks); a run that diverged
+                      has ``diverged`` (true), ``diverged_iteration``, ``diverged_reason`` and
+                      ``theta`` as it was then, instead of the figures of a finished run
 ====================  =================================================================
 """
 
@@ -419,6 +421,12 @@ class RunLog:
             "emulated_network": env.get("emulated_network") or None,
             "emulated_cluster": env.get("emulated_cluster") or None,
         }
+        if final_attrs.get("diverged"):  # complete, but its last epoch is not a result: no final accuracy
+            out.update({"diverged": True, "diverged_iteration": int(final_attrs["diverged_iteration"]),
+                        "diverged_reason": str(final_attrs["diverged_reason"]), "train_acc": math.nan,
+                        "dev_acc": math.nan, "train_loss": math.nan, "dev_loss": math.nan})
+        else:
+            out["diverged"] = False
         if "theta_checksum" in final_attrs:
             out["theta_checksum"] = int(final_attrs["theta_checksum"])
         theta = self.theta()

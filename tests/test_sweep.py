@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import csv
+import json
+import math
 from pathlib import Path
 
 import pytest
@@ -139,3 +141,25 @@ def test_tune_lr_refuses_an_lr_in_args(tmp_path):
     (tmp_path / "p.params").write_text(PARAMS)
     proc = run_cli(["sweep", tmp_path / "p.params", "--tune-lr", "1", "2", "--args", "--lr 3", "--dry-run"], n=None)
     assert proc.returncode == 2 and "leave --lr out of --args" in proc.stderr
+
+
+def test_a_diverging_line_is_recorded_and_the_sweep_goes_on(tmp_path):
+    """The first line diverges (its lr blows the parameters up), and so does the tuning run of the second at
+    lr 1e30: their run logs are complete with ``diverged``, the iteration and the reason; the sweep goes on
+    (the second line is tuned and runs); the tables say '0 (1 of 1 diverged)'; a restart keeps every run."""
+    (tmp_path / "p.params").write_text("boom --algo bgd --lr 1e30\nok --algo bgd\n")
+    common = "--data synthetic:2000 --hidden 16 --batch 200 --epochs 2"
+    args = ["sweep", tmp_path / "p.params", "--seeds", "0", "--tune-lr", "1", "1e30", "--args", common,
+            "--out-dir", tmp_path / "out"]
+    proc = run_cli(args)
+    assert proc.returncode == 0, proc.stderr
+    assert "tuning ok at lr 1e+30: loss or gradient is not finite" in proc.stderr, proc.stderr
+    assert proc.stderr.count("boom_s0 diverged: loss or gradient is not finite at iteration") == 1, proc.stderr
+    s = json.loads(run_cli(["summary", tmp_path / "out" / "boom_s0.h5", "--json"], n=None).stdout)
+    assert s["complete"] and s["diverged"] and s["diverged_iteration"] >= 0 and "not finite" in s["diverged_reason"]
+    assert s["dev_acc"] is None  # NaN in JSON: no final accuracy
+    ok = json.loads(run_cli(["summary", tmp_path / "out" / "ok_s0.h5", "--json"], n=None).stdout)
+    assert ok["complete"] and not ok["diverged"] and ok["dev_acc"] > 0 and ok["lr"] == 1
+    assert "| 0 (1 of 1 diverged) |" in (tmp_path / "out" / "accuracy.md").read_text()
+    again = run_cli(args)  # two tuning runs and two final runs, all complete: nothing is trained again
+    assert again.returncode == 0 and again.stdout.count("kept") == 4, again.stdout + again.stderr

@@ -23,10 +23,12 @@ from .stats import mean_ci, welch
 from .tables import (
     Run,
     accuracy_rows,
+    diverged_count,
     group_runs,
     markdown_accuracy,
     markdown_savings,
     savings_rows,
+    seeds_cell,
     to_csv,
 )
 from .target import cell as target_cell
@@ -57,7 +59,8 @@ def pareto_rows(runs: list[Run], target: float | None = None) -> list[dict]:
     rows = []
     for g in groups:
         m, lo, hi, n = mean_ci([r.summary["dev_acc"] for r in g])
-        row = {"run": g[0].label, "seeds": n, "dev_acc": m, "dev_acc_ci_low": lo, "dev_acc_ci_high": hi}
+        row = {"run": g[0].label, "seeds": n, "diverged": diverged_count(g), "dev_acc": m, "dev_acc_ci_low": lo,
+               "dev_acc_ci_high": hi}
         if any("test_acc" in r.summary for r in g):  # measured once at the end (analysis/compare.py --test)
             tm, tlo, thi, _ = mean_ci([r.summary.get("test_acc", math.nan) for r in g])
             row.update({"test_acc": tm, "test_acc_ci_low": tlo, "test_acc_ci_high": thi})
@@ -83,7 +86,7 @@ def markdown_pareto(rows: list[dict]) -> str:
            "| front: bytes | front: time |",
            "|---|---|---|" + ("---|" if test else "") + "---|---|---|---|---|"]
     for r in rows:
-        cells = [r["run"], str(r["seeds"]), _acc(r, "dev"), *([_acc(r, "test")] if test else []),
+        cells = [r["run"], seeds_cell(r["seeds"] + r.get("diverged", 0), r.get("diverged", 0)), _acc(r, "dev"), *([_acc(r, "test")] if test else []),
                  f"{r['bytes_per_rank'] / 1e6:,.2f}", f"{r['train_s']:.1f}", target_cell(r, r["seeds"]),
                  "yes" if r["front_bytes"] else "", "yes" if r["front_time"] else ""]
         out.append("| " + " | ".join(cells) + " |")

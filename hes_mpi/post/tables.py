@@ -132,6 +132,16 @@ def _pct(mean: float, low: float, high: float, n: int) -> str:
     return f"{100 * mean:.2f}%" + (f" ± {100 * (high - low) / 2:.2f}" if n > 1 and math.isfinite(high) else "")
 
 
+def diverged_count(g: list[Run]) -> int:
+    """How many runs of a configuration diverged (their run logs say ``diverged``)."""
+    return sum(bool(r.summary.get("diverged")) for r in g)
+
+
+def seeds_cell(n: int, diverged: int) -> str:
+    """'5', or with diverged runs '3 (2 of 5 diverged)': the seeds a mean is over, and those left out."""
+    return f"{n - diverged} ({diverged} of {n} diverged)" if diverged else str(n)
+
+
 def accuracy_rows(runs: list[Run]) -> list[dict]:
     rows = []
     for g in group_runs(runs):
@@ -139,7 +149,7 @@ def accuracy_rows(runs: list[Run]) -> list[dict]:
         row = {"run": g[0].label, "algo": c["algo"]}
         row["r"] = (1 if c.get("assisted") else c["r"]) if c["algo"] in ("hes", "reuse", "localsgd") else ""
         row.update({"K": c["K"] if c["algo"] == "hes" else "", "sigma2": c["sigma2"] if c["algo"] == "hes" else "",
-                    "epochs": g[0].summary["epochs"], "seeds": len(g)})
+                    "epochs": g[0].summary["epochs"], "seeds": len(g), "diverged": diverged_count(g)})
         for split in ("train", "dev"):
             values = [r.summary[f"{split}_acc"] for r in g]
             m, lo, hi, _ = mean_ci(values)
@@ -183,7 +193,7 @@ def markdown_accuracy(rows: list[dict]) -> str:
     for r in rows:
         acc = [_pct(r[f"{s}_acc"], r[f"{s}_acc_ci_low"], r[f"{s}_acc_ci_high"], r["seeds"]) for s in ("train", "dev")]
         out.append(f"| {r['run']} | {r['r'] or '-'} | {r['K'] or '-'} | {r['sigma2'] if r['sigma2'] != '' else '-'} "
-                   f"| {r['epochs']} | {r['seeds']} | {acc[0]} | {acc[1]} |")
+                   f"| {r['epochs']} | {seeds_cell(r['seeds'], r.get('diverged', 0))} | {acc[0]} | {acc[1]} |")
     return "\n".join(out)
 
 

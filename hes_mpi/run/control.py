@@ -11,7 +11,7 @@ import time
 
 import numpy as np
 
-from ..errors import RunError, UsageError
+from ..errors import Diverged, RunError, UsageError
 
 #: Seconds a failing rank waits after printing its message and before MPI_Abort.
 ABORT_GRACE_S = 0.5
@@ -110,6 +110,8 @@ def run_mpi(body, json_output: bool = False) -> int:
     - a :class:`UsageError` or :class:`RunError` prints one line (naming the rank when there are several)
       and exits 2 or 1; an error that the ranks agreed on (``comm.agree``) is printed by one rank only;
     - :class:`Stopped` (a signal; every rank stops at the same iteration): rank 0 says so, exit 3;
+    - :class:`Diverged` (a global figure is not finite; every rank at the same iteration): rank 0 says so,
+      exit 1;
     - anything else prints its traceback and takes every rank down with ``MPI_Abort``, so that no rank is
       left waiting in a collective.
 
@@ -126,6 +128,10 @@ def run_mpi(body, json_output: bool = False) -> int:
     except SilentExit as e:  # another rank says it (agreed with comm.agree): leave first, and quietly
         return _leave(comm, e.exit_code, speaker=False)
     except Stopped as e:  # every rank stops at the same iteration; rank 0 says so
+        if comm.rank == 0:
+            say_error(str(e))
+        return _leave(comm, e.exit_code, speaker=comm.rank == 0)
+    except Diverged as e:  # a global figure: every rank is here at the same iteration; rank 0 says so
         if comm.rank == 0:
             say_error(str(e))
         return _leave(comm, e.exit_code, speaker=comm.rank == 0)

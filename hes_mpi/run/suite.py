@@ -16,7 +16,7 @@ from pathlib import Path
 
 from ..config import RunConfig, result_options, run_label
 from ..data import fetch_mnist, mnist_status, resolve_data_dir
-from ..errors import RunError, UsageError
+from ..errors import Diverged, RunError, UsageError
 from ..log import get_logger
 from .trainer import train
 
@@ -116,7 +116,10 @@ def run_sweep(comm, runs: list[tuple[str, RunConfig]], out_dir: str, argv=None) 
             log.info("== run %d/%d: %s: complete in %s, kept", n, len(runs), name, path)
             continue
         log.info("== run %d/%d: %s (%s, seed %d)", n, len(runs), name, run_label(cfg.to_dict()), cfg.seed)
-        train(cfg, comm, argv)
+        try:
+            train(cfg, comm, argv)
+        except Diverged as e:  # recorded in its run log, which counts as done: the sweep goes on
+            log.warning("== run %d/%d: %s diverged: %s", n, len(runs), name, e)
     return paths
 
 
@@ -133,7 +136,8 @@ def final_dev_acc(path: Path) -> float:
 def tune_lr(comm, grid: list[tuple[str, float, RunConfig]], out_dir: str, argv=None) -> tuple[dict, list[dict]]:
     """Train every (NAME, lr, config) of ``grid`` into OUT-DIR/NAME_lrLR.h5 (a complete log of the same
     options is kept) and choose, per NAME, the lr with the best final dev accuracy (the smallest lr on a
-    tie); a run that diverges (a RunError: not finite) counts as NaN. Returns ({NAME: lr}, one row per run)."""
+    tie); a run that diverges (:class:`Diverged`: not finite; its log is complete, so a restart keeps it)
+    counts as NaN. Returns ({NAME: lr}, one row per run)."""
     out = Path(out_dir)
     make_out_dir(comm, out)
     rows = []
@@ -147,7 +151,7 @@ def tune_lr(comm, grid: list[tuple[str, float, RunConfig]], out_dir: str, argv=N
             log.info("== tuning %d/%d: %s at lr %g (seed %d)", n, len(grid), name, lr, cfg.seed)
             try:
                 train(cfg, comm, argv)
-            except RunError as e:  # every rank sees the same non-finite figure, so all of them are here
+            except Diverged as e:  # every rank sees the same non-finite figure, so all of them are here
                 log.warning("tuning %s at lr %g: %s", name, lr, e)
         dev = comm.decide(lambda p=path: final_dev_acc(p) if p.exists() else math.nan)  # one choice of lr
         rows.append({"name": name, "lr": lr, "dev_acc": dev, "runlog": str(path)})

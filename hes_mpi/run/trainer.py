@@ -17,7 +17,7 @@ from .. import checkpoint, kernels
 from ..algorithms import make_algorithm
 from ..config import RunConfig
 from ..data import Batch, global_batches, local_rows
-from ..errors import RunError, UsageError
+from ..errors import Diverged, RunError, UsageError
 from ..log import get_logger
 from ..runlog import RunLogWriter, collapse_summary
 from ..schema import ES_KINDS, GRADIENT_KINDS, StepKind
@@ -222,6 +222,24 @@ class Trainer:
         self.start = (int(state["epoch"]), int(state["batch"]))
         log.info("resuming from %s at epoch %d, iteration %d", self.ckpt_path, self.start[0] + 1, self.iteration)
 
+    def _diverged(self, rec, epoch: int, flushed: int, done: int, iteration: int, reason: str) -> None:
+        """Record the divergence in the run log (complete, ``diverged``) and raise :class:`Diverged` on every
+        rank (the figure that diverged is global: every rank is here at the same iteration)."""
+        rec.flush(epoch, flushed, done, self.iteration)  # the iterations before the one that diverged
+
+        def write():
+            if self.writer is None:
+                return
+            try:  # complete, with the parameters as they were when it was found
+                self.writer.flush(final={"theta": self.theta.copy(), "iterations": self.iteration, "diverged": True,
+                                         "diverged_iteration": int(iteration), "diverged_reason": reason})
+            except OSError as e:
+                raise RunError(f"cannot write the run log {self.cfg.out}: {e}") from None
+
+        self.comm.agree(write)
+        raise Diverged(f"{reason} (learning rate too large?); recorded in the run log as diverged"
+                       + (f"; the last checkpoint is {self.ckpt_path}" if self.ckpt_written else ""), iteration)
+
     def _watch_collapse(self, epoch: int, dev_acc: float) -> None:
         """Warn once when the dev accuracy falls COLLAPSE_DROP below its best (the rule of
         :func:`hes_mpi.runlog.collapse_summary`, on the epochs of this process): H-ES can collapse slowly,
@@ -270,8 +288,7 @@ class Trainer:
                     info = self.algo.step(i, self.theta, batch)
                     step_s = comm.wtime() - t0
                     if diverged(info):
-                        raise RunError(f"loss or gradient is not finite at iteration {i} (learning rate too large?)"
-                                       + (f"; the last checkpoint is {self.ckpt_path}" if self.ckpt_written else ""))
+                        self._diverged(rec, epoch, flushed, j, i, f"loss or gradient is not finite at iteration {i}")
                     rec.record(j, i, info, step_s, self.algo.work_bytes(info.kind, batch.n), batch.n)
                     self.iteration += 1
                     stop = False
@@ -292,7 +309,8 @@ class Trainer:
                 metrics = self.evaluate(epoch)
                 eval_s = comm.wtime() - t_eval
                 if not math.isfinite(metrics["dev_loss"] if self.shard.n_dev else metrics["train_loss"]):
-                    raise RunError(f"loss is not finite after epoch {epoch + 1} (learning rate too large?)")
+                    self._diverged(rec, epoch, flushed, m, self.iteration - 1,
+                                   f"loss is not finite after epoch {epoch + 1}")
                 wall = comm.wtime() - t_start
                 rec.flush(epoch, flushed, m, self.iteration, {"epoch": epoch + 1, "iteration": self.iteration, **metrics,
                                                      "epoch_s": epoch_s, "eval_s": eval_s, "wall_s": wall})
