@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -163,3 +164,30 @@ def test_a_diverging_line_is_recorded_and_the_sweep_goes_on(tmp_path):
     assert "| 0 (1 of 1 diverged) |" in (tmp_path / "out" / "accuracy.md").read_text()
     again = run_cli(args)  # two tuning runs and two final runs, all complete: nothing is trained again
     assert again.returncode == 0 and again.stdout.count("kept") == 4, again.stdout + again.stderr
+
+
+def test_sweep_and_training_say_where_they_are(swept):
+    """A line per run started and finished (its index of the total, elapsed time, an ETA from the runs so far),
+    and the training's epoch lines end with the ETA of the run."""
+    _, proc = swept
+    out = proc.stdout
+    assert out.count(" started; elapsed ") == 6
+    assert "== run 1/6: bgd_s0 (Reference (BGD), seed 0) started; elapsed 0 s, ETA ?" in out
+    t = r"(\d+ s|\d+(:\d\d)+)"  # 42 s, 1:30, 1:02:10
+    assert re.search(rf"== run 1/6: bgd_s0 finished in {t}; elapsed {t}, ETA {t}\n", out), out
+    assert re.search(rf"== run 6/6: head_s1 finished in {t}; elapsed {t}\n", out), out
+    assert re.search(rf"epoch 1/2 .*, ETA {t}\n", out) and not re.search(r"epoch 2/2 .*ETA", out)
+
+
+def test_progress_estimates_from_the_timed_items_only():
+    from hes_mpi.run.progress import Progress, duration
+
+    now = [100.0]
+    p = Progress(5, clock=lambda: now[0])
+    assert p.status() == "elapsed 0 s, ETA ?"
+    p.done()  # kept: no time, not in the mean
+    now[0] += 70
+    p.done(30.0)
+    p.done(90.0)
+    assert p.eta() == 2 * 60.0 and p.status() == "elapsed 1:10, ETA 2:00"
+    assert duration(3725) == "1:02:05" and duration(float("nan")) == "?"

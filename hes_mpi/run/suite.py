@@ -18,6 +18,7 @@ from ..config import RunConfig, result_options, run_label
 from ..data import fetch_mnist, mnist_status, resolve_data_dir
 from ..errors import Diverged, RunError, UsageError
 from ..log import get_logger
+from .progress import Progress, duration
 from .trainer import train
 
 log = get_logger("suite")
@@ -107,19 +108,28 @@ def run_sweep(comm, runs: list[tuple[str, RunConfig]], out_dir: str, argv=None) 
     if any(cfg.data == "mnist" for _, cfg in runs):
         ensure_mnist(comm, runs[0][1])
     paths = []
+    progress = Progress(len(runs), comm.wtime)
     for n, (name, base) in enumerate(runs, 1):
         path = out / f"{name}.h5"
         cfg = dataclasses.replace(base, out=str(path), force=True)
         comm.agree(cfg.validate)
         paths.append(str(path))
         if comm.decide(finished, path, cfg):  # rank 0, which wrote the log, decides
+            progress.done()
             log.info("== run %d/%d: %s: complete in %s, kept", n, len(runs), name, path)
             continue
-        log.info("== run %d/%d: %s (%s, seed %d)", n, len(runs), name, run_label(cfg.to_dict()), cfg.seed)
+        log.info("== run %d/%d: %s (%s, seed %d) started; %s", n, len(runs), name, run_label(cfg.to_dict()),
+                 cfg.seed, progress.status())
+        t0 = comm.wtime()
         try:
             train(cfg, comm, argv)
+            how = "finished"
         except Diverged as e:  # recorded in its run log, which counts as done: the sweep goes on
             log.warning("== run %d/%d: %s diverged: %s", n, len(runs), name, e)
+            how = "diverged"
+        progress.done(comm.wtime() - t0)
+        log.info("== run %d/%d: %s %s in %s; %s", n, len(runs), name, how, duration(comm.wtime() - t0),
+                 progress.status())
     return paths
 
 
@@ -141,18 +151,25 @@ def tune_lr(comm, grid: list[tuple[str, float, RunConfig]], out_dir: str, argv=N
     out = Path(out_dir)
     make_out_dir(comm, out)
     rows = []
+    progress = Progress(len(grid), comm.wtime)
     for n, (name, lr, base) in enumerate(grid, 1):
         path = out / f"{name}_lr{lr:g}.h5"
         cfg = dataclasses.replace(base, out=str(path), force=True)
         comm.agree(cfg.validate)
         if comm.decide(finished, path, cfg):  # rank 0, which wrote the log, decides
+            progress.done()
             log.info("== tuning %d/%d: %s at lr %g: complete in %s, kept", n, len(grid), name, lr, path)
         else:
-            log.info("== tuning %d/%d: %s at lr %g (seed %d)", n, len(grid), name, lr, cfg.seed)
+            log.info("== tuning %d/%d: %s at lr %g (seed %d) started; %s", n, len(grid), name, lr, cfg.seed,
+                     progress.status())
+            t0 = comm.wtime()
             try:
                 train(cfg, comm, argv)
             except Diverged as e:  # every rank sees the same non-finite figure, so all of them are here
                 log.warning("tuning %s at lr %g: %s", name, lr, e)
+            progress.done(comm.wtime() - t0)
+            log.info("== tuning %d/%d: %s at lr %g done in %s; %s", n, len(grid), name, lr,
+                     duration(comm.wtime() - t0), progress.status())
         dev = comm.decide(lambda p=path: final_dev_acc(p) if p.exists() else math.nan)  # one choice of lr
         rows.append({"name": name, "lr": lr, "dev_acc": dev, "runlog": str(path)})
     chosen = {}

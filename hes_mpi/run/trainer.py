@@ -24,6 +24,7 @@ from ..schema import ES_KINDS, GRADIENT_KINDS, StepKind
 from ..telemetry import traced_peak
 from ..watchdog import default_collective_timeout
 from .control import Fault, Stopped, stop_on_signals, stop_requested
+from .progress import Progress, duration
 from .recorder import Recorder
 from .setup import environment, load_run_data, set_threads, warm_kernels
 
@@ -274,6 +275,8 @@ class Trainer:
         metrics: dict = {}
         epoch_times = []
         start_epoch, start_batch = self.start
+        epochs_left = Progress(cfg.epochs - start_epoch, comm.wtime)
+        t_mark = comm.wtime()
         with stop_on_signals():
             for epoch in range(start_epoch, cfg.epochs):
                 t_epoch = comm.wtime()
@@ -314,8 +317,11 @@ class Trainer:
                 wall = comm.wtime() - t_start
                 rec.flush(epoch, flushed, m, self.iteration, {"epoch": epoch + 1, "iteration": self.iteration, **metrics,
                                                      "epoch_s": epoch_s, "eval_s": eval_s, "wall_s": wall})
-                log.info("epoch %*d/%d  %s  %.2f s (+%.2f s eval)", len(str(cfg.epochs)), epoch + 1, cfg.epochs,
-                         self._accuracies(metrics, "  "), epoch_s, eval_s)
+                epochs_left.done(comm.wtime() - t_mark)  # the whole epoch: training, evaluation, the log's flush
+                t_mark = comm.wtime()
+                log.info("epoch %*d/%d  %s  %.2f s (+%.2f s eval)%s", len(str(cfg.epochs)), epoch + 1, cfg.epochs,
+                         self._accuracies(metrics, "  "), epoch_s, eval_s,
+                         f", ETA {duration(epochs_left.eta())}" if epoch + 1 < cfg.epochs else "")
                 self._watch_collapse(epoch, metrics["dev_acc"])
                 stop = self.check_consistency() and epoch + 1 < cfg.epochs
                 if cfg.checkpoint_every or stop:
