@@ -218,6 +218,29 @@ def test_result_options_keep_what_each_method_reads():
     assert result_options(old) == result_options(RunConfig(algo="hes").to_dict())
 
 
+def test_es_rows_of_old_logs_read_as_the_first_rows_and_stay_apart_from_a_sample():
+    """A run log from before --es-rows drew a sample (no ``es_rows_sample``) costed the first rows: it reads as
+    ``head``, is labelled so and is grouped apart from a new run with the same --es-rows; without --es-rows (all
+    the rows) old and new logs stay one configuration."""
+    from hes_mpi.config import result_options, run_label
+    from hes_mpi.post.tables import Run, group_runs, label_runs
+
+    new = RunConfig(algo="hes", es_rows=0.5).validate().to_dict()
+    old = {k: v for k, v in new.items() if k != "es_rows_sample"}
+    assert result_options(old)["es_rows_sample"] == "head" and result_options(new)["es_rows_sample"] == "random"
+    assert result_options(old) == result_options({**new, "es_rows_sample": "head"})  # what reproduces it
+    assert run_label(old) == "H-ES, r = 2 [output layer, baseline, first 0.5 of rows, ES step auto]"
+    assert run_label(new) == "H-ES, r = 2 [output layer, baseline, 0.5 of rows, ES step auto]"
+    runs = label_runs([Run(f"{i}.h5", {"ranks": 2}, c, {}, {}) for i, c in enumerate((old, new))])
+    assert len(group_runs(runs)) == 2 and runs[0].label != runs[1].label
+    every = RunConfig(algo="hes").to_dict()
+    every_old = {k: v for k, v in every.items() if k != "es_rows_sample"}
+    assert result_options(every_old) == result_options(every) and "es_rows_sample" not in result_options(every)
+    assert run_label(every_old) == run_label(every)
+    with pytest.raises(UsageError, match="--es-rows-sample"):
+        RunConfig(algo="hes", es_rows_sample="last").validate()
+
+
 @pytest.mark.parametrize(("options", "label"), [
     ({"algo": "bgd"}, "Reference (BGD)"),
     ({"algo": "bgd", "compress": "fp16"}, "BGD, fp16"),
