@@ -47,8 +47,9 @@ HES_ONLY = frozenset({"K", "r", "sigma2", "sigma_scale", "assisted", "noise", "e
 METHOD_OPTIONS = HES_ONLY | {"compress"}
 READS = {"bgd": frozenset({"compress"}), "hes": METHOD_OPTIONS, "reuse": frozenset({"r", "es_step", "compress"}),
          "localsgd": frozenset({"r"})}
-#: Values of options that run logs older than those options ran with (the poster's plain algorithm, Philox
-#: noise and ``--es-rows``'s first rows); every other missing option had today's default.
+#: Values of options that run logs older than those options ran with: the poster's plain algorithm, Philox
+#: noise (logs before the noise table; a ``--plain`` run today draws from ``--noise``, the table by default) and
+#: ``--es-rows``'s first rows; every other missing option had today's default.
 LEGACY = {**PLAIN, "noise": "philox", "es_rows_sample": "head"}
 
 

@@ -241,6 +241,24 @@ def test_es_rows_of_old_logs_read_as_the_first_rows_and_stay_apart_from_a_sample
         RunConfig(algo="hes", es_rows_sample="last").validate()
 
 
+def test_plain_runs_draw_from_the_table_and_logs_from_before_it_read_as_philox():
+    """--plain sets the H-ES method options, not --noise: a --plain run draws from the default source, the table.
+    Run logs from before the table (no ``noise`` in /config) drew from Philox streams and read so, and a table
+    holding both tells them apart."""
+    from hes_mpi.cli import build_parser
+    from hes_mpi.cli.train import _train_config
+    from hes_mpi.config import PLAIN, result_options
+    from hes_mpi.post.tables import Run, label_runs
+
+    plain = _train_config(build_parser().parse_args(["train", "--algo", "hes", "--plain"])).validate().to_dict()
+    assert "noise" not in PLAIN and plain["noise"] == RunConfig().noise == "table"
+    old = {k: v for k, v in plain.items() if k not in {*PLAIN, "noise", "es_rows_sample", "compress"}}
+    assert result_options(old)["noise"] == "philox" and result_options(plain)["noise"] == "table"
+    assert result_options(old) == result_options({**plain, "noise": "philox"})  # what reproduces it
+    runs = label_runs([Run(f"{i}.h5", {"ranks": 2}, c, {}, {}) for i, c in enumerate((old, plain))])
+    assert [r.label for r in runs] == ["H-ES, r = 2 [plain], noise philox", "H-ES, r = 2 [plain], noise table"]
+
+
 @pytest.mark.parametrize(("options", "label"), [
     ({"algo": "bgd"}, "Reference (BGD)"),
     ({"algo": "bgd", "compress": "fp16"}, "BGD, fp16"),

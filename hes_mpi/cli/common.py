@@ -48,7 +48,8 @@ def es_method_args(p: argparse.ArgumentParser) -> None:
                              "the measured best (docs/results.md); --plain gives the poster's algorithm")
     a = g.add_argument
     a("--plain", action="store_true", help="the poster's plain H-ES: every option below at its plain value "
-      f"({', '.join(f'{k}={v}' for k, v in PLAIN.items())}); options given explicitly still apply")
+      f"({', '.join(f'{k}={v}' for k, v in PLAIN.items())}); options given explicitly still apply; the noise "
+      "source stays --noise's (table by default)")
     a("--perturb", type=_perturb, default=None, metavar="|".join(PERTURB), help="perturb every parameter; only the output layer "
       "(the hidden layers are then computed once and shared by the K candidates); or every layer by a rank-R "
       f"product A B^T, the first layer's product shared (default {d.perturb})")
