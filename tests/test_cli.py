@@ -49,11 +49,14 @@ def test_plain_switch_and_explicit_method_options():
     from hes_mpi.config import PLAIN, RunConfig
 
     p = build_parser()
-    assert _es_methods(p.parse_args(["train"])) == {k: getattr(RunConfig(), k) for k in PLAIN}
-    assert _es_methods(p.parse_args(["train", "--plain"])) == PLAIN
+    sample = {"es_rows_sample": "random"}  # how --es-rows picks its rows; --plain leaves it alone
+    assert _es_methods(p.parse_args(["train"])) == {**{k: getattr(RunConfig(), k) for k in PLAIN}, **sample}
+    assert _es_methods(p.parse_args(["train", "--plain"])) == {**PLAIN, **sample}
     mixed = _es_methods(p.parse_args(["train", "--plain", "--carry", "--es-rows", "0.5"]))
-    assert mixed == {**PLAIN, "carry": True, "es_rows": 0.5}
-    assert _es_methods(p.parse_args(["compare", "--plain"])) == PLAIN
+    assert mixed == {**PLAIN, **sample, "carry": True, "es_rows": 0.5}
+    assert _es_methods(p.parse_args(["compare", "--plain"])) == {**PLAIN, **sample}
+    head = _es_methods(p.parse_args(["train", "--es-rows", "0.5", "--es-rows-sample", "head"]))
+    assert head["es_rows_sample"] == "head"
     off = _es_methods(p.parse_args(["train", "--no-baseline", "--no-antithetic"]))
     assert off["baseline"] is False and off["antithetic"] is False
 
@@ -63,7 +66,7 @@ def test_help_documents_every_option():
     assert proc.returncode == 0
     for opt in ("--algo", "--K", "--r", "--sigma2", "--assisted", "--lr", "--batch", "--epochs", "--l2", "--hidden",
                 "--seed", "--data", "--out", "--force", "--data-dir", "--plain", "--perturb", "--baseline",
-                "--antithetic", "--recombine", "--carry", "--adapt-sigma", "--dist", "--es-rows"):
+                "--antithetic", "--recombine", "--carry", "--adapt-sigma", "--dist", "--es-rows", "--es-rows-sample"):
         assert opt in proc.stdout
 
 

@@ -218,6 +218,47 @@ def test_result_options_keep_what_each_method_reads():
     assert result_options(old) == result_options(RunConfig(algo="hes").to_dict())
 
 
+def test_es_rows_of_old_logs_read_as_the_first_rows_and_stay_apart_from_a_sample():
+    """A run log from before --es-rows drew a sample (no ``es_rows_sample``) costed the first rows: it reads as
+    ``head``, is labelled so and is grouped apart from a new run with the same --es-rows; without --es-rows (all
+    the rows) old and new logs stay one configuration."""
+    from hes_mpi.config import result_options, run_label
+    from hes_mpi.post.tables import Run, group_runs, label_runs
+
+    new = RunConfig(algo="hes", es_rows=0.5).validate().to_dict()
+    old = {k: v for k, v in new.items() if k != "es_rows_sample"}
+    assert result_options(old)["es_rows_sample"] == "head" and result_options(new)["es_rows_sample"] == "random"
+    assert result_options(old) == result_options({**new, "es_rows_sample": "head"})  # what reproduces it
+    assert run_label(old) == "H-ES, r = 2 [output layer, baseline, first 0.5 of rows, ES step auto]"
+    assert run_label(new) == "H-ES, r = 2 [output layer, baseline, 0.5 of rows, ES step auto]"
+    runs = label_runs([Run(f"{i}.h5", {"ranks": 2}, c, {}, {}) for i, c in enumerate((old, new))])
+    assert len(group_runs(runs)) == 2 and runs[0].label != runs[1].label
+    every = RunConfig(algo="hes").to_dict()
+    every_old = {k: v for k, v in every.items() if k != "es_rows_sample"}
+    assert result_options(every_old) == result_options(every) and "es_rows_sample" not in result_options(every)
+    assert run_label(every_old) == run_label(every)
+    with pytest.raises(UsageError, match="--es-rows-sample"):
+        RunConfig(algo="hes", es_rows_sample="last").validate()
+
+
+def test_plain_runs_draw_from_the_table_and_logs_from_before_it_read_as_philox():
+    """--plain sets the H-ES method options, not --noise: a --plain run draws from the default source, the table.
+    Run logs from before the table (no ``noise`` in /config) drew from Philox streams and read so, and a table
+    holding both tells them apart."""
+    from hes_mpi.cli import build_parser
+    from hes_mpi.cli.train import _train_config
+    from hes_mpi.config import PLAIN, result_options
+    from hes_mpi.post.tables import Run, label_runs
+
+    plain = _train_config(build_parser().parse_args(["train", "--algo", "hes", "--plain"])).validate().to_dict()
+    assert "noise" not in PLAIN and plain["noise"] == RunConfig().noise == "table"
+    old = {k: v for k, v in plain.items() if k not in {*PLAIN, "noise", "es_rows_sample", "compress"}}
+    assert result_options(old)["noise"] == "philox" and result_options(plain)["noise"] == "table"
+    assert result_options(old) == result_options({**plain, "noise": "philox"})  # what reproduces it
+    runs = label_runs([Run(f"{i}.h5", {"ranks": 2}, c, {}, {}) for i, c in enumerate((old, plain))])
+    assert [r.label for r in runs] == ["H-ES, r = 2 [plain], noise philox", "H-ES, r = 2 [plain], noise table"]
+
+
 @pytest.mark.parametrize(("options", "label"), [
     ({"algo": "bgd"}, "Reference (BGD)"),
     ({"algo": "bgd", "compress": "fp16"}, "BGD, fp16"),

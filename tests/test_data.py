@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import UNIFORM_P_BOUND, uniform_p_value
 
 from hes_mpi import data
 from hes_mpi.data import (
@@ -433,6 +434,46 @@ def test_local_rows_cover_each_global_batch_once(size):
         allrows = np.concatenate(got)
         assert allrows.size == batch
         np.testing.assert_array_equal(np.sort(allrows), np.sort(bi))
+
+
+def test_es_rows_sample_is_uniform_over_the_batch_and_keyed_by_seed_iteration_rank():
+    """--es-rows F: ceil(F n) distinct rows of the batch, drawn uniformly (chi-square over 2000 iterations,
+    p > 0.001 at this fixed seed; the first rows, the selection before the sample, fail it with p < 1e-12),
+    the same on every call with the same (seed, iteration, rank), different for another iteration, rank or
+    seed."""
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((400, 3)).astype(np.float32)
+    y = np.arange(400, dtype=np.int32)  # y names the row
+    rows = np.sort(rng.choice(400, 97, replace=False))  # this rank's rows of a batch, sorted as local_rows gives
+    batch = data.Batch(x, y, rows, np.empty((97, 3), np.float32), np.empty(97, np.int32))
+    F, m, T = 0.3, 30, 2000  # ceil(0.3 * 97) = 30
+    counts = np.zeros(97)
+    for i in range(T):
+        sub = batch.sample(F, (3, i, 1))
+        assert sub.n == m and np.all(np.diff(sub.rows) > 0) and np.isin(sub.rows, rows).all()
+        counts[np.searchsorted(rows, sub.rows)] += 1
+    assert counts.sum() == m * T
+    assert uniform_p_value(counts, m, T) > UNIFORM_P_BOUND
+    first = np.zeros(97)
+    first[np.searchsorted(rows, batch.head(F).rows)] = T  # every iteration the same first rows
+    assert uniform_p_value(first, m, T) < 1e-12  # the test can fail
+    # keyed: the same draw on every call with the same key, another for another iteration, rank or seed
+    key = (3, 5, 1)
+    again = batch.sample(F, key).rows
+    np.testing.assert_array_equal(batch.sample(F, key).rows, again)
+    for other in ((3, 6, 1), (3, 5, 0), (4, 5, 1)):
+        assert not np.array_equal(batch.sample(F, other).rows, again)
+    # the rows it reads are those rows, whether copied whole, in chunks, or taken from an already copied batch
+    sub = batch.sample(F, key)
+    np.testing.assert_array_equal(sub.full()[1], y[again])
+    np.testing.assert_array_equal(np.concatenate([c[1].copy() for c in batch.sample(F, key).chunks(7)]), y[again])
+    batch.full()
+    np.testing.assert_array_equal(batch.sample(F, key).full()[0], x[again])
+    whole = data.Batch(x[rows], y[rows]).sample(F, key)
+    np.testing.assert_array_equal(whole.full()[1], y[again])
+    # all the rows: the batch itself (runs without --es-rows are unchanged); how="head": the first rows
+    assert batch.sample(1.0, key) is batch
+    np.testing.assert_array_equal(batch.sample(F, key, how="head").rows, rows[:m])
 
 
 # ---------------------------------------------------------------------------------------- data folder

@@ -61,6 +61,23 @@ def test_every_train_option_is_documented():
                 assert f"`{opt}" in reference, f"{opt} missing from docs/cli.md"
 
 
+def test_cli_md_says_which_noise_source_plain_draws_from():
+    """``--plain`` sets the H-ES method options, not ``--noise``: docs/cli.md's --plain row and its precise
+    algorithm name ``--noise`` and the source a --plain run really draws from (the default), not a fixed one."""
+    from hes_mpi.cli import build_parser
+    from hes_mpi.cli.train import _train_config
+    from hes_mpi.config import PLAIN
+
+    source = _train_config(build_parser().parse_args(["train", "--algo", "hes", "--plain"])).noise
+    assert "noise" not in PLAIN
+    text = (ROOT / "docs" / "cli.md").read_text()
+    row = next(line for line in text.splitlines() if line.startswith("| `--plain`"))
+    assert "`--noise`" in row and f"`{source}`" in row, row
+    precise = text[text.index("**Algorithms, precisely**"):]
+    draws = precise[precise.index("draws z from"):precise.index("costs the candidate")]
+    assert "`--noise`" in draws and f"`{source}`" in draws, draws
+
+
 def test_readme_is_a_front_door():
     """README.md stays short: the details live under docs/."""
     lines = (ROOT / "README.md").read_text().splitlines()

@@ -8,12 +8,15 @@ Run serially (``python -m pytest --with-mpi -m mpi``) they check the 1-rank case
 
 from __future__ import annotations
 
+import hashlib
+import math
 import os
 import tempfile
 
 import naive
 import numpy as np
 import pytest
+from conftest import UNIFORM_P_BOUND, uniform_p_value
 
 from hes_mpi import kernels, noise
 from hes_mpi.algorithms import BGD, HybridES
@@ -154,6 +157,38 @@ def test_es_methods_exchange_little_and_rebuild_the_same_update_everywhere(comm,
                                                       np.empty(z.shape, np.float32))
     expected = expected_update(algo, cfg, model, before, g, info.sigma, z)
     assert np.array_equal(theta.view(np.uint32), expected.view(np.uint32))
+
+
+def test_es_rows_costs_a_uniform_sample_of_the_rows_drawn_per_iteration_and_rank(comm, monkeypatch):
+    """--es-rows 0.3: the rows the ES step costs its candidates on are a uniform sample of the rank's rows of the
+    batch (chi-square over 300 ES iterations, p > 0.001), another at every iteration and on every rank, and the
+    same when the iteration is costed again. (The first rows, what --es-rows took before, fail at once.)"""
+    cfg, _model, algo, theta, batch = setup_algo(comm, HybridES, algo="hes", r=2, perturb="output", es_rows=0.3)
+    algo.step(0, theta, batch)
+    seen = []
+    chunks = Batch.chunks
+
+    def recording(self, size):
+        seen.append(self.rows.copy())
+        return chunks(self, size)
+
+    monkeypatch.setattr(Batch, "chunks", recording)
+    sigma, T, n = algo.sigma(), 300, batch.n
+    m = math.ceil(cfg.es_rows * n)
+    counts = np.zeros(n)
+    for i in range(1, T + 1):
+        algo.candidate_costs(i, theta, batch, sigma)
+        assert seen[-1].size == m and np.isin(seen[-1], batch.rows).all()
+        counts[np.searchsorted(batch.rows, seen[-1])] += 1
+    assert uniform_p_value(counts, m, T) > UNIFORM_P_BOUND
+    assert len({seen[i].tobytes() for i in range(T)}) == T  # a new draw every iteration
+    costs, _ = algo.candidate_costs(7, theta, batch, sigma)
+    np.testing.assert_array_equal(seen[-1], seen[6])
+    assert np.array_equal(costs, algo.candidate_costs(7, theta, batch, sigma)[0])
+    # each rank draws its own positions in its rows of the batch (a digest of them, gathered)
+    digest = hashlib.sha256(np.searchsorted(batch.rows, seen[-1]).astype(np.int64).tobytes()).digest()
+    gathered = comm.Allgather(np.frombuffer(digest[:8], dtype=np.int64).copy(), np.empty(comm.size, np.int64))
+    assert len(set(gathered.tolist())) == comm.size
 
 
 def dense_candidate_costs(cfg, model, algo, theta, batch, sigma, rank):

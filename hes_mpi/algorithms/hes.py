@@ -37,8 +37,8 @@ Methods on top of it, each a ``train`` option (docs/results.md's ablation table 
     sigma is multiplied by exp(0.05) after an ES step whose winner beat the unperturbed candidate and
     by exp(-0.2) otherwise (a success rule aiming at 80% successes); needs ``--baseline``.
 ``--es-rows F``
-    Candidates are costed on the first ceil(F * n) of this rank's n rows of the batch (a random sample
-    of it: batch membership is random), which cuts the ES step's forward work by 1 - F.
+    Candidates are costed on ceil(F * n) of this rank's n rows of the batch, drawn uniformly from the key
+    (seed, i, n) (``Batch.sample``), which cuts the ES step's forward work by 1 - F.
 ``--es-step F``
     ES steps move along the stored gradient by F x lr instead of lr (candidates theta - lr (F g + sigma z)):
     a damped step on a gradient up to r - 1 iterations old (assisted steps, on a fresh gradient, keep lr).
@@ -298,7 +298,7 @@ class HybridES(UsesGradientStep):
         """(costs of this rank's K candidates around ``theta``, cost of the unperturbed one), as the ES step
         at iteration i would compute them; ``theta`` is not changed. (The unperturbed cost is NaN with
         whole-vector perturbations and no ``--baseline``: it is not computed then.)"""
-        batch = batch.head(self.cfg.es_rows)
+        batch = batch.sample(self.cfg.es_rows, (self.cfg.seed, i, self.comm.rank), self.cfg.es_rows_sample)
         if self.base_in_place:
             base = theta.copy()
             kernels.sgd_update(base, self.g, self.cfg.lr * self._step_scale(i))
@@ -332,7 +332,7 @@ class HybridES(UsesGradientStep):
         cfg = self.cfg
         self.comm.set_phase("es", i)
         sigma = self.sigma()
-        rows = batch.head(cfg.es_rows)
+        rows = batch.sample(cfg.es_rows, (cfg.seed, i, self.comm.rank), cfg.es_rows_sample)
         if self.base_in_place:
             kernels.sgd_update(theta, self.g, cfg.lr * self._step_scale(i))  # the base step, shared by all
             costs, base_cost = self._costs_around(i, theta, rows, sigma)

@@ -219,7 +219,7 @@ def forward(comm, cfg, reps: int = 30, warmup: int = 3) -> dict:
     batch = next(iter(s.batches(0)))
     algo.step(0, theta, batch)  # a gradient: candidates are built around it
     sigma = algo.sigma()
-    ev = batch.head(cfg.es_rows)
+    ev = batch.sample(cfg.es_rows, (cfg.seed, 1, comm.rank), cfg.es_rows_sample)  # the rows ES step 1 costs
     X, _ = ev.full()
     n, K = X.shape[0], cfg.K
     if algo.base_in_place:

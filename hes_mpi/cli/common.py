@@ -7,7 +7,7 @@ import argparse
 import os
 import sys
 
-from ..config import DISTS, PERTURB, PLAIN, RECOMBINE, SIGMA_SCALES, RunConfig, perturb_rank
+from ..config import DISTS, ES_ROWS_SAMPLES, PERTURB, PLAIN, RECOMBINE, SIGMA_SCALES, RunConfig, perturb_rank
 from ..errors import UsageError
 from ..model import ACTIVATIONS, INITS
 
@@ -48,7 +48,8 @@ def es_method_args(p: argparse.ArgumentParser) -> None:
                              "the measured best (docs/results.md); --plain gives the poster's algorithm")
     a = g.add_argument
     a("--plain", action="store_true", help="the poster's plain H-ES: every option below at its plain value "
-      f"({', '.join(f'{k}={v}' for k, v in PLAIN.items())}); options given explicitly still apply")
+      f"({', '.join(f'{k}={v}' for k, v in PLAIN.items())}); options given explicitly still apply; the noise "
+      "source stays --noise's (table by default)")
     a("--perturb", type=_perturb, default=None, metavar="|".join(PERTURB), help="perturb every parameter; only the output layer "
       "(the hidden layers are then computed once and shared by the K candidates); or every layer by a rank-R "
       f"product A B^T, the first layer's product shared (default {d.perturb})")
@@ -68,7 +69,10 @@ def es_method_args(p: argparse.ArgumentParser) -> None:
       f"{_on(d.fallback)})")
     a("--dist", choices=DISTS, default=None, help=f"perturbation components: normal or +-1 (default {d.dist})")
     a("--es-rows", type=float, default=None, metavar="F", help="cost the candidates on this fraction of the rank's "
-      f"batch rows (default {d.es_rows:g})")
+      f"batch rows, a uniform sample drawn from (seed, iteration, rank) (default {d.es_rows:g})")
+    a("--es-rows-sample", choices=ES_ROWS_SAMPLES, default=d.es_rows_sample, help="how --es-rows picks its rows: "
+      "random, or head: the first rows in shard order, as runs before the sample did (biased to the low-index "
+      "rows of each shard; to reproduce them) (default %(default)s)")
     a("--es-step", type=float, default=None, metavar="F", help="ES steps move along the stored gradient by F x lr "
       "(a damped step on an older gradient); 0: 1 for r <= 2, 0.7 for r >= 3 (default 0)")
 
@@ -87,9 +91,10 @@ def _on(flag: bool) -> str:
 
 
 def es_methods(args) -> dict:
-    """The H-ES method fields of a RunConfig from parsed options: given > --plain > defaults."""
+    """The H-ES method fields of a RunConfig from parsed options: given > --plain > defaults; and
+    ``--es-rows-sample``, which --plain leaves alone (the poster costs every row)."""
     d = RunConfig()
-    out = {}
+    out = {"es_rows_sample": args.es_rows_sample}
     for k in PLAIN:
         v = getattr(args, k)
         out[k] = v if v is not None else PLAIN[k] if args.plain else getattr(d, k)

@@ -17,8 +17,8 @@ from .fetch import (
     resolve_data_dir,
 )
 from .readers import IDX_FILES, dataset_table, load_shard, load_test_split
-from .shard import Batch, Shard, block, global_batches, local_rows
+from .shard import Batch, Shard, block, global_batches, local_rows, sample_positions
 
 __all__ = ["IDX_FILES", "MANIFEST", "MNIST_MD5", "MNIST_MEMBER", "MNIST_SHA256", "MNIST_SPLITS", "MNIST_WHEEL",
            "Batch", "Shard", "block", "dataset_table", "default_data_dir", "fetch_mnist", "global_batches",
-           "load_shard", "load_test_split", "local_rows", "mnist_status", "resolve_data_dir"]
+           "load_shard", "load_test_split", "local_rows", "mnist_status", "resolve_data_dir", "sample_positions"]

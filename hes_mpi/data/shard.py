@@ -4,7 +4,9 @@ Rank ``n`` of ``p`` owns the contiguous block ``[n*N//p, (n+1)*N//p)`` of the tr
 only that block in memory (raw files are memory-mapped and only the block is copied). The dev and
 test sets are split the same way for evaluation. Minibatches are drawn from one global permutation
 per epoch (see :func:`global_batches`): a global batch is the same set of examples whatever the rank
-count, and each rank trains on the members of the batch that fall in its block.
+count, and each rank trains on the members of the batch that fall in its block. H-ES's ``--es-rows F``
+costs its candidates on a uniform sample of a rank's rows of the batch, drawn from (seed, iteration, rank)
+alone (:func:`sample_positions`).
 """
 
 from __future__ import annotations
@@ -49,6 +51,19 @@ def global_batches(n_train: int, batch: int, seed: int, epoch: int) -> np.ndarra
     return perm[: nb * batch].reshape(nb, batch)
 
 
+#: SeedSequence tag of the ``--es-rows`` draws: their streams are apart from the batches' and the perturbations'.
+_ES_ROWS_TAG = 0xE5_20E5
+
+
+def sample_positions(n: int, fraction: float, seed: int, iteration: int, rank: int) -> np.ndarray:
+    """``min(n, ceil(fraction * n))`` distinct positions out of ``range(n)``, in increasing order, drawn
+    uniformly without replacement from a Philox stream keyed by a SeedSequence of (seed, iteration, rank):
+    the same on every call with the same key, on any rank, and independent of every other draw of the run."""
+    m = min(n, math.ceil(fraction * n))
+    rng = np.random.Generator(np.random.Philox(np.random.SeedSequence([_ES_ROWS_TAG, seed, iteration, rank])))
+    return np.sort(rng.choice(n, m, replace=False))
+
+
 def local_rows(batch_indices: np.ndarray, lo: int, hi: int) -> np.ndarray:
     """The rows of this rank's block (relative to ``lo``) that belong to a global batch, sorted."""
     mine = batch_indices[(batch_indices >= lo) & (batch_indices < hi)]
@@ -74,7 +89,8 @@ class Batch:
         self._full: tuple[np.ndarray, np.ndarray] | None = None
 
     def head(self, fraction: float) -> Batch:
-        """The first ``ceil(fraction * n)`` rows (the rows are a random sample of the data in any order)."""
+        """The first ``ceil(fraction * n)`` rows, in shard order: the low-index rows of the rank's block, not a
+        random sample (``--es-rows-sample head``, what ``--es-rows`` ran before :meth:`sample`)."""
         if fraction >= 1.0:
             return self
         m = min(self.n, math.ceil(fraction * self.n))
@@ -83,6 +99,20 @@ class Batch:
         sub = Batch(self.x, self.y, self.rows[:m], self.xbuf, self.ybuf)
         if self._full is not None:
             sub._full = (self._full[0][:m], self._full[1][:m])
+        return sub
+
+    def sample(self, fraction: float, key: tuple[int, int, int], how: str = "random") -> Batch:
+        """``ceil(fraction * n)`` rows drawn uniformly without replacement, keyed by ``key`` = (seed, iteration,
+        rank) (:func:`sample_positions`), in batch order; the whole batch when ``fraction >= 1``. ``how="head"``:
+        :meth:`head` instead (``--es-rows-sample``)."""
+        if fraction >= 1.0 or how == "head":
+            return self.head(fraction)
+        p = sample_positions(self.n, fraction, *key)
+        if self.rows is None:
+            return Batch(self.x[p], self.y[p])
+        sub = Batch(self.x, self.y, self.rows[p], self.xbuf, self.ybuf)
+        if self._full is not None:  # the batch is already copied out (an assisted step): copy the sample from it
+            sub._full = (self._full[0][p], self._full[1][p])
         return sub
 
     def full(self) -> tuple[np.ndarray, np.ndarray]:
