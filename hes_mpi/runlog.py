@@ -50,7 +50,9 @@ Schema (``format = "hes_mpi.runlog"``, ``format_version = 1``); growable dataset
 ``/final``            ``theta`` (float32, the final flat parameters, bitwise equal on all ranks);
                       attrs ``iterations``, ``wall_s``, ``theta_checksum``, ``theta_consistent``,
                       ``consistency_checks``, ``step_transient_bytes_grad``/``_es`` (tracemalloc
-                      peak of one probe step of each kind, max over ranks); a run that diverged
+                      peak of one probe step of each kind, max over ranks), ``state_bytes`` (every
+                      array the method keeps between steps, the noise table included) and
+                      ``state_bytes_noise`` (its noise source's share), max over ranks; a run that diverged
                       has ``diverged`` (true), ``diverged_iteration``, ``diverged_reason`` and
                       ``theta`` as it was then, instead of the figures of a finished run
 ====================  =================================================================
@@ -469,6 +471,9 @@ class RunLog:
             for name, mask in (("grad", kinds == StepKind.GRAD), ("es", kinds == StepKind.ES)):
                 if np.any(mask):
                     out[f"median_{name}_step_s"] = float(np.median(it["step_s"][mask].max(axis=1)))
+        if "state_bytes" in final_attrs:  # the method's state, the noise table included (older logs: absent)
+            out["state_bytes"] = int(final_attrs["state_bytes"])
+            out["state_bytes_noise"] = int(final_attrs.get("state_bytes_noise", 0))
         out["theta_consistent"] = bool(final_attrs["theta_consistent"]) if "theta_consistent" in final_attrs else None
         return out
 

@@ -16,6 +16,11 @@ Memory
 Step memory: the bytes of every work buffer a step of that kind touches (explicit accounting by the
 algorithm, for the rows it actually had), plus the peak of transient allocations during one probe step
 of each kind measured with ``tracemalloc`` (which sees numpy buffers) after training.
+Method state (:func:`held_bytes`): every array the method keeps from one step to the next, whether a step
+touches it or not: the stored gradient, work buffers, H-ES's noise table and perturbation buffers, the
+compressed exchanges' error feedback and message buffers, local SGD's local copy. Counted once per
+underlying buffer (views of one array count once), the parameters and the data left out (every method
+holds the same).
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from __future__ import annotations
 import resource
 import sys
 import tracemalloc
+from types import ModuleType
 
 import numpy as np
 
@@ -92,3 +98,42 @@ def split_times(records: np.ndarray, ranks: np.ndarray, offsets: np.ndarray, ite
     np.add.at(comm_s, (row[ok], rk[ok]), comm[ok])
     np.add.at(wait_s, (row[ok], rk[ok]), wait[ok])
     return comm_s, wait_s
+
+
+#: Objects the method-state walk does not enter: the communicator (its record buffer is the tool's, not the
+#: method's), the network description and the configuration.
+_NOT_STATE = ("hes_mpi.comm", "hes_mpi.model", "hes_mpi.config", "hes_mpi.data")
+
+
+def held_bytes(obj, within=None) -> int:
+    """Bytes of every numpy array reachable from ``obj`` through the attributes of hes_mpi objects, lists,
+    tuples and dicts (each underlying buffer once; not through the communicator, the model, the
+    configuration or the data). With ``within`` (a type), only the arrays reached through an object of that
+    type (e.g. the noise source's table)."""
+    seen: set[int] = set()
+    buffers: dict[int, int] = {}
+
+    def visit(x, inside: bool) -> None:
+        if isinstance(x, np.ndarray):
+            base = x
+            while isinstance(base.base, np.ndarray):
+                base = base.base
+            if inside:
+                buffers[id(base)] = base.nbytes
+            return
+        if id(x) in seen or isinstance(x, (str, bytes, int, float, ModuleType)):
+            return
+        seen.add(id(x))
+        if isinstance(x, (list, tuple)):
+            for y in x:
+                visit(y, inside)
+        elif isinstance(x, dict):
+            for y in x.values():
+                visit(y, inside)
+        elif type(x).__module__.startswith("hes_mpi.") and not type(x).__module__.startswith(_NOT_STATE):
+            inner = inside or (within is not None and isinstance(x, within))
+            for y in getattr(x, "__dict__", {}).values():
+                visit(y, inner)
+
+    visit(obj, within is None)
+    return int(sum(buffers.values()))

@@ -143,3 +143,59 @@ def test_overhead_bench_smoke():
 def test_bench_bad_input():
     proc = run_cli(["bench", "osu", "--min-size", "0"], n=None)
     assert proc.returncode == 2 and "--min-size" in proc.stderr
+
+
+def test_held_bytes_counts_each_buffer_once_and_not_the_communicator():
+    from hes_mpi.algorithms import make_algorithm
+    from hes_mpi.comm import InstrumentedComm
+    from hes_mpi.config import RunConfig
+    from hes_mpi.model import MLP
+    from hes_mpi.noise import NoiseTable, Perturbations
+    from hes_mpi.telemetry import held_bytes
+
+    comm = InstrumentedComm()
+    m = MLP(784, 300, 10)
+    bgd = make_algorithm(RunConfig(algo="bgd").validate(), m, comm, 500, 1000)
+    assert held_bytes(bgd) >= 4 * m.param_count  # at least the stored gradient
+    from hes_mpi.algorithms.base import StepInfo
+
+    holder, buf = StepInfo(), np.zeros(1000, dtype=np.float32)
+    holder.a, holder.b, holder.c, holder.d = buf, buf[10:], [buf[::2], {"x": buf}], comm  # views of one buffer
+    assert comm.records.nbytes > 0 and held_bytes(holder) == buf.nbytes  # once; the communicator's records not
+    hes = make_algorithm(RunConfig(algo="hes").validate(), m, comm, 500, 1000)  # output layer, the table
+    table = NoiseTable(3010).nbytes
+    assert held_bytes(hes, Perturbations) == table
+    assert held_bytes(hes) >= table + 4 * m.param_count
+    philox = make_algorithm(RunConfig(algo="hes", noise="philox").validate(), m, comm, 500, 1000)
+    assert held_bytes(philox, Perturbations) < 0.01 * table
+    local = make_algorithm(RunConfig(algo="localsgd").validate(), m, comm, 500, 1000)
+    assert held_bytes(local) == pytest.approx(held_bytes(bgd) + 4 * m.param_count, abs=4096)  # its local copy
+
+
+@pytest.mark.parametrize("noise", ["table", "philox"])
+def test_the_run_log_counts_the_method_state_whole(tmp_path, noise):
+    """H-ES's noise table is in the method's state, in the run log and in the savings table's whole memory."""
+    from hes_mpi.noise import NoiseTable
+    from hes_mpi.post.tables import load_runs, savings_rows
+
+    syn = ["--data", "synthetic:2000", "--hidden", "32", "--batch", "200", "--epochs", "1"]
+    logs = [tmp_path / "bgd.h5", tmp_path / "hes.h5"]
+    assert run_cli(["train", "--algo", "bgd", *syn, "--out", logs[0]]).returncode == 0
+    proc = run_cli(["train", "--algo", "hes", "--noise", noise, *syn, "--out", logs[1]])
+    assert proc.returncode == 0, proc.stderr
+    with RunLog(str(logs[1])) as rl:
+        s = rl.summary()
+    n_out = 32 * 10 + 10  # --perturb output: the output layer
+    expected_table = NoiseTable(n_out).nbytes if noise == "table" else 0
+    if noise == "table":
+        assert s["state_bytes_noise"] == expected_table
+    else:
+        assert s["state_bytes_noise"] < 4 * n_out * 2
+    assert s["state_bytes"] > s["state_bytes_noise"]
+    rows = {r["run"].split(",")[0]: r for r in savings_rows(load_runs([str(p) for p in logs]))}
+    hes = next(v for k, v in rows.items() if k.startswith("H-ES"))
+    bgd = rows["Reference (BGD)"]
+    assert bgd["memory_whole_pct"] == pytest.approx(100)
+    assert hes["state_bytes"] == s["state_bytes"]
+    if noise == "table":  # a table of 1024 x the output layer outweighs everything BGD holds
+        assert hes["memory_whole_pct"] > 150

@@ -104,6 +104,9 @@ def add_parsers(sub) -> None:
             sp.add_argument("--smoke", action="store_true", help="a few repetitions only (CI: checks that it runs)")
             sp.add_argument("--json", action="store_true", help="print the JSON object (the default; for symmetry "
                             "with the other commands)")
+        if name in ("steps", "forward", "all"):
+            sp.add_argument("--noise", choices=("philox", "table"), default=RunConfig().noise,
+                            help="H-ES perturbation source, as in train (default %(default)s)")
         es_method_args(sp)
         sp.set_defaults(func=cmd_bench_speed, bench_name=name)
     b.set_defaults(func=lambda a: show_help(b))
@@ -194,7 +197,7 @@ def cmd_bench_speed(args) -> int:
     from ..bench.harness import dumps
 
     cfg = RunConfig(algo="hes", data=args.data, data_dir=args.data_dir, batch=args.batch, **network_fields(args),
-                    K=args.K, threads=args.threads, lr=args.lr,
+                    K=args.K, threads=args.threads, lr=args.lr, noise=getattr(args, "noise", RunConfig().noise),
                     compress=getattr(args, "compress", None) or "none", **es_methods(args)).validate()
     reps = getattr(args, "reps", 40)
     if reps < 1 or getattr(args, "epochs", 1) < 1:

@@ -167,14 +167,31 @@ def savings_rows(runs: list[Run], target: float | None = None) -> list[dict]:
     if ref is None:
         return []
     rw, rm, rb = cost_metrics(ref)
+    rs = whole_memory(ref)
     goal = default_target(groups, target)
     rows = []
     for g in groups:
         w, m, b = cost_metrics(g)
+        whole = whole_memory(g)
         rows.append({"run": g[0].label, "seeds": len(g), "train_s": w, "runtime_pct": 100 * w / rw,
                      **group_time_to_target(g, goal), "step_bytes_mean": m, "memory_pct": 100 * m / rm,
+                     "state_bytes": _mean_std([r.summary.get("state_bytes", math.nan) for r in g])[0],
+                     "state_bytes_noise": _mean_std([r.summary.get("state_bytes_noise", math.nan) for r in g])[0],
+                     "memory_whole_bytes": whole, "memory_whole_pct": 100 * whole / rs,
                      "bytes_per_iteration": b, "net_bw_pct": 100 * b / rb})
     return rows
+
+
+def whole_memory(g: list[Run]) -> float:
+    """The method's memory counted whole, per rank: its state (every array it keeps between steps, the
+    noise table included) plus the larger transient peak of its step kinds; the mean over the seeds (NaN
+    for logs that predate ``state_bytes``)."""
+    def one(s: dict) -> float:
+        if "state_bytes" not in s:
+            return math.nan
+        return s["state_bytes"] + max(s.get("step_transient_bytes_grad", 0), s.get("step_transient_bytes_es", 0))
+
+    return _mean_std([one(r.summary) for r in g])[0]
 
 
 def cost_metrics(g: list[Run]) -> tuple[float, float, float]:
@@ -200,12 +217,15 @@ def markdown_accuracy(rows: list[dict]) -> str:
 def markdown_savings(rows: list[dict]) -> str:
     goal = rows[0]["target"] if rows else math.nan
     out = [(f"| run | training time (s) | Runtime | {target_header(goal)} | mean step memory | Memory "
-           "| bytes/iteration/rank | Net BW |"),
-           "|---|---|---|---|---|---|---|---|"]
+            "| method state (noise) | Memory, whole | bytes/iteration/rank | Net BW |"),
+           "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
+        state = (f"{r['state_bytes'] / 1e6:.2f} MB ({r['state_bytes_noise'] / 1e6:.2f})"
+                 if math.isfinite(r.get("state_bytes", math.nan)) else "n/a")
+        whole = f"{r['memory_whole_pct']:.1f}%" if math.isfinite(r.get("memory_whole_pct", math.nan)) else "n/a"
         out.append(f"| {r['run']} | {r['train_s']:.2f} | {r['runtime_pct']:.1f}% | {target_cell(r, r['seeds'])} "
-                   f"| {r['step_bytes_mean'] / 1e6:.2f} MB | {r['memory_pct']:.1f}% | {r['bytes_per_iteration']:,.0f} "
-                   f"| {r['net_bw_pct']:.1f}% |")
+                   f"| {r['step_bytes_mean'] / 1e6:.2f} MB | {r['memory_pct']:.1f}% | {state} | {whole} "
+                   f"| {r['bytes_per_iteration']:,.0f} | {r['net_bw_pct']:.1f}% |")
     return "\n".join(out)
 
 

@@ -19,9 +19,10 @@ from ..config import RunConfig
 from ..data import Batch, global_batches, local_rows
 from ..errors import Diverged, RunError, UsageError
 from ..log import get_logger
+from ..noise import Perturbations
 from ..runlog import RunLogWriter, collapse_summary
 from ..schema import ES_KINDS, GRADIENT_KINDS, StepKind
-from ..telemetry import traced_peak
+from ..telemetry import held_bytes, traced_peak
 from ..watchdog import default_collective_timeout
 from .control import Fault, Stopped, stop_on_signals, stop_requested
 from .progress import Progress, duration
@@ -336,9 +337,11 @@ class Trainer:
         comm.set_phase("telemetry", self.iteration)
         offsets_end, rtt_end = comm.clock_offsets()
         memory = self.probe_step_memory()
-        transient = np.zeros(2, dtype=np.int64)
+        transient = np.zeros(4, dtype=np.int64)
         transient[0] = memory.get("step_transient_bytes_grad", 0)
         transient[1] = memory.get("step_transient_bytes_es", 0)
+        transient[2] = held_bytes(self.algo)  # the method's state, the noise table included
+        transient[3] = held_bytes(self.algo, Perturbations)
         comm.Allreduce(transient, op="max")
         recs, rec_ranks = rec.gather_records(comm.drain())
 
@@ -353,7 +356,8 @@ class Trainer:
                                          "theta_checksum": checksum, "theta_consistent": True,
                                          "consistency_checks": self.checks,
                                          "step_transient_bytes_grad": int(transient[0]),
-                                         "step_transient_bytes_es": int(transient[1])})
+                                         "step_transient_bytes_es": int(transient[1]),
+                                         "state_bytes": int(transient[2]), "state_bytes_noise": int(transient[3])})
             except OSError as e:
                 raise RunError(f"cannot write the run log {cfg.out}: {e}") from None
 
