@@ -2,6 +2,7 @@
 Pareto table (accuracy against bytes and time) and H-ES against gradient reuse at the same r.
 
 Usage: python analysis/compare.py RUN.h5 [RUN.h5 ...] [--out-dir DIR] [--csv] [--test] [--target ACC]
+                                  [--last-epochs E]
 
 Runs of the same configuration with different seeds are reported as the mean and its 95% confidence
 interval, with n; H-ES against reuse as the difference, its 95% CI and Welch's p (hes_mpi.post.stats).
@@ -38,7 +39,11 @@ def main(argv=None) -> int:
     p.add_argument("--test", action="store_true", help="also measure every run's final parameters on the test split "
                    "(once, at the end; as hes-mpi evaluate) and add it to the Pareto table")
     add_target_option(p)
+    p.add_argument("--last-epochs", type=int, default=None, metavar="E", help="also the mean dev accuracy of the "
+                   "last E epochs of each run (mean and 95%% CI over the seeds): steadier than the last epoch alone")
     args = p.parse_args(argv)
+    if args.last_epochs is not None and args.last_epochs < 1:
+        p.error("--last-epochs must be >= 1")
     try:
         runs = load_runs(args.runs)
         if args.test:
@@ -49,8 +54,8 @@ def main(argv=None) -> int:
     except UsageError as e:
         print(f"compare.py: error: {e}", file=sys.stderr)
         return 2
-    acc, sav = accuracy_rows(runs), savings_rows(runs, args.target)
-    par, cmp = pareto_rows(runs, args.target), comparisons(runs)
+    acc, sav = accuracy_rows(runs, args.last_epochs), savings_rows(runs, args.target)
+    par, cmp = pareto_rows(runs, args.target, args.last_epochs), comparisons(runs)
     if args.csv:
         for rows in (acc, sav, par, cmp):
             if rows:
@@ -65,7 +70,7 @@ def main(argv=None) -> int:
         if cmp:
             print("\nH-ES against gradient reuse at the same r (Welch's t-test)\n\n" + markdown_comparisons(cmp))
     if args.out_dir:
-        write_tables(runs, Path(args.out_dir), args.target)
+        write_tables(runs, Path(args.out_dir), args.target, args.last_epochs)
     return 0
 
 

@@ -151,3 +151,18 @@ def test_pareto_table_and_figure_carry_the_time_to_target(tmp_path):
     assert "time to 95.00% (s, median)" in text and "never" in text
     path = plot_pareto(runs, tmp_path / "pareto.png", target=0.95)
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_last_epochs_accuracy_is_the_mean_of_the_last_epochs_over_seeds():
+    from hes_mpi.post.tables import accuracy_rows, last_epochs_acc, markdown_accuracy
+
+    runs = target_runs()
+    assert last_epochs_acc(runs[3], 2) == pytest.approx((0.95 + 0.96) / 2)
+    assert math.isnan(last_epochs_acc(runs[3], 5))  # fewer epochs than asked
+    rows = {r["run"].split(" [")[0]: r for r in accuracy_rows(runs, last_epochs=2)}
+    assert rows["H-ES, r = 2"]["dev_last_acc"] == pytest.approx(np.mean([0.955, 0.9535, 0.945]))
+    assert rows["H-ES, r = 2"]["dev_last_acc_ci_low"] < rows["H-ES, r = 2"]["dev_last_acc"]
+    assert "dev, mean of the last 2 epochs" in markdown_accuracy(list(rows.values()))
+    par = pareto_rows(runs, last_epochs=2)
+    assert "dev, last 2 epochs" in markdown_pareto(par) and par[0]["dev_last_acc"] == pytest.approx(0.966)
+    assert "last_epochs" not in accuracy_rows(runs)[0]  # only when asked

@@ -23,6 +23,7 @@ from .stats import mean_ci, welch
 from .tables import (
     Run,
     accuracy_rows,
+    add_last_epochs,
     diverged_count,
     group_runs,
     markdown_accuracy,
@@ -53,7 +54,7 @@ def _front(points: list[tuple[float, float]]) -> list[bool]:
     return out
 
 
-def pareto_rows(runs: list[Run], target: float | None = None) -> list[dict]:
+def pareto_rows(runs: list[Run], target: float | None = None, last_epochs: int | None = None) -> list[dict]:
     groups = group_runs(runs)
     goal = default_target(groups, target)
     rows = []
@@ -61,6 +62,7 @@ def pareto_rows(runs: list[Run], target: float | None = None) -> list[dict]:
         m, lo, hi, n = mean_ci([r.summary["dev_acc"] for r in g])
         row = {"run": g[0].label, "seeds": n, "diverged": diverged_count(g), "dev_acc": m, "dev_acc_ci_low": lo,
                "dev_acc_ci_high": hi}
+        add_last_epochs(row, g, last_epochs)
         if any("test_acc" in r.summary for r in g):  # measured once at the end (analysis/compare.py --test)
             tm, tlo, thi, _ = mean_ci([r.summary.get("test_acc", math.nan) for r in g])
             row.update({"test_acc": tm, "test_acc_ci_low": tlo, "test_acc_ci_high": thi})
@@ -80,13 +82,16 @@ def _acc(r: dict, split: str) -> str:
 
 def markdown_pareto(rows: list[dict]) -> str:
     test = any("test_acc" in r for r in rows)
+    last = rows[0].get("last_epochs") if rows else None
     goal = rows[0]["target"] if rows else math.nan
-    out = ["| run | seeds (n) | dev (mean ± 95% CI) |" + (" test (mean ± 95% CI) |" if test else "")
+    out = ["| run | seeds (n) | dev (mean ± 95% CI) |" + (f" dev, last {last} epochs |" if last else "")
+           + (" test (mean ± 95% CI) |" if test else "")
            + f" MB sent per rank | training s (median) | {target_header(goal)[:-4]} (s, median) "
            "| front: bytes | front: time |",
-           "|---|---|---|" + ("---|" if test else "") + "---|---|---|---|---|"]
+           "|---|---|---|" + ("---|" if last else "") + ("---|" if test else "") + "---|---|---|---|---|"]
     for r in rows:
-        cells = [r["run"], seeds_cell(r["seeds"] + r.get("diverged", 0), r.get("diverged", 0)), _acc(r, "dev"), *([_acc(r, "test")] if test else []),
+        cells = [r["run"], seeds_cell(r["seeds"] + r.get("diverged", 0), r.get("diverged", 0)), _acc(r, "dev"),
+                 *([_acc(r, "dev_last")] if last else []), *([_acc(r, "test")] if test else []),
                  f"{r['bytes_per_rank'] / 1e6:,.2f}", f"{r['train_s']:.1f}", target_cell(r, r["seeds"]),
                  "yes" if r["front_bytes"] else "", "yes" if r["front_time"] else ""]
         out.append("| " + " | ".join(cells) + " |")
@@ -136,14 +141,16 @@ def markdown_comparisons(rows: list[dict]) -> str:
     return "\n".join(out)
 
 
-def write_tables(runs: list[Run], out_dir: Path, target: float | None = None) -> dict[str, str]:
+def write_tables(runs: list[Run], out_dir: Path, target: float | None = None,
+                 last_epochs: int | None = None) -> dict[str, str]:
     """Write the accuracy, savings, Pareto and (when there are H-ES runs and their reuse controls)
     comparison tables, Markdown and CSV, into ``out_dir``; return {name: Markdown} of those written.
     ``target``: the dev accuracy of the time-to-target columns (default: the reference's minus 0.5 points)."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    tables = {"accuracy": (accuracy_rows(runs), markdown_accuracy),
+    tables = {"accuracy": (accuracy_rows(runs, last_epochs), markdown_accuracy),
               "savings": (savings_rows(runs, target), markdown_savings),
-              "pareto": (pareto_rows(runs, target), markdown_pareto), "comparisons": (comparisons(runs), markdown_comparisons)}
+              "pareto": (pareto_rows(runs, target, last_epochs), markdown_pareto),
+              "comparisons": (comparisons(runs), markdown_comparisons)}
     out = {}
     for name, (rows, fmt) in tables.items():
         if not rows and name == "comparisons":

@@ -142,7 +142,24 @@ def seeds_cell(n: int, diverged: int) -> str:
     return f"{n - diverged} ({diverged} of {n} diverged)" if diverged else str(n)
 
 
-def accuracy_rows(runs: list[Run]) -> list[dict]:
+def last_epochs_acc(run: Run, epochs: int) -> float:
+    """The mean dev accuracy of the run's last ``epochs`` epochs (a steadier figure than the last one alone,
+    whose seed-to-seed swing can be points); NaN for a run that diverged or has fewer epochs."""
+    acc = np.asarray(run.epochs.get("dev_acc", ()), dtype=float)
+    if run.summary.get("diverged") or acc.size < epochs:
+        return math.nan
+    return float(acc[-epochs:].mean())
+
+
+def add_last_epochs(row: dict, g: list[Run], epochs: int | None) -> None:
+    """``dev_last_acc`` (mean over the seeds of :func:`last_epochs_acc`) and its 95% CI, with ``last_epochs``."""
+    if not epochs:
+        return
+    m, lo, hi, _ = mean_ci([last_epochs_acc(r, epochs) for r in g])
+    row.update({"last_epochs": epochs, "dev_last_acc": m, "dev_last_acc_ci_low": lo, "dev_last_acc_ci_high": hi})
+
+
+def accuracy_rows(runs: list[Run], last_epochs: int | None = None) -> list[dict]:
     rows = []
     for g in group_runs(runs):
         c = g[0].config
@@ -155,6 +172,7 @@ def accuracy_rows(runs: list[Run]) -> list[dict]:
             m, lo, hi, _ = mean_ci(values)
             row.update({f"{split}_acc": m, f"{split}_acc_std": _mean_std(values)[1], f"{split}_acc_ci_low": lo,
                         f"{split}_acc_ci_high": hi})
+        add_last_epochs(row, g, last_epochs)
         rows.append(row)
     return rows
 
@@ -205,12 +223,16 @@ def cost_metrics(g: list[Run]) -> tuple[float, float, float]:
 
 
 def markdown_accuracy(rows: list[dict]) -> str:
-    out = ["| run | r | K | sigma^2 | epochs | seeds (n) | train (mean ± 95% CI) | dev (mean ± 95% CI) |",
-           "|---|---|---|---|---|---|---|---|"]
+    last = rows[0].get("last_epochs") if rows else None
+    out = ["| run | r | K | sigma^2 | epochs | seeds (n) | train (mean ± 95% CI) | dev (mean ± 95% CI) |"
+           + (f" dev, mean of the last {last} epochs |" if last else ""),
+           "|---|---|---|---|---|---|---|---|" + ("---|" if last else "")]
     for r in rows:
         acc = [_pct(r[f"{s}_acc"], r[f"{s}_acc_ci_low"], r[f"{s}_acc_ci_high"], r["seeds"]) for s in ("train", "dev")]
+        if last:
+            acc.append(_pct(r["dev_last_acc"], r["dev_last_acc_ci_low"], r["dev_last_acc_ci_high"], r["seeds"]))
         out.append(f"| {r['run']} | {r['r'] or '-'} | {r['K'] or '-'} | {r['sigma2'] if r['sigma2'] != '' else '-'} "
-                   f"| {r['epochs']} | {seeds_cell(r['seeds'], r.get('diverged', 0))} | {acc[0]} | {acc[1]} |")
+                   f"| {r['epochs']} | {seeds_cell(r['seeds'], r.get('diverged', 0))} | " + " | ".join(acc) + " |")
     return "\n".join(out)
 
 
