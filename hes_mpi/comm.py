@@ -64,7 +64,7 @@ class InstrumentedComm:
         self._phase_code = _PHASE["setup"]
         self.iteration = -1
         self.comm_seconds = 0.0  # running total of time inside MPI calls (all phases)
-        self._ops = {"sum": MPI.SUM, "max": MPI.MAX, "min": MPI.MIN}
+        self._ops = _Ops(MPI)
         self._minloc_buf = np.zeros(1, dtype=np.dtype([("value", "f8"), ("index", "i4")], align=True))
         self._minloc_type_size = MPI.DOUBLE_INT.Get_size()
         self._flag = np.zeros(2, dtype=np.int64)
@@ -441,6 +441,27 @@ def cpu_count() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # pragma: no cover - not Linux
         return os.cpu_count() or 1
+
+
+class _Ops(dict):
+    """MPI reduction operations by name: MPI's own, and ``half_sum``, the float16 sum of buffers carried as
+    uint16 bit patterns (:func:`hes_mpi.compress_kernels.add_halves`), made on first use. With it every MPI
+    moves the bytes of a float16 Allreduce as 2-byte integers and runs the same commutative algorithms."""
+
+    def __init__(self, MPI):
+        super().__init__(sum=MPI.SUM, max=MPI.MAX, min=MPI.MIN)
+        self.MPI = MPI
+
+    def __missing__(self, name: str):
+        if name != "half_sum":
+            raise KeyError(name)
+        from .compress_kernels import add_halves
+
+        def half_sum(inmem, inoutmem, datatype):
+            add_halves(np.frombuffer(inmem, dtype=np.uint16), np.frombuffer(inoutmem, dtype=np.uint16))
+
+        self[name] = self.MPI.Op.Create(half_sum, commute=True)
+        return self[name]
 
 
 class RawComm:

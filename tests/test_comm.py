@@ -59,6 +59,31 @@ def test_allreduce_in_place(comm):
 
 
 @pytest.mark.mpi
+def test_half_sum_adds_float16_bit_patterns_as_float32_rounded_back(comm):
+    """``op="half_sum"``: every rank gets the same float16 sum of the ranks' halves, carried as uint16 (2 bytes a
+    value on the wire, recorded as such); on 2 ranks it is float16(float32(a) + float32(b)), one rounding."""
+    rng = np.random.default_rng(42)
+    values = (rng.standard_normal((comm.size, 5000)) * 10.0 ** rng.integers(-9, 4, (comm.size, 5000)))
+    halves = values.astype(np.float16)
+    comm.drain()
+    bits = halves[comm.rank].view(np.uint16).copy()
+    comm.Allreduce(bits, op="half_sum")
+    rec = comm.drain()
+    assert rec[0]["bytes_sent"] == 2 * 5000
+    assert np.all(seq_everywhere(comm, int(np.bitwise_xor.reduce(bits.astype(np.int64)))) ==
+                  int(np.bitwise_xor.reduce(bits.astype(np.int64))))  # the same result on every rank
+    if comm.size == 2:
+        want = (halves[0].astype(np.float32) + halves[1].astype(np.float32)).astype(np.float16)
+        assert np.array_equal(bits, want.view(np.uint16))
+    exact = halves.astype(np.float64).sum(axis=0)
+    scale = np.abs(halves.astype(np.float64)).sum(axis=0)  # bounds every partial sum, whatever the order
+    close = scale < 6e4
+    got = bits.view(np.float16).astype(np.float64)
+    # each of the size - 1 additions rounds once: at most half a unit in the last place of a partial sum
+    assert np.all(np.abs(got[close] - exact[close]) <= comm.size * (2.0 ** -11 * scale[close] + 6e-8))
+
+
+@pytest.mark.mpi
 def test_allreduce_out_of_place_and_other_ops(comm):
     comm.drain()
     comm.set_phase("es", 3)

@@ -11,8 +11,8 @@ not depend on the batch size, and return 1).
 ``none``
     One in-place Allreduce of the float32 vector (4 bytes per parameter).
 ``fp16``
-    The share cast to float16, one Allreduce of it (MPICH sums float16 natively; 2 bytes per
-    parameter), cast back (PyTorch's ``fp16_compress_hook``: divide by the world size, cast, allreduce).
+    The share cast to float16, one Allreduce of it (2 bytes per parameter; summed by the user operation
+    ``half_sum`` of :mod:`hes_mpi.comm`, as MPICH sums float16 but in a Numba kernel), cast back (PyTorch's ``fp16_compress_hook``: divide by the world size, cast, allreduce).
 ``topk:F``
     Error feedback (e <- e + share), the k = ceil(F n) entries of largest magnitude of e sent as
     (int32 index, float32 value) pairs in one Allgather (8k bytes sent per rank), e <- 0 at the sent
@@ -96,7 +96,7 @@ class FP16(Exact):
     def reduce(self, comm, g: np.ndarray, inv_batch: float) -> float:
         bits = self.h.view(np.uint16)
         compress_kernels.pack_fp16(g, np.float32(inv_batch), bits)  # NumPy's float32 -> float16, in one pass
-        comm.Allreduce(self.h)
+        comm.Allreduce(bits, op="half_sum")  # summed by our kernel, not the MPI's own (software) float16 sum
         compress_kernels.unpack_fp16(bits, g)
         return 1.0
 
