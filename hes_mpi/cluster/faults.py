@@ -9,7 +9,7 @@ import subprocess
 from ..errors import UsageError
 from ..log import get_logger
 from .net import check_fraction, kill_pids, node_pids, set_cpu_quota, sh
-from .state import Cluster
+from .state import Cluster, editing
 
 log = get_logger("cluster")
 
@@ -36,13 +36,12 @@ def link(cluster: Cluster, node: str, state: str, after_s: float = 0.0) -> None:
 
 def slow(cluster: Cluster, node: str, fraction: float | None) -> None:
     """Limit ``node`` to ``fraction`` of one core (None: no limit); takes effect at once, running jobs too."""
-    n = cluster.node(node)
-    if not n.cgroup:
+    if not cluster.node(node).cgroup:
         raise UsageError("this host has no cgroup v1 cpu controller: nodes cannot be slowed")
     if fraction is not None:
         check_fraction(fraction, f"slow {node} {fraction:g} (or 'off')")
-    set_cpu_quota(n, fraction)
-    cluster.save()
+    with editing(cluster) as current:
+        set_cpu_quota(current.node(node), fraction)
     log.info("cluster %s: %s %s", cluster.name, node, f"limited to {fraction:g} of a core" if fraction else "unlimited")
 
 

@@ -3,11 +3,14 @@
 One folder per cluster, ``$HES_MPI_CLUSTER_DIR/NAME`` (default ``/run/hes_mpi/cluster/NAME``): ``state.json``
 (this module's :class:`Cluster`) and ``launch.sh`` (the launcher Hydra calls to start a process on a
 node). A run started by ``hes-mpi cluster run`` gets ``HES_MPI_CLUSTER`` = the path of ``state.json``, and
-its run log's ``/environment`` records the cluster from it.
+its run log's ``/environment`` records the cluster from it. Root executes ``launch.sh``, so the folders and
+both files are made, checked and read by the rules of :mod:`.files`; ``state.json`` is rewritten under the
+folder's lock (:func:`editing`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -15,13 +18,15 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import UsageError
+from ..errors import RunError, UsageError
+from .files import Folder, open_folder
 
 #: Environment variable that names the state file of the cluster a process runs on.
 ENV_STATE = "HES_MPI_CLUSTER"
 #: Environment variable for the folder of all clusters' state (default :data:`DEFAULT_ROOT`).
 ENV_ROOT = "HES_MPI_CLUSTER_DIR"
 DEFAULT_ROOT = "/run/hes_mpi/cluster"
+STATE_FILE, LAUNCHER_FILE = "state.json", "launch.sh"
 NAME_RE = re.compile(r"[a-z][a-z0-9]{0,5}")
 #: Units tc understands for --link, and their bits per second.
 RATE_UNITS = {"bit": 1, "kbit": 10**3, "mbit": 10**6, "gbit": 10**9, "tbit": 10**12}
@@ -76,11 +81,11 @@ class Cluster:
 
     @property
     def state_path(self) -> Path:
-        return Path(self.directory) / "state.json"
+        return Path(self.directory) / STATE_FILE
 
     @property
     def launcher(self) -> Path:
-        return Path(self.directory) / "launch.sh"
+        return Path(self.directory) / LAUNCHER_FILE
 
     def node(self, name: str) -> Node:
         for n in self.nodes:
@@ -109,11 +114,14 @@ class Cluster:
         parts.append(f"delay {self.delay}" if self.delay else "no added delay")
         return ", ".join(parts)
 
-    def save(self) -> None:
-        Path(self.directory).mkdir(parents=True, exist_ok=True)
-        tmp = self.state_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=1) + "\n")
-        os.replace(tmp, self.state_path)
+    def save(self, folder: Folder | None = None) -> None:
+        """Write ``state.json`` (mode 0644, replacing the old one whole) into ``folder`` or the cluster's folder."""
+        with contextlib.ExitStack() as stack:
+            try:
+                folder = folder or stack.enter_context(open_folder(self.directory))
+            except FileNotFoundError:
+                raise RunError(f"cannot write the state of cluster {self.name}: {self.directory} is gone") from None
+            folder.write(STATE_FILE, (json.dumps(self.to_dict(), indent=1) + "\n").encode(), 0o644)
 
 
 def root_dir() -> Path:
@@ -127,17 +135,53 @@ def check_name(name: str) -> str:
     return name
 
 
-def load(name: str) -> Cluster:
-    """The cluster NAME; a one-line UsageError when it is not up."""
-    path = root_dir() / check_name(name) / "state.json"
+def folder_of(name: str, create: bool = False) -> Folder:
+    """The state folder of cluster NAME, checked (:mod:`.files`); with ``create`` a new one, FileExistsError
+    when it exists. FileNotFoundError when it is missing (and not ``create``)."""
+    check_name(name)
+    with open_folder(root_dir(), create=create) as root:
+        return root.subfolder(name, create=create, exclusive=create)
+
+
+def _read(folder: Folder, name: str) -> Cluster:
+    path = folder.path / STATE_FILE
     try:
-        return Cluster.from_dict(json.loads(path.read_text()))
-    except FileNotFoundError:
-        raise UsageError(f"no emulated cluster {name!r} is up (no {path}); start one with 'hes-mpi cluster up'") \
-            from None
+        cluster = Cluster.from_dict(json.loads(folder.read(STATE_FILE)))
+        folder.read(LAUNCHER_FILE)  # what root will execute: a regular file of ours that no one else can write
+    except FileNotFoundError as e:
+        raise UsageError(f"no emulated cluster {name!r} is up (no {folder.path / e.filename}); start one with "
+                         "'hes-mpi cluster up'") from None
     except (ValueError, TypeError, KeyError) as e:
         raise UsageError(f"{path}: not a cluster state file ({e}); 'hes-mpi cluster down --name {name}' "
                          "removes what it can") from None
+    cluster.directory = str(folder.path)
+    return cluster
+
+
+def load(name: str) -> Cluster:
+    """The cluster NAME; a one-line UsageError when it is not up or its folder is not safe (:mod:`.files`)."""
+    try:
+        folder = folder_of(name)
+    except FileNotFoundError:
+        raise UsageError(f"no emulated cluster {name!r} is up (no {root_dir() / name}); start one with "
+                         "'hes-mpi cluster up'") from None
+    with folder:
+        return _read(folder, name)
+
+
+@contextlib.contextmanager
+def editing(cluster: Cluster):
+    """The cluster's state read afresh under its folder's lock, and written back when the block ends without
+    an error: concurrent commands (a fault while another is given) never lose each other's changes."""
+    try:
+        folder = folder_of(cluster.name)
+    except FileNotFoundError:
+        raise UsageError(f"no emulated cluster {cluster.name!r} is up (no {root_dir() / cluster.name})") from None
+    with folder:
+        folder.lock()
+        fresh = _read(folder, cluster.name)
+        yield fresh
+        fresh.save(folder)
 
 
 def names() -> list[str]:
