@@ -306,6 +306,80 @@ def test_state_files_have_their_final_mode_from_the_start_and_replace_symlinks(t
     assert json.loads((folder / "state.json").read_text())["delay"] == "1ms"
 
 
+# ---------------------------------------------------------------------------------------------- fault timers
+def timer_processes(name: str) -> list[int]:
+    """Live processes of the fault timers of cluster ``name``: each timer's shell (its command names the
+    cluster's switch namespace) and every process of its session (its sleep), found in /proc, not in the state."""
+    def stat_of(pid: str) -> list[str]:
+        try:
+            return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+        except OSError:
+            return ["Z"]
+
+    leaders = set()
+    for d in Path("/proc").iterdir():
+        try:
+            cmd = (d / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if d.name.isdigit() and cmd.startswith("sh -c sleep") and f"hes-{name}-sw link set" in cmd:
+            leaders.add(d.name)
+    return sorted(int(d.name) for d in Path("/proc").iterdir() if d.name.isdigit()
+                  and stat_of(d.name)[0] != "Z" and stat_of(d.name)[2] in leaders)  # field 5: process group
+
+
+def test_fault_timers_are_recorded_in_the_state_and_ended_by_down(state_root):
+    """``fault link-down --after`` and ``link-up --after`` leave real timer processes; both are recorded in
+    state.json (pid and start time) and ``cluster down`` ends them (shell and sleep), then stays idempotent."""
+    name = "ttimer"
+    try:
+        with cluster(name, "--nodes", "2"):
+            for fault in ("link-down", "link-up"):
+                proc = cli("cluster", "fault", fault, "node1", "--after", "600", "--name", name)
+                assert proc.returncode == 0, proc.stderr
+            running = timer_processes(name)
+            assert len(running) == 4, running  # two shells, each with its sleep
+            timers = json.loads((state_root / name / "state.json").read_text()).get("timers", [])
+            assert sorted(t["action"] for t in timers) == ["node1 link down", "node1 link up"]
+            assert {t["pid"] for t in timers} <= set(running)
+            down = cli("cluster", "down", "--name", name)
+            assert down.returncode == 0, down.stderr
+            said = down.stdout + down.stderr
+            assert "timer 'node1 link down'" in said and "timer 'node1 link up'" in said, said
+            assert timer_processes(name) == []
+            again = cli("cluster", "down", "--name", name)
+            assert again.returncode == 0 and "nothing to remove" in again.stdout + again.stderr
+    finally:
+        for pid in timer_processes(name):  # what the old code left behind
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, 9)
+    assert leftovers(name) == []
+
+
+def test_down_ends_only_the_recorded_timer_process_not_a_reused_pid(state_root):
+    """``down`` kills a recorded timer only when its pid still belongs to the same process (same start time):
+    a process that got a recorded pid again is left alone."""
+    def process_start(pid: int) -> int:  # field 22 of /proc/PID/stat: clock ticks after boot
+        return int(Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[19])
+
+    ours, other = (subprocess.Popen(["sleep", "300"], start_new_session=True) for _ in range(2))
+    try:
+        folder = state_root / "treuse"
+        folder.mkdir(parents=True)
+        timers = [{"pid": ours.pid, "start": process_start(ours.pid), "action": "node1 link down", "at": 0},
+                  {"pid": other.pid, "start": process_start(other.pid) - 1, "action": "node1 link up", "at": 0}]
+        (folder / "state.json").write_text(json.dumps({"timers": timers}))
+        down = cli("cluster", "down", "--name", "treuse")
+        assert down.returncode == 0, down.stderr
+        assert ours.wait(timeout=10) == -9  # SIGKILL
+        assert other.poll() is None, "down killed a process it did not start"
+        assert not folder.exists()
+    finally:
+        for p in (ours, other):
+            p.kill()
+            p.wait()
+
+
 # ---------------------------------------------------------------------------------------------- MPI across nodes
 def sha256_of_theta(path) -> str:
     with RunLog(str(path)) as rl:

@@ -16,13 +16,15 @@ Layout of cluster NAME with N nodes:
   the node joins it, which is also how ``fault kill`` finds them.
 
 Every step is undone when a later one fails, and ``down`` removes whatever of a cluster is left, also
-without its state file: it is idempotent. The state folder is made, and only used, by the rules of
-:mod:`.files`: root executes the launcher in it.
+without its state file: it is idempotent. It first ends the faults still waiting to act (``fault ... --after``,
+recorded in the state), under the state folder's lock. The state folder is made, and only used, by the rules
+of :mod:`.files`: root executes the launcher in it.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import json
 import math
 import os
 import shutil
@@ -33,7 +35,8 @@ from pathlib import Path
 
 from ..errors import RunError, UsageError
 from ..log import get_logger
-from .state import Cluster, Node, check_name, folder_of, root_dir
+from .files import Folder
+from .state import STATE_FILE, Cluster, Node, Timer, check_name, folder_of, root_dir
 
 log = get_logger("cluster")
 
@@ -260,9 +263,9 @@ def set_rate(netns: str, dev: str, rate_bps: int, delay: str | None, replace: bo
 
 # ---------------------------------------------------------------------------------------------- down
 def down(name: str, quiet: bool = False) -> list[str]:
-    """Remove everything cluster NAME made (processes, namespaces with their links and qdiscs, cgroups, the
-    state folder), with or without its state file; returns what was removed. Removing nothing is fine; a state
-    folder that is not safe (files.py) is a UsageError, and nothing is removed."""
+    """Remove everything cluster NAME made (its waiting faults, processes, namespaces with their links and
+    qdiscs, cgroups, the state folder), with or without its state file; returns what was removed. Removing
+    nothing is fine; a state folder that is not safe (files.py) is a UsageError, and nothing is removed."""
     check_name(name)
     require_privileges()
     try:
@@ -273,13 +276,31 @@ def down(name: str, quiet: bool = False) -> list[str]:
         removed = _remove(name)
     else:
         with folder:
-            folder.lock()  # a change of the state meanwhile waits for it, then finds no cluster
-            removed = _remove(name)
+            folder.lock()  # a fault given meanwhile waits for it, then finds no cluster
+            removed = end_timers(folder) + _remove(name)
             shutil.rmtree(folder.path, ignore_errors=True)
             removed.append(f"state {folder.path}")
     if not quiet:
         log.info("cluster %s: %s", name, "removed " + ", ".join(removed) if removed else "nothing to remove")
     return removed
+
+
+def end_timers(folder: Folder) -> list[str]:
+    """SIGKILL the session of every fault timer recorded in the state that still runs (the same process: its
+    start time is checked, so a reused pid is left alone)."""
+    try:
+        timers = [Timer(**t) for t in json.loads(folder.read(STATE_FILE)).get("timers", [])]
+    except (OSError, UsageError, ValueError, TypeError, AttributeError):  # no state, or none to trust
+        return []
+    ended = []
+    for t in timers:
+        try:
+            if t.running() and os.getpgid(t.pid) == t.pid:
+                os.killpg(t.pid, signal.SIGKILL)
+                ended.append(f"timer '{t.action}'")
+        except ProcessLookupError:
+            pass
+    return ended
 
 
 def _remove(name: str) -> list[str]:

@@ -5,7 +5,8 @@ One folder per cluster, ``$HES_MPI_CLUSTER_DIR/NAME`` (default ``/run/hes_mpi/cl
 node). A run started by ``hes-mpi cluster run`` gets ``HES_MPI_CLUSTER`` = the path of ``state.json``, and
 its run log's ``/environment`` records the cluster from it. Root executes ``launch.sh``, so the folders and
 both files are made, checked and read by the rules of :mod:`.files`; ``state.json`` is rewritten under the
-folder's lock (:func:`editing`).
+folder's lock (:func:`editing`). It also records the faults given with ``--after`` (:class:`Timer`), which
+``cluster down`` ends.
 """
 
 from __future__ import annotations
@@ -67,6 +68,29 @@ class Node:
         return format_rate(self.rate_bps)
 
 
+def process_start(pid: int) -> int | None:
+    """When process ``pid`` started (clock ticks after boot, /proc/PID/stat), or None when there is none (or
+    only its zombie, an ended process that no one has reaped)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+        return None if fields[0] == "Z" else int(fields[19])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+@dataclass
+class Timer:
+    """A fault given with ``--after``: a process that sleeps, then acts; it leads a session of its own."""
+
+    pid: int
+    start: int  # its start time (process_start): a pid the kernel gave to another process since differs
+    action: str  # e.g. "node1 link down"
+    at: float  # when it acts, seconds since the epoch
+
+    def running(self) -> bool:
+        return process_start(self.pid) == self.start
+
+
 @dataclass
 class Cluster:
     name: str
@@ -78,6 +102,7 @@ class Cluster:
     mgmt_bridge: str = ""
     delay: str | None = None  # netem delay on every link, where the kernel has netem
     directory: str = ""
+    timers: list[Timer] = field(default_factory=list)  # faults given with --after, ended by 'cluster down'
 
     @property
     def state_path(self) -> Path:
@@ -98,7 +123,8 @@ class Cluster:
 
     @classmethod
     def from_dict(cls, d: dict) -> Cluster:
-        return cls(**{**d, "nodes": [Node(**n) for n in d.get("nodes", [])]})
+        return cls(**{**d, "nodes": [Node(**n) for n in d.get("nodes", [])],
+                      "timers": [Timer(**t) for t in d.get("timers", [])]})
 
     def describe(self) -> str:
         """One line: ``NAME: N nodes, links RATE (node1 RATE'), cpu node1 0.5, delay D``."""
