@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import shutil
@@ -102,3 +103,45 @@ def uniform_p_value(counts, m: int, rounds: int) -> float:
 
 #: The bound of the uniformity tests: at a fixed seed, a uniform sampler fails with probability 0.1%.
 UNIFORM_P_BOUND = 1e-3
+
+
+_WATCHERS: list = []
+
+
+def _audit(event: str, args) -> None:
+    for watch in _WATCHERS:
+        watch(event)
+
+
+@contextlib.contextmanager
+def modes_seen(folder: Path, umask: int):
+    """What every file in ``folder`` was between the file-system steps this process takes inside the block,
+    under ``umask``: a list of (name, st_mode) taken at each Python audit event (raised before each open,
+    chmod, rename, mkdir, subprocess ...; the last look after the block). Any other user could have seen the
+    files in each of those states."""
+    seen: list[tuple[str, int]] = []
+    busy = [False]
+
+    def look(event: str) -> None:
+        if busy[0]:
+            return
+        busy[0] = True
+        try:
+            with os.scandir(folder) as entries:
+                seen.extend((e.name, e.stat(follow_symlinks=False).st_mode) for e in entries)
+        except OSError:
+            pass
+        finally:
+            busy[0] = False
+
+    if not _WATCHERS and not getattr(_audit, "installed", False):
+        sys.addaudithook(_audit)  # for good: a hook cannot be removed, so it only calls the watchers listed
+        _audit.installed = True
+    old = os.umask(umask)
+    _WATCHERS.append(look)
+    try:
+        yield seen
+    finally:
+        _WATCHERS.remove(look)
+        os.umask(old)
+        look("end")

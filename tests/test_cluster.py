@@ -8,6 +8,7 @@ import hashlib
 import json
 import os
 import shutil
+import stat
 import subprocess
 import sys
 import time
@@ -16,7 +17,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-from conftest import launcher_is_open_mpi, mpi_size, run_cli
+from conftest import launcher_is_open_mpi, modes_seen, mpi_size, run_cli
 
 from hes_mpi.runlog import RunLog
 
@@ -169,6 +170,214 @@ def test_without_privileges_one_line_and_exit_2(state_root):
 def test_status_of_a_cluster_that_is_not_up(state_root):
     proc = cli("cluster", "status", "--name", "tnone")
     assert proc.returncode == 2 and "no emulated cluster 'tnone' is up" in proc.stderr
+
+
+# ---------------------------------------------------------------------------------------------- the state folder
+# Root executes launch.sh from a cluster's state folder (Hydra, PRRTE, slurmd): no other user may be able to change
+# it, and nothing is ever written through a symlink or with more permissions than its final ones (files.py).
+NOBODY = 65534
+
+
+def one_line_error(proc, *fragments: str) -> None:
+    assert proc.returncode == 2, (proc.returncode, proc.stdout, proc.stderr)
+    assert len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    for f in fragments:
+        assert f in proc.stderr, proc.stderr
+
+
+def unsafe_folder(tmp_path, case: str) -> tuple[Path, Path, str]:
+    """(value of $HES_MPI_CLUSTER_DIR, the folder the error must name, what it must say) for each case."""
+    root = tmp_path / "clusters"
+    if case == "writable by others":
+        root.mkdir(mode=0o700)
+        root.chmod(0o757)
+        return root, root, "is writable by others (mode 0757)"
+    if case == "writable by its group":
+        root.mkdir(mode=0o700)
+        root.chmod(0o775)
+        return root, root, "is writable by its group (mode 0775)"
+    if case == "owned by another user":
+        root.mkdir()
+        os.chown(root, NOBODY, NOBODY)
+        return root, root, "is owned by"
+    if case == "a folder above writable by others":
+        (tmp_path / "open").mkdir()
+        (tmp_path / "open").chmod(0o777)
+        return tmp_path / "open" / "clusters", tmp_path / "open", "above state folder"
+    if case == "a symlink to another user's folder":
+        (tmp_path / "theirs").mkdir()
+        os.chown(tmp_path / "theirs", NOBODY, NOBODY)
+        root.symlink_to(tmp_path / "theirs")
+        return root, tmp_path / "theirs", "is owned by"
+    raise AssertionError(case)
+
+
+@pytest.mark.parametrize("case", ["writable by others", "writable by its group", "owned by another user",
+                                  "a folder above writable by others", "a symlink to another user's folder"])
+def test_up_refuses_a_state_folder_another_user_could_change(tmp_path, monkeypatch, case):
+    """``cluster up`` as root in a state folder that another user owns, or could write into (or whose path
+    another user could redirect): one line naming the folder and what is wrong, exit 2, nothing made."""
+    env_value, named, what = unsafe_folder(tmp_path, case)
+    monkeypatch.setenv("HES_MPI_CLUSTER_DIR", str(env_value))
+    proc = cli("cluster", "up", "--name", "tsafe")
+    try:
+        one_line_error(proc, str(named), what)
+        assert leftovers("tsafe") == []
+        assert not (Path(os.path.realpath(env_value)) / "tsafe").exists()
+    finally:
+        if proc.returncode == 0:  # the old code took the folder: take the cluster down again
+            monkeypatch.setenv("HES_MPI_CLUSTER_DIR", str(env_value))
+            cli("cluster", "down", "--name", "tsafe")
+
+
+def test_up_never_takes_over_an_existing_folder_nor_writes_through_a_symlink(state_root, tmp_path):
+    """A folder of the cluster's name left in the state folder, with launch.sh a symlink to another file:
+    ``up`` refuses it in one line (exit 2) and the file the symlink names is untouched."""
+    victim = tmp_path / "victim"
+    victim.write_text("precious\n")
+    victim.chmod(0o600)
+    folder = state_root / "tover"
+    folder.mkdir(parents=True)
+    (folder / "launch.sh").symlink_to(victim)
+    proc = cli("cluster", "up", "--name", "tover")
+    try:
+        one_line_error(proc, "is up already", str(folder))
+        assert victim.read_text() == "precious\n" and stat.S_IMODE(victim.stat().st_mode) == 0o600
+        assert leftovers("tover") == []
+    finally:
+        cli("cluster", "down", "--name", "tover")
+    assert not folder.exists() and victim.read_text() == "precious\n"
+
+
+def test_a_cluster_whose_folder_became_writable_by_others_is_not_run(state_root, tmp_path):
+    """After ``up``, another user could write into the cluster's folder and plant a launch.sh of theirs:
+    ``cluster run`` (which root's mpiexec would start it through) and ``down`` refuse it in one line, exit 2;
+    the planted launcher never runs. Made safe again, ``down`` removes everything."""
+    name = "tplant"
+    assert cli("cluster", "up", "--name", name, "--nodes", "2").returncode == 0
+    folder = state_root / name
+    marker = tmp_path / "planted-launcher-ran"
+    try:
+        (folder / "launch.sh").unlink()
+        (folder / "launch.sh").write_text(f"#!/bin/sh\ntouch {marker}\nexit 99\n")
+        (folder / "launch.sh").chmod(0o755)
+        os.chown(folder / "launch.sh", NOBODY, NOBODY)
+        folder.chmod(0o777)
+        proc = cli("cluster", "run", "--name", name, "--", "train", *SYN, "--epochs", "1")
+        assert not marker.exists(), "root ran a launcher another user could have planted"
+        one_line_error(proc, f"state folder {folder}", "is writable by its group and others (mode 0777)")
+        one_line_error(cli("cluster", "down", "--name", name), f"state folder {folder}")
+        assert len(leftovers(name)) >= 3  # refused: nothing removed
+    finally:
+        folder.chmod(0o755)
+        down = cli("cluster", "down", "--name", name)
+    assert down.returncode == 0, down.stderr
+    assert leftovers(name) == [] and not folder.exists()
+
+
+@pytest.mark.parametrize("umask", [0o000, 0o077])
+def test_state_files_have_their_final_mode_from_the_start_and_replace_symlinks(tmp_path, umask):
+    """launch.sh (0755) and state.json (0644), written and rewritten under any umask: no file in the folder is
+    ever writable by another user, not even between two steps of the writing, and a symlink in a file's
+    place is replaced, never followed."""
+    from hes_mpi.cluster.launch import write_launcher
+    from hes_mpi.cluster.state import Cluster, Node
+
+    folder = tmp_path / "clusters" / "tmode"
+    folder.mkdir(parents=True)
+    victim = tmp_path / "victim"
+    victim.write_text("precious\n")
+    victim.chmod(0o600)
+    (folder / "launch.sh").symlink_to(victim)
+    (folder / "state.json").symlink_to(victim)
+    c = Cluster(name="tmode", subnet="10.231.0.0/24", switch_netns="hes-tmode-sw", bridge="br0", directory=str(folder),
+                nodes=[Node(name="node0", netns="hes-tmode-node0", address="10.231.0.1", peer="n0", rate_bps=10**9)])
+    with modes_seen(folder, umask) as seen:
+        write_launcher(c)
+        c.save()
+        c.delay = "1ms"
+        c.save()
+    assert seen, "the audit hook saw nothing"
+    open_to_others = sorted({(n, f"{stat.S_IMODE(m):04o}") for n, m in seen if not stat.S_ISLNK(m) and m & 0o022})
+    assert open_to_others == []
+    assert victim.read_text() == "precious\n" and stat.S_IMODE(victim.stat().st_mode) == 0o600
+    modes = {p.name: (stat.S_IFMT(p.lstat().st_mode), stat.S_IMODE(p.lstat().st_mode)) for p in folder.iterdir()}
+    assert modes == {"launch.sh": (stat.S_IFREG, 0o755), "state.json": (stat.S_IFREG, 0o644)}
+    assert json.loads((folder / "state.json").read_text())["delay"] == "1ms"
+
+
+# ---------------------------------------------------------------------------------------------- fault timers
+def timer_processes(name: str) -> list[int]:
+    """Live processes of the fault timers of cluster ``name``: each timer's shell (its command names the
+    cluster's switch namespace) and every process of its session (its sleep), found in /proc, not in the state."""
+    def stat_of(pid: str) -> list[str]:
+        try:
+            return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+        except OSError:
+            return ["Z"]
+
+    leaders = set()
+    for d in Path("/proc").iterdir():
+        try:
+            cmd = (d / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if d.name.isdigit() and cmd.startswith("sh -c sleep") and f"hes-{name}-sw link set" in cmd:
+            leaders.add(d.name)
+    return sorted(int(d.name) for d in Path("/proc").iterdir() if d.name.isdigit()
+                  and stat_of(d.name)[0] != "Z" and stat_of(d.name)[2] in leaders)  # field 5: process group
+
+
+def test_fault_timers_are_recorded_in_the_state_and_ended_by_down(state_root):
+    """``fault link-down --after`` and ``link-up --after`` leave real timer processes; both are recorded in
+    state.json (pid and start time) and ``cluster down`` ends them (shell and sleep), then stays idempotent."""
+    name = "ttimer"
+    try:
+        with cluster(name, "--nodes", "2"):
+            for fault in ("link-down", "link-up"):
+                proc = cli("cluster", "fault", fault, "node1", "--after", "600", "--name", name)
+                assert proc.returncode == 0, proc.stderr
+            running = timer_processes(name)
+            assert len(running) == 4, running  # two shells, each with its sleep
+            timers = json.loads((state_root / name / "state.json").read_text()).get("timers", [])
+            assert sorted(t["action"] for t in timers) == ["node1 link down", "node1 link up"]
+            assert {t["pid"] for t in timers} <= set(running)
+            down = cli("cluster", "down", "--name", name)
+            assert down.returncode == 0, down.stderr
+            said = down.stdout + down.stderr
+            assert "timer 'node1 link down'" in said and "timer 'node1 link up'" in said, said
+            assert timer_processes(name) == []
+            again = cli("cluster", "down", "--name", name)
+            assert again.returncode == 0 and "nothing to remove" in again.stdout + again.stderr
+    finally:
+        for pid in timer_processes(name):  # what the old code left behind
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, 9)
+    assert leftovers(name) == []
+
+
+def test_down_ends_only_the_recorded_timer_process_not_a_reused_pid(state_root):
+    """``down`` kills a recorded timer only when its pid still belongs to the same process (same start time):
+    a process that got a recorded pid again is left alone."""
+    def process_start(pid: int) -> int:  # field 22 of /proc/PID/stat: clock ticks after boot
+        return int(Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[19])
+
+    ours, other = (subprocess.Popen(["sleep", "300"], start_new_session=True) for _ in range(2))
+    try:
+        folder = state_root / "treuse"
+        folder.mkdir(parents=True)
+        timers = [{"pid": ours.pid, "start": process_start(ours.pid), "action": "node1 link down", "at": 0},
+                  {"pid": other.pid, "start": process_start(other.pid) - 1, "action": "node1 link up", "at": 0}]
+        (folder / "state.json").write_text(json.dumps({"timers": timers}))
+        down = cli("cluster", "down", "--name", "treuse")
+        assert down.returncode == 0, down.stderr
+        assert ours.wait(timeout=10) == -9  # SIGKILL
+        assert other.poll() is None, "down killed a process it did not start"
+        assert not folder.exists()
+    finally:
+        for p in (ours, other):
+            p.kill()
+            p.wait()
 
 
 # ---------------------------------------------------------------------------------------------- MPI across nodes

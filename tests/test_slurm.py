@@ -21,7 +21,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-from conftest import mpi_size, mpiexec_cmd
+from conftest import modes_seen, mpi_size, mpiexec_cmd
 
 from hes_mpi.cluster.slurm import PACKAGES, SlurmCluster, SlurmClusterError, missing_binaries
 from hes_mpi.runlog import RunLog
@@ -77,6 +77,41 @@ def test_results_params_parse_and_match_the_documented_array():
     for text in ((JOBS / "README.md").read_text(), (JOBS / "sweep.sbatch").read_text()):
         m = re.search(r"--array=0-(\d+) --export=ALL,HES_MPI_PARAMS=jobs/results.params", text)
         assert m and int(m.group(1)) == len(runs) - 1
+
+
+# --------------------------------------------------------------------------- MUNGE's key
+
+
+@pytest.mark.parametrize("mungekey", [True, False], ids=["mungekey", "without-mungekey"])
+def test_munge_key_is_never_readable_by_others(monkeypatch, mungekey):
+    """The cluster's private MUNGE key, made with mungekey or (older MUNGE: none installed) from random bytes,
+    under umask 000: between any two steps of its making it is no one's but its owner's; munged starts with
+    it and a credential encoded with it decodes."""
+    import stat
+    import tempfile
+
+    if os.geteuid() != 0 or shutil.which("munged", path="/usr/sbin:" + os.environ.get("PATH", "")) is None:
+        pytest.skip("needs root and munged (apt-get install munge)")
+    exists = Path.exists
+    if mungekey and not exists(Path(shutil.which("mungekey") or "/usr/sbin/mungekey")):
+        pytest.skip("mungekey not installed")
+    if not mungekey:  # a host without mungekey: the fallback
+        monkeypatch.setattr(Path, "exists", lambda self: self.name != "mungekey" and exists(self))
+    cluster = SlurmCluster()
+    cluster.dir = Path(tempfile.mkdtemp(prefix="hes_mpi-slurm-"))
+    cluster.dir.chmod(0o755)
+    try:
+        with modes_seen(cluster.dir / "munge", umask=0o000) as seen:
+            cluster._start_munge()
+        keys = [(name, mode) for name, mode in seen if "munge.key" in name]
+        assert keys and all(stat.S_ISREG(m) for _, m in keys), keys
+        assert sorted({f"{stat.S_IMODE(m):04o}" for _, m in keys if m & 0o077}) == [], keys
+        assert stat.S_IMODE((cluster.dir / "munge" / "munge.key").stat().st_mode) == 0o400
+        socket = f"--socket={cluster.munge_socket}"
+        cred = subprocess.run(["munge", socket, "-n"], capture_output=True, check=True, timeout=30).stdout
+        subprocess.run(["unmunge", socket], input=cred, capture_output=True, check=True, timeout=30)  # decodes
+    finally:
+        cluster.stop()
 
 
 # --------------------------------------------------------------------------- the cluster

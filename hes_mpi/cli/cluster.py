@@ -94,7 +94,8 @@ def add_parsers(sub) -> None:
         p = fsub.add_parser(name, help=text, description=text[0].upper() + text[1:] + ".")
         p.add_argument("node", help="node0, node1, ...")
         p.add_argument("--after", type=float, default=0.0, metavar="SECONDS", help="in SECONDS, in the background "
-                       "(the command returns at once; default: now)")
+                       "(the command returns at once; recorded in the state, and 'cluster down' ends it if it has "
+                       "not acted yet; default: now)")
         p.add_argument("--name", default="hes", help=NAME_HELP)
         p.set_defaults(func=cmd_fault, state="down" if name == "link-down" else "up")
     p = fsub.add_parser("slow", help="limit a node to a fraction of one core", description="Limit a node to "
@@ -134,9 +135,10 @@ def add_parsers(sub) -> None:
     b.add_argument("--name", default="bench", help=NAME_HELP)
     b.set_defaults(func=cmd_bench)
 
-    d = csub.add_parser("down", help="remove everything the cluster made", description="Remove every namespace, "
-                        "link, bridge, qdisc, cgroup and file the cluster made, and its processes. Idempotent: "
-                        "removing a cluster that is not there is not an error.")
+    d = csub.add_parser("down", help="remove everything the cluster made", description="End the faults still "
+                        "waiting (--after), then remove every namespace, link, bridge, qdisc, cgroup and file the "
+                        "cluster made, and its processes. Idempotent: removing a cluster that is not there is not an "
+                        "error.")
     d.add_argument("--name", default="hes", help=NAME_HELP)
     d.set_defaults(func=cmd_down)
     c.set_defaults(func=lambda a: show_help(c))

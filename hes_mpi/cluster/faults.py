@@ -1,15 +1,21 @@
 """Faults on an emulated cluster (``hes-mpi cluster fault ...``): a node's link down and up again, a node
-slowed to a fraction of a core, a node's processes killed."""
+slowed to a fraction of a core, a node's processes killed. A fault given ``--after`` S seconds is a process
+of its own that sleeps, then acts; it is recorded in the cluster's state (:class:`.state.Timer`), so that
+``cluster down`` ends it."""
 
 from __future__ import annotations
 
+import contextlib
+import os
 import shlex
+import signal
 import subprocess
+import time
 
 from ..errors import UsageError
 from ..log import get_logger
 from .net import check_fraction, kill_pids, node_pids, set_cpu_quota, sh
-from .state import Cluster
+from .state import Cluster, Timer, editing, process_start
 
 log = get_logger("cluster")
 
@@ -29,20 +35,31 @@ def link(cluster: Cluster, node: str, state: str, after_s: float = 0.0) -> None:
         sh(*cmd)
         log.info("cluster %s: %s's link is %s", cluster.name, node, state)
         return
-    subprocess.Popen(["sh", "-c", f"sleep {after_s:g}; exec {shlex.join(cmd)}"], start_new_session=True,
-                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = None
+    try:
+        with editing(cluster) as current:  # under the state folder's lock: 'down' meanwhile waits, or went first
+            proc = subprocess.Popen(["sh", "-c", f"sleep {after_s:g}; exec {shlex.join(cmd)}"], start_new_session=True,
+                                    stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            start = process_start(proc.pid)
+            current.timers = [t for t in current.timers if t.running()]  # those that acted are forgotten
+            if start is not None:  # None: it has acted already
+                current.timers.append(Timer(proc.pid, start, f"{node} link {state}", time.time() + after_s))
+    except BaseException:
+        if proc is not None:  # not recorded: nothing could end it
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+        raise
     log.info("cluster %s: %s's link goes %s in %g s", cluster.name, node, state, after_s)
 
 
 def slow(cluster: Cluster, node: str, fraction: float | None) -> None:
     """Limit ``node`` to ``fraction`` of one core (None: no limit); takes effect at once, running jobs too."""
-    n = cluster.node(node)
-    if not n.cgroup:
+    if not cluster.node(node).cgroup:
         raise UsageError("this host has no cgroup v1 cpu controller: nodes cannot be slowed")
     if fraction is not None:
         check_fraction(fraction, f"slow {node} {fraction:g} (or 'off')")
-    set_cpu_quota(n, fraction)
-    cluster.save()
+    with editing(cluster) as current:
+        set_cpu_quota(current.node(node), fraction)
     log.info("cluster %s: %s %s", cluster.name, node, f"limited to {fraction:g} of a core" if fraction else "unlimited")
 
 

@@ -25,7 +25,8 @@ import subprocess
 import sys
 
 from ..errors import UsageError
-from .state import ENV_STATE, Cluster
+from .files import open_folder
+from .state import ENV_STATE, LAUNCHER_FILE, Cluster
 
 #: hes-mpi commands that ``cluster run`` starts as ``python -m hes_mpi COMMAND ...`` on the nodes.
 RUNNABLE = ("train", "compare", "sweep", "bench")
@@ -57,11 +58,12 @@ exec nsenter --net=/run/netns/"$ns" unshare --uts sh -c 'hostname "$1"; shift; r
 
 
 def write_launcher(cluster: Cluster) -> None:
+    """``launch.sh`` in the cluster's checked folder: a new file (O_EXCL|O_NOFOLLOW) with mode 0755 from its
+    creation, renamed into place (files.py), since root executes it."""
     cases = "\n".join(f"  {n.mgmt_address}|{n.address}) ns={n.netns} node={n.name} cg={shlex.quote(n.cgroup)} ;;"
                       for n in cluster.nodes)
-    path = cluster.launcher
-    path.write_text(LAUNCHER.format(name=cluster.name, cases=cases))
-    path.chmod(0o755)
+    with open_folder(cluster.directory) as folder:
+        folder.write(LAUNCHER_FILE, LAUNCHER.format(name=cluster.name, cases=cases).encode(), 0o755)
 
 
 #: The MPI implementations whose launcher ``cluster run`` drives.

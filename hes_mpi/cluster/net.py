@@ -16,12 +16,15 @@ Layout of cluster NAME with N nodes:
   the node joins it, which is also how ``fault kill`` finds them.
 
 Every step is undone when a later one fails, and ``down`` removes whatever of a cluster is left, also
-without its state file: it is idempotent.
+without its state file: it is idempotent. It first ends the faults still waiting to act (``fault ... --after``,
+recorded in the state), under the state folder's lock. The state folder is made, and only used, by the rules
+of :mod:`.files`: root executes the launcher in it.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import json
 import math
 import os
 import shutil
@@ -32,7 +35,8 @@ from pathlib import Path
 
 from ..errors import RunError, UsageError
 from ..log import get_logger
-from .state import Cluster, Node, check_name, root_dir
+from .files import Folder
+from .state import STATE_FILE, Cluster, Node, Timer, check_name, folder_of, root_dir
 
 log = get_logger("cluster")
 
@@ -183,16 +187,21 @@ def up(name: str, nodes: int, link: str, link_of: dict[str, int], cpu_of: dict[s
     if delay is not None and not netem_available():
         raise UsageError(f"--delay {delay}: this kernel has no netem qdisc (sch_netem), so no delay can be added; "
                          "leave --delay out (links then have their real, sub-millisecond latency)")
-    if (root_dir() / name / "state.json").exists() or any(ns.startswith(f"hes-{name}-") for ns in existing_netns()):
-        raise UsageError(f"a cluster named {name!r} is up already: 'hes-mpi cluster down --name {name}' first, "
-                         "or pick another --name")
     if cpu_of and not CGROUP_CPU.is_dir():
         raise UsageError(f"--cpu-of needs the cgroup v1 cpu controller at {CGROUP_CPU}, which this host lacks")
+    busy = f"a cluster named {name!r} is up already: 'hes-mpi cluster down --name {name}' first, or pick another --name"
+    if any(ns.startswith(f"hes-{name}-") for ns in existing_netns()):
+        raise UsageError(busy)
+    try:  # a new folder, checked with every folder above it (files.py); an existing one is never taken over
+        made = folder_of(name, create=True)
+        made.close()
+    except FileExistsError:
+        raise UsageError(f"{busy} (its state folder {root_dir() / name} exists)") from None
     hosts = list(net.hosts())
     mgmt = ipaddress.ip_network(MGMT_SUBNET if net != ipaddress.ip_network(MGMT_SUBNET) else DEFAULT_SUBNET)
     mgmt_hosts = list(mgmt.hosts())
     cluster = Cluster(name=name, subnet=str(net), switch_netns=netns_name(name, "sw"), bridge="br0",
-                      delay=delay, directory=str(root_dir() / name), mgmt_subnet=str(mgmt), mgmt_bridge="mg0")
+                      delay=delay, directory=str(made.path), mgmt_subnet=str(mgmt), mgmt_bridge="mg0")
     try:
         sw = cluster.switch_netns
         sh("ip", "netns", "add", sw)
@@ -210,8 +219,8 @@ def up(name: str, nodes: int, link: str, link_of: dict[str, int], cpu_of: dict[s
                 d.mkdir(parents=True, exist_ok=True)
                 node.cgroup = str(d)
                 set_cpu_quota(node, cpu_of.get(node_name))
+        write_launcher(cluster)  # first: a state file means a whole cluster
         cluster.save()
-        write_launcher(cluster)
     except BaseException:
         down(name, quiet=True)
         raise
@@ -254,10 +263,48 @@ def set_rate(netns: str, dev: str, rate_bps: int, delay: str | None, replace: bo
 
 # ---------------------------------------------------------------------------------------------- down
 def down(name: str, quiet: bool = False) -> list[str]:
-    """Remove everything cluster NAME made (processes, namespaces with their links and qdiscs, cgroups, the
-    state folder), with or without its state file; returns what was removed. Removing nothing is fine."""
+    """Remove everything cluster NAME made (its waiting faults, processes, namespaces with their links and
+    qdiscs, cgroups, the state folder), with or without its state file; returns what was removed. Removing
+    nothing is fine; a state folder that is not safe (files.py) is a UsageError, and nothing is removed."""
     check_name(name)
     require_privileges()
+    try:
+        folder = folder_of(name)
+    except FileNotFoundError:
+        folder = None
+    if folder is None:
+        removed = _remove(name)
+    else:
+        with folder:
+            folder.lock()  # a fault given meanwhile waits for it, then finds no cluster
+            removed = end_timers(folder) + _remove(name)
+            shutil.rmtree(folder.path, ignore_errors=True)
+            removed.append(f"state {folder.path}")
+    if not quiet:
+        log.info("cluster %s: %s", name, "removed " + ", ".join(removed) if removed else "nothing to remove")
+    return removed
+
+
+def end_timers(folder: Folder) -> list[str]:
+    """SIGKILL the session of every fault timer recorded in the state that still runs (the same process: its
+    start time is checked, so a reused pid is left alone)."""
+    try:
+        timers = [Timer(**t) for t in json.loads(folder.read(STATE_FILE)).get("timers", [])]
+    except (OSError, UsageError, ValueError, TypeError, AttributeError):  # no state, or none to trust
+        return []
+    ended = []
+    for t in timers:
+        try:
+            if t.running() and os.getpgid(t.pid) == t.pid:
+                os.killpg(t.pid, signal.SIGKILL)
+                ended.append(f"timer '{t.action}'")
+        except ProcessLookupError:
+            pass
+    return ended
+
+
+def _remove(name: str) -> list[str]:
+    """Cluster NAME's processes, namespaces, half-made links and cgroups: what ``down`` removes besides its state."""
     removed = []
     prefix = f"hes-{name}-"
     spaces = sorted(ns for ns in existing_netns() if ns.startswith(prefix))
@@ -286,12 +333,6 @@ def down(name: str, quiet: bool = False) -> list[str]:
         parent = cg.parent
         if parent.is_dir() and not any(p.is_dir() for p in parent.iterdir()):
             _rmdir_cgroup(parent)
-    folder = root_dir() / name
-    if folder.exists():
-        shutil.rmtree(folder, ignore_errors=True)
-        removed.append(f"state {folder}")
-    if not quiet:
-        log.info("cluster %s: %s", name, "removed " + ", ".join(removed) if removed else "nothing to remove")
     return removed
 
 

@@ -7,11 +7,11 @@
     with SlurmCluster() as cluster:
         subprocess.run(["sbatch", "--wait", ...], env=cluster.env(...))
 
-Everything lives in one temporary folder: a private MUNGE key and socket (the host's ``/etc/munge`` and any
-munged or slurmd already running are left alone), ``slurm.conf`` for this host, the controller's state and
-slurmd's spool folders, the pid and log files. The daemons run in the foreground as children of this
-process, on free TCP ports, with ``SLURM_CONF`` pointing at that configuration; clients (``sbatch``,
-``sinfo``, ``srun`` inside jobs) find the cluster through the same variable, which ``env()`` sets.
+Everything lives in one temporary folder only its owner can write: a private MUNGE key (no one else's from
+its creation, whatever the umask) and socket (the host's ``/etc/munge`` and any munged or slurmd running are
+left alone), ``slurm.conf`` (mode 0644 from its creation), the controller's state and slurmd's spool folders,
+the pid and log files. The daemons run in the foreground as children of this process, on free TCP ports,
+with ``SLURM_CONF`` naming that configuration, as for clients (``sbatch``, ``sinfo``, ``srun``; ``env()``).
 
 Configuration for a container: ``proctrack/linuxproc`` and ``task/none`` (no cgroups), no accounting, no
 job-completion log; ``select/cons_tres`` with ``CR_Core``; partition ``debug`` is the default. The node
@@ -38,6 +38,8 @@ import tempfile
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from .files import open_folder
 
 if TYPE_CHECKING:  # typing.Self is Python >= 3.11
     from typing import Self
@@ -218,17 +220,16 @@ class SlurmCluster:
 
     def _start_munge(self) -> None:
         munge = self.dir / "munge"
-        munge.mkdir()
+        munge.mkdir(mode=0o700)
         munge.chmod(0o755)  # munged wants its socket folder reachable by all; the key stays 0400
-        key = munge / "munge.key"
-        if not key.exists():
-            mungekey = shutil.which("mungekey") or "/usr/sbin/mungekey"
-            if Path(mungekey).exists():
-                subprocess.run([mungekey, "--create", f"--keyfile={key}"], check=True, capture_output=True,
-                               timeout=30)
-            else:  # older MUNGE: 1 KiB of random bytes is a valid key
-                key.write_bytes(os.urandom(1024))
+        key, mungekey = munge / "munge.key", shutil.which("mungekey") or "/usr/sbin/mungekey"
+        if Path(mungekey).exists():  # the key is no one else's from its creation: O_EXCL, mode 0600, umask 077
+            subprocess.run([mungekey, "--create", f"--keyfile={key}"], check=True, capture_output=True, timeout=30,
+                           umask=0o077)
             key.chmod(0o400)
+        else:  # older MUNGE: 1 KiB of random bytes is a valid key, made with mode 0400 (files.py)
+            with open_folder(munge) as folder:
+                folder.write(key.name, os.urandom(1024), 0o400)
         self.munge_socket = munge / "munge.socket"
         self._spawn("munged", [_which("munged"), "--foreground", "--force", f"--key-file={key}",
                                f"--socket={self.munge_socket}", f"--pid-file={munge / 'munged.pid'}",
@@ -243,10 +244,10 @@ class SlurmCluster:
     def _write_conf(self) -> None:
         d = self.dir
         for sub in ("state", "spool", *(f"spool/{n}" for n in self.node_names)):
-            (d / sub).mkdir()
-        self.conf = d / "slurm.conf"
-        user = getpass.getuser()
-        self.conf.write_text(f"""\
+            (d / sub).mkdir(mode=0o755)
+        self.conf, user = d / "slurm.conf", getpass.getuser()
+        with open_folder(d) as folder:  # mode 0644 from its creation, whatever the umask: root's daemons read it
+            folder.write(self.conf.name, (f"""\
 # Written by hes_mpi/cluster/slurm.py ({type(self).__name__}), in {d}
 ClusterName={self.cluster_name}
 SlurmctldHost={self.controller_address()[0]}({self.controller_address()[1]})
@@ -283,7 +284,7 @@ MailProg=/bin/true
 MinJobAge=5
 KillWait=5
 InactiveLimit=0
-""" + self.nodes_conf())
+""" + self.nodes_conf()).encode(), 0o644)
 
     def _wait_idle(self) -> None:
         deadline = time.monotonic() + self.start_timeout
