@@ -70,6 +70,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import faultpoints
 from .errors import UsageError
 from .schema import (
     ALGORITHM_PHASES,
@@ -162,11 +163,17 @@ class RunLogWriter:
             self._reopen(resume_rows, command)
             return
         check_writable(path, force)
+        faultpoints.point(self.path, "begin")
+        with faultpoints.h5_target(self.path, "w+b") as target:
+            self._create(target, config, environment, command)
+        faultpoints.point(self.path, "end")
+
+    def _create(self, target, config: dict, environment: dict, command: list[str]) -> None:
         h5py = _h5py()
         try:
-            f = h5py.File(self.path, "w", locking=False)
+            f = h5py.File(target, "w", locking=False)
         except OSError as e:
-            raise UsageError(f"--out {path}: cannot create ({e})") from None
+            raise UsageError(f"--out {self.path}: cannot create ({e})") from None
         with f:
             f.attrs["format"] = FORMAT
             f.attrs["format_version"] = FORMAT_VERSION
@@ -210,9 +217,15 @@ class RunLogWriter:
 
     def _reopen(self, rows: dict, command: list[str]) -> None:
         """Continue an existing log from a checkpoint: cut every table back to ``rows``."""
+        faultpoints.point(self.path, "begin")
+        with faultpoints.h5_target(self.path, "r+b") as target:
+            self._cut(target, rows, command)
+        faultpoints.point(self.path, "end")
+
+    def _cut(self, target, rows: dict, command: list[str]) -> None:
         h5py = _h5py()
         try:
-            f = h5py.File(self.path, "a", locking=False)
+            f = h5py.File(target, "a", locking=False)
         except OSError as e:
             raise UsageError(f"--out {self.path}: cannot reopen the run log to resume ({e})") from None
         with f:
@@ -268,7 +281,10 @@ class RunLogWriter:
         failed = None
         with contextlib.redirect_stderr(captured):
             try:
-                self._flush(final)
+                faultpoints.point(self.path, "begin")
+                with faultpoints.h5_target(self.path, "r+b") as target:
+                    self._flush(target, final)
+                faultpoints.point(self.path, "end")
             except (OSError, RuntimeError) as e:  # h5py reports ENOSPC at close as RuntimeError
                 failed = str(e)
             gc.collect()  # release every object of the file here, so that late write errors are seen now
@@ -281,9 +297,9 @@ class RunLogWriter:
             raise OSError(m.group(1) if m else (failed.strip().splitlines() or ["write failed"])[0])
         sys.stderr.write(text)
 
-    def _flush(self, final: dict | None) -> None:
+    def _flush(self, target, final: dict | None) -> None:
         h5py = _h5py()
-        with h5py.File(self.path, "a", locking=False) as f:
+        with h5py.File(target, "a", locking=False) as f:
             for row in self._pending_epochs:
                 for name, (dt, _) in EPOCH_COLUMNS.items():
                     self._append(f["epochs"], name, np.array([row[name]], dtype=dt))
