@@ -5,10 +5,11 @@ with the layout they both follow written out below (the column tables live in :m
 
 Written by rank 0 only, after the other ranks' per-iteration figures and call records are gathered
 to it (pip's h5py has no parallel HDF5, and the records are small: one file is simpler to move and
-read than one per rank plus an index). The file is opened, appended to and closed at every flush
-(each epoch and at exit), so a run killed between two flushes leaves a valid file that holds every
-flushed epoch and ``complete = False``. HDF5 file locking is off for writer and readers, so that
-reading a live run (``hes-mpi summary``) can never stop the run's next flush.
+read than one per rank plus an index). Every update of the file (its creation, each flush: every epoch,
+every checkpoint and the end; a resume's cut) is made to a copy that then replaces it by a rename
+(:mod:`hes_mpi.atomicfile`), so a run killed at any moment, even inside a flush, leaves a whole file that
+holds every flushed epoch and ``complete = False``. HDF5 file locking is off for writer and readers, so
+that reading a live run (``hes-mpi summary``) can never stop the run's next flush.
 
 Schema (``format = "hes_mpi.runlog"``, ``format_version = 1``); growable datasets are chunked with
 ``maxshape=(None, ...)``; every dataset carries a ``units`` attribute.
@@ -74,6 +75,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import atomicfile
 from .errors import UsageError
 from .schema import (
     ALGORITHM_PHASES,
@@ -152,7 +154,8 @@ def collapse_summary(dev_acc: np.ndarray) -> dict:
 
 
 class RunLogWriter:
-    """Rank 0's writer. Creates the file at once, appends at each :meth:`flush`."""
+    """Rank 0's writer. Creates the file at once, appends at each :meth:`flush`; each update replaces the
+    file whole (:func:`hes_mpi.atomicfile.replaced`)."""
 
     def __init__(self, path: str, force: bool, config: dict, environment: dict, command: list[str],
                  resume_rows: dict | None = None):
@@ -166,12 +169,14 @@ class RunLogWriter:
             self._reopen(resume_rows, command)
             return
         check_writable(path, force)
-        h5py = _h5py()
         try:
-            f = h5py.File(self.path, "w", locking=False)
+            with atomicfile.replaced(self.path, copy=False) as target:
+                self._create(target, config, environment, command)
         except OSError as e:
-            raise UsageError(f"--out {path}: cannot create ({e})") from None
-        with f:
+            raise UsageError(f"--out {self.path}: cannot create ({e})") from None
+
+    def _create(self, target, config: dict, environment: dict, command: list[str]) -> None:
+        with _h5py().File(target, "w", locking=False) as f:
             f.attrs["format"] = FORMAT
             f.attrs["format_version"] = FORMAT_VERSION
             f.attrs["complete"] = False
@@ -214,12 +219,14 @@ class RunLogWriter:
 
     def _reopen(self, rows: dict, command: list[str]) -> None:
         """Continue an existing log from a checkpoint: cut every table back to ``rows``."""
-        h5py = _h5py()
         try:
-            f = h5py.File(self.path, "a", locking=False)
+            with atomicfile.replaced(self.path) as target:
+                self._cut(target, rows, command)
         except OSError as e:
             raise UsageError(f"--out {self.path}: cannot reopen the run log to resume ({e})") from None
-        with f:
+
+    def _cut(self, target, rows: dict, command: list[str]) -> None:
+        with _h5py().File(target, "a", locking=False) as f:
             if f.attrs.get("format") != FORMAT:
                 raise UsageError(f"--out {self.path}: not a hes_mpi run log; cannot resume into it")
             for group, n in (("epochs", rows["epochs"]), ("iterations", rows["iterations"]),
@@ -272,22 +279,24 @@ class RunLogWriter:
         failed = None
         with contextlib.redirect_stderr(captured):
             try:
-                self._flush(final)
+                with atomicfile.replaced(self.path) as target:  # the log itself changes only by a rename
+                    self._flush(target, final)
+                    gc.collect()  # release every object of the file here, so that late write errors are seen now
+                    if "write failed" in captured.getvalue():  # a dataset's cached chunks failed on release
+                        raise OSError(captured.getvalue())
             except (OSError, RuntimeError) as e:  # h5py reports ENOSPC at close as RuntimeError
-                failed = str(e)
-            gc.collect()  # release every object of the file here, so that late write errors are seen now
+                failed = (e.strerror if isinstance(e, OSError) else None) or str(e)
+            gc.collect()
         text = captured.getvalue()
-        if failed is None and "write failed" in text:  # a dataset's cached chunks failed on release
-            failed = text
         if failed is not None:
             _STATE["damaged_handles"] = True
             m = re.search(r"error message = '([^']*)'", failed)
             raise OSError(m.group(1) if m else (failed.strip().splitlines() or ["write failed"])[0])
         sys.stderr.write(text)
 
-    def _flush(self, final: dict | None) -> None:
+    def _flush(self, target, final: dict | None) -> None:
         h5py = _h5py()
-        with h5py.File(self.path, "a", locking=False) as f:
+        with h5py.File(target, "a", locking=False) as f:
             for row in self._pending_epochs:
                 for name, (dt, _) in EPOCH_COLUMNS.items():
                     self._append(f["epochs"], name, np.array([row[name]], dtype=dt))

@@ -96,6 +96,54 @@ def test_killed_and_resumed_run_is_bitwise_identical(tmp_path, reference):
     assert_same_as_reference(out, reference)
 
 
+#: Where the test below kills the job, as HES_MPI_PAUSE_IN_FLUSH=U:K (rank 0 stops at the K-th point, a write or
+#: a step between writes, of the U-th update of its run log; at the update's end when it has fewer). Every job
+#: passes --resume, as a requeued job script does. A fresh run's updates are its creation, then one flush per
+#: checkpoint (every 15 iterations) and per epoch end (40 iterations), each followed by its checkpoint; a
+#: resumed run's first update is the cut back to its checkpoint.
+KILLS = (
+    (4, 40),  # the third flush (the first epoch's end), amid its writes (2 checkpoints exist)
+    (1, 5),  # the cut of the resume that follows, amid its writes
+    (3, 10**6),  # the end of a flush, before its checkpoint: the log is ahead of the checkpoint
+)
+
+
+def kill_inside_an_update(args, update: int, point: int, marker: Path) -> None:
+    """Run ``train ARGS --resume`` until rank 0 stops inside an update of its run log, then SIGKILL the job."""
+    proc = launch([*args, "--resume"], env={"HES_MPI_PAUSE_IN_FLUSH": f"{update}:{point}"})
+    try:
+        deadline = time.time() + 120
+        while not marker.exists() and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.02)
+        assert marker.exists(), f"no pause at update {update}, point {point}: {proc.communicate()[1]}"
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    marker.unlink()
+
+
+def test_kills_inside_flushes_leave_a_readable_log_and_resume_bitwise(tmp_path, reference):
+    """SIGKILL of the job inside updates of its run log (issue 21: a kill during a flush could leave an
+    unreadable file, and --resume then failed with a good checkpoint), three times over: after each kill
+    the log is read whole with RunLog, its tables agree, and the run resumes from its checkpoint; the last
+    resume completes bitwise equal to an uninterrupted run."""
+    out = tmp_path / "run.h5"
+    args = [*SYN, "--epochs", "6", "--checkpoint-every", "15", "--out", out]
+    for update, point in KILLS:
+        kill_inside_an_update(args, update, point, Path(f"{out}.paused"))
+        with RunLog(str(out)) as rl:
+            s = rl.summary()
+            records = rl.records()
+        assert s["complete"] is False and s["epochs"] <= 6, s
+        assert 40 * s["epochs"] <= s["iterations"] < 40 * (s["epochs"] + 1), s
+        assert set(np.unique(records["rank"])) == {0, 1}
+    done = run_cli(["train", *args, "--resume"])
+    assert done.returncode == 0, done.stderr
+    assert "resuming from" in done.stdout
+    assert_same_as_reference(out, reference)
+
+
 @pytest.mark.parametrize(("sig", "ranks"), [(signal.SIGTERM, "one"), (signal.SIGUSR1, "all")])
 def test_signal_checkpoints_exits_and_resumes(tmp_path, reference, sig, ranks):
     out = tmp_path / "run.h5"
@@ -189,6 +237,9 @@ def test_disk_full_at_a_flush(tiny_disk):
     with h5py.File(ckpt, "r") as f:  # the last good checkpoint, whole
         assert np.all(np.isfinite(f["theta"][()])) and int(f.attrs["iteration"]) % 40 == 0
     assert not (tiny_disk / "run.h5.ckpt.tmp").exists()
+    with RunLog(str(out)) as rl:  # the log as its last good flush left it, whole (the failed one wrote a copy)
+        assert rl.complete is False and rl.table("epochs")["epoch"].size >= 1
+    assert not (tiny_disk / "run.h5.tmp").exists()
 
 
 def test_resume_refuses_other_options(tmp_path):

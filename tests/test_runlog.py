@@ -7,6 +7,8 @@ import datetime as dt
 import hashlib
 import json
 import math
+import os
+import signal
 
 import h5py
 import numpy as np
@@ -14,7 +16,7 @@ import pytest
 from conftest import run_cli
 
 import hes_mpi
-from hes_mpi import kernels
+from hes_mpi import faultpoints, kernels
 from hes_mpi.config import RunConfig
 from hes_mpi.errors import UsageError
 from hes_mpi.runlog import FORMAT_VERSION, RunLog, RunLogWriter, check_writable, collapse_summary
@@ -310,6 +312,78 @@ def test_resume_refuses_a_foreign_file(tmp_path):
     with pytest.raises(UsageError, match="not a hes_mpi run log; cannot resume"):
         RunLogWriter(str(path), False, config(), environment(), COMMAND,
                      resume_rows={"epochs": 0, "iterations": 0, "records": 0})
+
+
+# -------------------------------------------------------------------------------------------------- kills
+def life_of_a_log(path, per_epoch: int = 4) -> int:
+    """The updates of a run log's life: creation, three epochs flushed, a resume cut back to the first epoch,
+    the second epoch flushed again, the final flush (7 updates). Run in a child process that stops itself
+    (SIGSTOP) at every point of every update (:mod:`hes_mpi.faultpoints`: each write to the file and each
+    step between); returns its pid."""
+    pid = os.fork()
+    if pid:
+        return pid
+    status = 1
+    try:
+        faultpoints.observe(lambda _path, _what: os.kill(os.getpid(), signal.SIGSTOP))
+        write_log(path, epochs=3, per_epoch=per_epoch, final=False)
+        rows = {"epochs": 1, "iterations": per_epoch, "records": per_epoch * 2 * RANKS}
+        w = RunLogWriter(str(path), False, config(), environment(), ["hes-mpi", "train", "--resume"], resume_rows=rows)
+        cols = iteration_cols(per_epoch, per_epoch, 1)
+        w.add_iterations(cols)
+        w.add_records(*records_for(cols["iteration"], cols["kind"], 2 * per_epoch))
+        w.add_epoch(epoch_row(1))
+        w.flush()
+        w.flush(final={"theta": np.zeros(100, np.float32), "theta_consistent": True})
+        status = 0
+    finally:
+        os._exit(status)
+
+
+def test_a_kill_at_any_point_of_any_update_leaves_a_whole_run_log(tmp_path):
+    """A SIGKILL can land anywhere in a flush (issue 21: an 'addr overflow' after one, and --resume failed).
+    The writer is stopped at every point of every update of a log's life, and the file at the log's path,
+    as a kill there would leave it, is read with RunLog: every state is readable, its tables agree with one
+    another, and it is one of the states between two updates, never a torn one."""
+    path = tmp_path / "run.h5"
+    pid = life_of_a_log(path)
+    points, states, status = 0, {}, None
+    try:
+        while True:
+            _, status = os.waitpid(pid, os.WUNTRACED)
+            if not os.WIFSTOPPED(status):
+                break
+            points += 1
+            if path.exists():
+                key = hashlib.sha256(path.read_bytes()).hexdigest()
+                if key not in states:
+                    states[key] = (points, state_of(path))
+            os.kill(pid, signal.SIGCONT)
+    finally:
+        if status is None or os.WIFSTOPPED(status):  # never leave the writer stopped
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, status
+    assert points > 7 * 10  # every write of every update was a point
+    bad = [(at, state) for at, state in states.values() if isinstance(state, str)]
+    assert bad == [], f"{len(bad)} of {points} points leave an unreadable log, the first: {bad[:3]}"
+    assert len(states) <= 7, f"{len(states)} different files at the log's path: torn updates"
+    assert max(states.values())[1] == (2, True)  # the last state: complete
+
+
+def state_of(path) -> tuple[int, bool] | str:
+    """(epochs, complete) of the log at ``path`` read whole with RunLog, or why it cannot be."""
+    try:
+        with RunLog(str(path)) as rl:
+            s = rl.summary()
+            records = rl.records()
+            theta = rl.theta()
+        e = s["epochs"]
+        assert s["iterations"] == 4 * e and records["seq"].size == 4 * 2 * RANKS * e, s
+        assert s["complete"] == (theta is not None), s
+        return e, s["complete"]
+    except Exception as ex:  # noqa: BLE001  whatever a reader would meet
+        return f"{type(ex).__name__}: {ex}"
 
 
 # ---------------------------------------------------------------------------------------- check_writable

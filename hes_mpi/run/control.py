@@ -1,4 +1,4 @@
-"""How a run stops: signals (checkpoint and exit 3), injected faults (for the fault tests), and the abort
+"""How a run stops: signals (checkpoint and exit 3), injected faults and pauses (for the fault tests), and the abort
 policy of every MPI command (one-line errors, agreed exit codes, ``MPI_Abort`` on anything else)."""
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import time
 
 import numpy as np
 
+from .. import faultpoints
 from ..errors import Diverged, RunError, UsageError
 
 #: Seconds a failing rank waits after printing its message and before MPI_Abort.
@@ -77,6 +78,40 @@ class Fault:
         if self.what == "raise":
             raise RuntimeError(f"fault injected by HES_MPI_INJECT_FAULT at iteration {i}")
         theta[:] = np.nan
+
+
+def pause_in_flush_from_env() -> None:
+    """``HES_MPI_PAUSE_IN_FLUSH=U:K`` (for the fault tests): the writer of the run log stops for good at the K-th
+    point (a write, or a step between writes: :mod:`hes_mpi.faultpoints`) of the U-th update of its file in this
+    process (1: the creation, or a resume's cut; then each flush), or at that update's end when it has fewer
+    points, after creating ``OUT.paused`` with where it stopped; the test then SIGKILLs the job there."""
+    spec = os.environ.get("HES_MPI_PAUSE_IN_FLUSH")
+    if not spec:
+        faultpoints.observe(None)
+        return
+    update, at = (int(v) for v in spec.split(":"))
+    seen = {"updates": 0, "points": 0}
+
+    def observer(path: str, what: str) -> None:
+        if what == "begin":
+            seen["updates"] += 1
+            seen["points"] = 0
+            return
+        if seen["updates"] != update:
+            return
+        seen["points"] += 1
+        if seen["points"] == at or what == "end":
+            _pause_for_good(f"{path}.paused", f"update {update}, point {seen['points']} ({what})")
+
+    faultpoints.observe(observer)
+
+
+def _pause_for_good(marker: str, where: str) -> None:
+    with open(f"{marker}.tmp", "w") as fh:
+        fh.write(where + "\n")
+    os.replace(f"{marker}.tmp", marker)
+    while True:  # until SIGKILL (a caught SIGTERM wakes it, and it waits again)
+        signal.pause()
 
 
 #: Seconds the rank that printed a job's message waits, after the others have left, before it exits with the

@@ -24,7 +24,7 @@ from ..runlog import RunLogWriter, collapse_summary
 from ..schema import ES_KINDS, GRADIENT_KINDS, StepKind
 from ..telemetry import held_bytes, traced_peak
 from ..watchdog import default_collective_timeout
-from .control import Fault, Stopped, stop_on_signals, stop_requested
+from .control import Fault, Stopped, pause_in_flush_from_env, stop_on_signals, stop_requested
 from .progress import Progress, duration
 from .recorder import Recorder
 from .setup import environment, load_run_data, set_threads, warm_kernels
@@ -57,6 +57,7 @@ class Trainer:
         # one answer for every rank: a checkpoint only some ranks see would have them restore and start afresh
         found = cfg.resume and comm.exists_everywhere(self.ckpt_path, "checkpoint")
         state = comm.agree(self._resume_state, found)
+        pause_in_flush_from_env()
         self.writer = comm.agree(self._open_writer, state)
         warm_kernels(comm, len(self.model.hidden))
         self.theta = self.model.init_params(cfg.seed)
