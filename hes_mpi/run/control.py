@@ -4,6 +4,7 @@ policy of every MPI command (one-line errors, agreed exit codes, ``MPI_Abort`` o
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import signal
 import sys
@@ -54,7 +55,9 @@ def stop_on_signals():
 class Fault:
     """A fault for the fault tests, from ``HES_MPI_INJECT_FAULT``: ``RANK:ITERATION`` raises an exception
     on that rank at that iteration; ``nan:ITERATION`` turns the parameters into NaN on every rank (a
-    diverging run). :meth:`from_env` gives None when the variable is not set (or names another rank)."""
+    diverging run); ``write:ITERATION`` makes the first run-log write at or after that iteration fail as on a
+    full disk (on rank 0, the rank that writes it). :meth:`from_env` gives None when the variable is not set
+    (or names another rank)."""
 
     def __init__(self, what: str, iteration: int):
         self.what = what
@@ -66,8 +69,8 @@ class Fault:
         if not spec:
             return None
         who, it = spec.split(":")
-        if who == "nan":
-            return cls("nan", int(it))
+        if who in ("nan", "write"):
+            return cls(who, int(it))
         return cls("raise", int(it)) if int(who) == rank else None
 
     def apply(self, i: int, theta: np.ndarray) -> None:
@@ -76,7 +79,13 @@ class Fault:
             return
         if self.what == "raise":
             raise RuntimeError(f"fault injected by HES_MPI_INJECT_FAULT at iteration {i}")
-        theta[:] = np.nan
+        if self.what == "nan":
+            theta[:] = np.nan
+
+    def before_write(self, i: int) -> None:
+        """Called before a run-log write after iteration ``i``: raise the full disk's error when due."""
+        if self.what == "write" and i >= self.iteration:
+            raise OSError(errno.ENOSPC, f"{os.strerror(errno.ENOSPC)} (injected by HES_MPI_INJECT_FAULT)")
 
 
 #: Seconds the rank that printed a job's message waits, after the others have left, before it exits with the

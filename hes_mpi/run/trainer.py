@@ -244,7 +244,7 @@ class Trainer:
     def run(self) -> dict:
         cfg, comm = self.cfg, self.comm
         m = self.iters_per_epoch
-        rec = Recorder(comm, self.writer, m, cfg.batch, cfg.out)
+        rec = Recorder(comm, self.writer, m, cfg.batch, cfg.out, self._fault)
         log.info("training %s on %s: %d ranks, %s network (%d parameters), %d iterations/epoch, %d epochs",
                  cfg.algo + (" (assisted)" if cfg.algo == "hes" and cfg.assisted else ""), self.shard.name,
                  comm.size, self.model.layers, self.model.param_count,
