@@ -16,7 +16,7 @@ from pathlib import Path
 
 from ..config import RunConfig, result_options, run_label
 from ..data import fetch_mnist, mnist_status, resolve_data_dir
-from ..errors import RunError, UsageError
+from ..errors import Diverged, RunError, UsageError
 from ..log import get_logger
 from .trainer import train
 
@@ -133,7 +133,7 @@ def final_dev_acc(path: Path) -> float:
 def tune_lr(comm, grid: list[tuple[str, float, RunConfig]], out_dir: str, argv=None) -> tuple[dict, list[dict]]:
     """Train every (NAME, lr, config) of ``grid`` into OUT-DIR/NAME_lrLR.h5 (a complete log of the same
     options is kept) and choose, per NAME, the lr with the best final dev accuracy (the smallest lr on a
-    tie); a run that diverges (a RunError: not finite) counts as NaN. Returns ({NAME: lr}, one row per run)."""
+    tie); a run that diverges (:class:`Diverged`: not finite) counts as NaN. Returns ({NAME: lr}, one row per run)."""
     out = Path(out_dir)
     make_out_dir(comm, out)
     rows = []
@@ -147,7 +147,8 @@ def tune_lr(comm, grid: list[tuple[str, float, RunConfig]], out_dir: str, argv=N
             log.info("== tuning %d/%d: %s at lr %g (seed %d)", n, len(grid), name, lr, cfg.seed)
             try:
                 train(cfg, comm, argv)
-            except RunError as e:  # every rank sees the same non-finite figure, so all of them are here
+            except Diverged as e:  # every rank sees the same non-finite figure, so all of them are here. Any other
+                # error ends the sweep: a write that failed on rank 0 alone left the others leaving (SilentExit)
                 log.warning("tuning %s at lr %g: %s", name, lr, e)
         dev = comm.decide(lambda p=path: final_dev_acc(p) if p.exists() else math.nan)  # one choice of lr
         rows.append({"name": name, "lr": lr, "dev_acc": dev, "runlog": str(path)})
@@ -156,7 +157,7 @@ def tune_lr(comm, grid: list[tuple[str, float, RunConfig]], out_dir: str, argv=N
         mine = sorted((r for r in rows if r["name"] == name), key=lambda r: r["lr"])
         finite = [r for r in mine if math.isfinite(r["dev_acc"])]
         if not finite:
-            raise RunError(f"tuning {name}: every learning rate of the grid diverged")
+            raise RunError(f"tuning {name}: every learning rate of the grid diverged", everywhere=True)
         best = max(finite, key=lambda r: r["dev_acc"])  # max keeps the first (smallest lr) on a tie
         chosen[name] = best["lr"]
         for r in mine:
@@ -181,3 +182,20 @@ def markdown_tuning(rows: list[dict]) -> str:
             pick = f"{lr:g}" if r.get("chosen") else pick
         out.append(f"| {name} | " + " | ".join(cells) + f" | {pick} |")
     return "\n".join(out)
+
+
+def write_tuning(comm, out_dir: str, rows: list[dict]) -> str:
+    """The tuning table (:func:`markdown_tuning`), written by rank 0 into OUT-DIR/tuning.md; every rank learns
+    whether the write failed (a one-line error on every rank, never a rank left waiting). Returns the table."""
+    text = markdown_tuning(rows)
+    path = Path(out_dir, "tuning.md")
+
+    def write():
+        if comm.rank == 0:
+            try:
+                path.write_text(text + "\n")
+            except OSError as e:
+                raise RunError(f"cannot write {path}: {e.strerror or e}") from None
+
+    comm.agree(write)
+    return text

@@ -17,7 +17,7 @@ from .. import checkpoint, kernels
 from ..algorithms import make_algorithm
 from ..config import RunConfig
 from ..data import Batch, global_batches, local_rows
-from ..errors import RunError, UsageError
+from ..errors import Diverged, RunError, UsageError
 from ..log import get_logger
 from ..runlog import RunLogWriter, collapse_summary
 from ..schema import ES_KINDS, GRADIENT_KINDS, StepKind
@@ -43,7 +43,7 @@ class Trainer:
         timeout = cfg.collective_timeout if cfg.collective_timeout is not None else default_collective_timeout()
         comm.watch_collectives(timeout)
         if not comm.same_everywhere(zlib.crc32(cfg.to_json().encode())):
-            raise RunError("ranks were started with different options")
+            raise RunError("ranks were started with different options", everywhere=True)
         self.threads = set_threads(comm, cfg.threads)
         if cfg.emulate_net:
             from ..collectives import parse_network
@@ -123,7 +123,8 @@ class Trainer:
         buf[0], buf[1], buf[2] = c, -c, int(stop_requested())
         comm.Allreduce(buf, op="max")
         if buf[0] != -buf[1]:
-            raise RunError(f"parameters differ between ranks after iteration {self.iteration}; stopping")
+            raise RunError(f"parameters differ between ranks after iteration {self.iteration}; stopping",
+                           everywhere=True)
         self.checks += 1
         return bool(buf[2])
 
@@ -270,7 +271,7 @@ class Trainer:
                     info = self.algo.step(i, self.theta, batch)
                     step_s = comm.wtime() - t0
                     if diverged(info):
-                        raise RunError(f"loss or gradient is not finite at iteration {i} (learning rate too large?)"
+                        raise Diverged(f"loss or gradient is not finite at iteration {i} (learning rate too large?)"
                                        + (f"; the last checkpoint is {self.ckpt_path}" if self.ckpt_written else ""))
                     rec.record(j, i, info, step_s, self.algo.work_bytes(info.kind, batch.n), batch.n)
                     self.iteration += 1
@@ -292,7 +293,7 @@ class Trainer:
                 metrics = self.evaluate(epoch)
                 eval_s = comm.wtime() - t_eval
                 if not math.isfinite(metrics["dev_loss"] if self.shard.n_dev else metrics["train_loss"]):
-                    raise RunError(f"loss is not finite after epoch {epoch + 1} (learning rate too large?)")
+                    raise Diverged(f"loss is not finite after epoch {epoch + 1} (learning rate too large?)")
                 wall = comm.wtime() - t_start
                 rec.flush(epoch, flushed, m, self.iteration, {"epoch": epoch + 1, "iteration": self.iteration, **metrics,
                                                      "epoch_s": epoch_s, "eval_s": eval_s, "wall_s": wall})
