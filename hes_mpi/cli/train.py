@@ -107,7 +107,7 @@ def cmd_compare(args, argv=None) -> int:
     base = RunConfig(K=args.K, sigma2=args.sigma2, sigma_scale=args.sigma_scale, noise=args.noise, lr=args.lr,
                      batch=args.batch, epochs=args.epochs, seed=args.seed, data=args.data,
                      data_dir=args.data_dir, threads=args.threads, emulate_net=args.emulate_net,
-                     collective_timeout=args.collective_timeout, **network_fields(args), **es_methods(args))
+                     collective_timeout=args.collective_timeout, stall_factor=args.stall_factor, **network_fields(args), **es_methods(args))
 
     def body(comm):
         comm.agree(base.validate)
@@ -146,7 +146,7 @@ def _train_config(args) -> RunConfig:
                      threads=args.threads, eval_train=args.eval_train, sync_barrier=args.sync_barrier,
                      emulate_net=args.emulate_net, checkpoint_every=args.checkpoint_every,
                      checkpoint=args.checkpoint, resume=args.resume, noise=args.noise,
-                     collective_timeout=args.collective_timeout, compress=args.compress, **network_fields(args),
+                     collective_timeout=args.collective_timeout, stall_factor=args.stall_factor, compress=args.compress, **network_fields(args),
                      **es_methods(args))
 
 

@@ -41,7 +41,7 @@ class Trainer:
         # the setup's collectives are watched too (with their own, generous limit): a rank that hangs or dies
         # while the others agree on data, threads or a checkpoint ends the job instead of holding it
         timeout = cfg.collective_timeout if cfg.collective_timeout is not None else default_collective_timeout()
-        comm.watch_collectives(timeout)
+        comm.watch_collectives(timeout, stall_factor=cfg.stall_factor)
         if not comm.same_everywhere(zlib.crc32(cfg.to_json().encode())):
             raise RunError("ranks were started with different options", everywhere=True)
         self.threads = set_threads(comm, cfg.threads)
@@ -77,7 +77,7 @@ class Trainer:
         if state is not None:
             self._restore(state)
             self.ckpt_written = True  # the checkpoint it resumed from
-        comm.watch_collectives(timeout, self._checkpoint_hint())
+        comm.watch_collectives(timeout, self._checkpoint_hint(), cfg.stall_factor)
 
     def _open_writer(self, state: dict | None):
         cfg = self.cfg
