@@ -98,21 +98,25 @@ class InstrumentedComm:
             pass
         return now
 
-    def _enter(self, op: str) -> float:
-        """The entry time of a call; arms the collective watchdog (setup calls with its setup timeout)."""
+    def _enter(self, op: str, nbytes: int = 0) -> float:
+        """The entry time of a call; arms the collective watchdog (setup calls with its setup timeout; the
+        calls of the other phases with their kind for the stall warning: the operation and the bit length of
+        ``nbytes``, the per-rank payload)."""
         wd = self.watchdog
         if wd is not None:
             if self._phase_code:
-                wd.arm(op, self.phase, self.iteration)
+                wd.arm(op, self.phase, self.iteration, None, _OP[op] << 6 | nbytes.bit_length())
             elif wd.setup_timeout_s > 0:
                 wd.arm(op, self.phase, self.iteration, wd.setup_timeout_s)
         return self.MPI.Wtime()
 
-    def watch_collectives(self, timeout_s: float, hint: str = "") -> None:
+    def watch_collectives(self, timeout_s: float, hint: str = "", stall_factor: float = 0.0) -> None:
         """End this process with one line and exit status 1 when a collective does not complete within
-        ``timeout_s`` seconds (one of the setup phase: ``$HES_MPI_SETUP_TIMEOUT``, default 900 s); 0 turns
-        the watchdog off. ``hint`` is appended to the message (e.g. where the last checkpoint is)."""
-        if timeout_s <= 0:
+        ``timeout_s`` seconds (one of the setup phase: ``$HES_MPI_SETUP_TIMEOUT``, default 900 s; 0: never),
+        and warn in one line about a call that takes ``stall_factor`` times the running median of its kind
+        and at least 5 s (0: never); both 0: no watchdog. ``hint`` is appended to the message (e.g. where
+        the last checkpoint is)."""
+        if timeout_s <= 0 and stall_factor <= 0:
             if self.watchdog is not None:
                 self.watchdog.stop()
             self.watchdog = None
@@ -121,7 +125,8 @@ class InstrumentedComm:
             where = f" (rank {self.rank}/{self.size})" if self.size > 1 else ""
             self.watchdog = CollectiveWatchdog(timeout_s, where, grace_s=3.0 if self.rank else 0.0,
                                                abort=self.comm.Abort)
-        self.watchdog.timeout_s = float(timeout_s)
+        self.watchdog.timeout_s = max(float(timeout_s), 0.0)
+        self.watchdog.stalls.factor = float(stall_factor)
         self.watchdog.hint = hint
 
     def _record(self, op: str, sent: int, recv: int, wire: int, t0: float, t1: float, p2p: bool = False) -> None:
@@ -158,16 +163,22 @@ class InstrumentedComm:
         return out
 
     def record_cost_us(self, n: int = 200_000) -> float:
-        """Microseconds that recording one call costs (timestamps excluded), measured in a tight loop of
-        ``n`` records that are discarded again (the buffer and the phase are left as they were)."""
+        """Microseconds that recording one call costs (timestamps excluded; with the collective watchdog on,
+        arming and disarming it too), measured in a tight loop of ``n`` records that are discarded again (the
+        buffer, the phase and the watchdog's medians are left as they were)."""
         import time
 
         saved = self.n_records, self.phase, self.iteration, self._seq, self.total_calls, self.comm_seconds
+        wd, kind = self.watchdog, 63  # a kind no call has (a payload of 2**62 bytes)
         t0 = time.perf_counter()
         for _ in range(n):
+            if wd is not None:
+                wd.arm("allreduce", "grad", 0, None, kind)
             self._record("allreduce", 4, 4, 0, 0.0, 0.0)
             self.n_records = saved[0]
         t1 = time.perf_counter()
+        if wd is not None:
+            wd.stalls._durations.pop(kind, None)
         self.set_phase(saved[1], saved[2])
         self._seq, self.total_calls, self.comm_seconds = saved[3], saved[4], saved[5]
         return (t1 - t0) * 1e6 / n
@@ -178,7 +189,7 @@ class InstrumentedComm:
         MPI = self.MPI
         nbytes = buf.nbytes
         self._pre_sync()
-        t0 = self._enter("allreduce")
+        t0 = self._enter("allreduce", nbytes)
         if out is None:
             self.comm.Allreduce(MPI.IN_PLACE, buf, op=self._ops[op])
             out = buf
@@ -196,7 +207,7 @@ class InstrumentedComm:
         buf["index"][0] = index
         nbytes = self._minloc_type_size
         self._pre_sync()
-        t0 = self._enter("minloc")
+        t0 = self._enter("minloc", nbytes)
         self.comm.Allreduce(MPI.IN_PLACE, [buf, MPI.DOUBLE_INT], op=MPI.MINLOC)
         t1 = MPI.Wtime()
         self._record("minloc", nbytes, nbytes, wire_bytes("minloc", nbytes, self.size, False, self.family, 1), t0, t1)
@@ -205,7 +216,7 @@ class InstrumentedComm:
     def Allgather(self, sendbuf: np.ndarray, recvbuf: np.ndarray) -> np.ndarray:
         MPI = self.MPI
         self._pre_sync()
-        t0 = self._enter("allgather")
+        t0 = self._enter("allgather", sendbuf.nbytes)
         self.comm.Allgather(sendbuf, recvbuf)
         t1 = MPI.Wtime()
         n = sendbuf.nbytes
@@ -215,7 +226,7 @@ class InstrumentedComm:
     def Bcast(self, buf: np.ndarray, root: int = 0) -> np.ndarray:
         MPI = self.MPI
         self._pre_sync()
-        t0 = self._enter("bcast")
+        t0 = self._enter("bcast", buf.nbytes)
         self.comm.Bcast(buf, root=root)
         t1 = MPI.Wtime()
         n = buf.nbytes
@@ -232,7 +243,7 @@ class InstrumentedComm:
         self.Allgather(np.array([sendbuf.shape[0]], dtype=np.int64), counts)
         is_root = self.rank == root
         recv = np.empty(int(counts.sum()), dtype=sendbuf.dtype) if is_root else None
-        t0 = self._enter("gather")
+        t0 = self._enter("gather", sendbuf.nbytes)
         if is_root:
             self.comm.Gatherv(sendbuf, [recv, counts.tolist()], root=root)
         else:

@@ -37,7 +37,7 @@ PLAIN = {"perturb": "all", "baseline": False, "antithetic": False, "recombine": 
 #: Options that never change what a run computes or records, only where and how it runs: a finished run
 #: log is the same run whatever they were (sweeps reuse it), and tables do not tell runs apart by them.
 NOT_RESULT = frozenset({"out", "force", "data_dir", "threads", "check_every", "checkpoint", "checkpoint_every",
-                        "resume", "collective_timeout"})
+                        "resume", "collective_timeout", "stall_factor"})
 #: Options that may differ between an interrupted run and its resumption from a checkpoint (the final
 #: parameters do not depend on them; --epochs extends the run).
 MAY_CHANGE_ON_RESUME = NOT_RESULT | {"epochs", "eval_train", "sync_barrier"}
@@ -96,6 +96,7 @@ class RunConfig:
     resume: bool = False
     noise: str = "table"
     collective_timeout: float | None = None  # seconds; None: $HES_MPI_COLLECTIVE_TIMEOUT or 120; 0: no watchdog
+    stall_factor: float = 50.0  # warn about a call that takes this many times its kind's median (and >= 5 s); 0: off
     # H-ES methods (see hes_mpi.algorithms.hes); PLAIN gives the poster's algorithm.
     perturb: str = "output"
     baseline: bool = True
@@ -176,6 +177,8 @@ class RunConfig:
                                                         and math.isfinite(self.collective_timeout)):
             raise UsageError(f"--collective-timeout must be a number of seconds >= 0 (0: off), got "
                              f"{self.collective_timeout}")
+        if not (self.stall_factor >= 0 and math.isfinite(self.stall_factor)):
+            raise UsageError(f"--stall-factor must be a number >= 0 (0: off), got {self.stall_factor}")
         if self.threads < 0:
             raise UsageError(f"--threads must be >= 0, got {self.threads}")
         parse_compress(self.compress)

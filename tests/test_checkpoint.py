@@ -156,7 +156,7 @@ def test_may_change_names_real_options():
 def test_load_accepts_changes_of_the_options_that_may_change(saved):
     changed = {"epochs": 99, "out": "elsewhere.h5", "force": True, "resume": True, "checkpoint": "c.ckpt",
                "checkpoint_every": 5, "check_every": 3, "threads": 4, "eval_train": False, "sync_barrier": True,
-               "data_dir": "/data", "collective_timeout": 30.0}
+               "data_dir": "/data", "collective_timeout": 30.0, "stall_factor": 10.0}
     assert set(changed) == checkpoint.MAY_CHANGE
     base = config()
     for k, v in changed.items():

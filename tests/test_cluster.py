@@ -7,6 +7,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import shutil
 import stat
 import subprocess
@@ -479,6 +480,43 @@ def test_link_down_ends_the_job_then_resume_is_bitwise_identical(state_root, tmp
     with RunLog(str(out)) as rl:
         assert rl.complete and int(rl.f.attrs["resumed"]) == 1
         assert np.array_equal(rl.table("epochs")["epoch"], np.arange(1, 31))
+
+
+def test_a_dead_link_is_warned_about_within_10_s_and_the_job_ends_at_the_timeout(state_root, tmp_path):
+    """--stall-factor: node1's link goes down while a training run is under way; a stall warning line naming
+    the operation, phase and iteration appears within 10 s (the calls' medians are milliseconds: the 5 s floor
+    decides), and the job still ends only at --collective-timeout (20 s), with its one line and exit 1."""
+    name = "tstall"
+    args = ["train", *SYN, "--epochs", "10000", "--collective-timeout", "20", "--no-eval-train"]
+    with cluster(name, "--nodes", "2", "--link", "1gbit"):
+        proc = subprocess.Popen([sys.executable, "-m", "hes_mpi", "cluster", "run", "--name", name, "--", *args],
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+                                env={"HES_MPI_DATA": str(tmp_path / "no_data"), **os.environ})
+        out, t_down, t_warn = [], None, None
+        try:
+            for line in proc.stdout:
+                out.append(line)
+                if t_down is None and re.search(r"epoch +6/", line):  # every kind of call has a median by now
+                    t_down = time.monotonic()
+                    assert cli("cluster", "fault", "link-down", "node1", "--name", name).returncode == 0
+                elif t_down is not None and "WARNING" in line and "has waited" in line:
+                    t_warn = time.monotonic()
+                    break
+            out.append(proc.stdout.read())
+            proc.wait(timeout=120)
+            t_end = time.monotonic()
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, 9)
+    text = "".join(out)
+    assert t_down is not None and t_warn is not None, text
+    assert t_warn - t_down < 10, (t_warn - t_down, text)
+    warnings = [ln for ln in text.splitlines() if "has waited" in ln]
+    assert len(warnings) <= 2 and len({ln.split(" WARNING ")[0][-3:] for ln in warnings}) == len(warnings), text
+    assert "(phase " in warnings[0] and ", iteration " in warnings[0] and "--collective-timeout (20 s)" in warnings[0]
+    assert proc.returncode == 1, text
+    assert "did not complete within 20 s" in text
+    assert t_end - t_warn > 10, (t_end - t_warn, text)  # the warning did not end the run: the timeout did
 
 
 # ---------------------------------------------------------------------------------------------- Slurm

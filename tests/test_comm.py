@@ -363,3 +363,28 @@ def test_c_string_ends_at_the_first_nul():
     assert c_string("Open MPI v5.0.11, Sep 16, 2026\0") == "Open MPI v5.0.11, Sep 16, 2026"
     assert c_string("MPICH Version: 4.3.2") == "MPICH Version: 4.3.2"
     assert c_string("a\0b") == "a" and c_string("") == ""
+
+
+@pytest.mark.mpi
+def test_stall_medians_are_kept_per_operation_and_size_class(comm):
+    """The communicator tells the watchdog each call's kind: a 12-byte MINLOC and a 256 KiB Allreduce get
+    running medians of their own (so that a small call that hangs is noticed in seconds); setup calls none."""
+    comm.watch_collectives(0, stall_factor=50)  # warnings only, no timeout
+    try:
+        comm.set_phase("es", 3)
+        for _ in range(6):
+            comm.minloc(1.0, comm.rank)
+        comm.set_phase("grad", 4)
+        big = np.ones(1 << 16, dtype=np.float32)
+        for _ in range(6):
+            comm.Allreduce(big)
+        comm.set_phase("setup", -1)
+        comm.Allreduce(np.zeros(2))
+        stalls = comm.watchdog.stalls
+        small = OPS.index("minloc") << 6 | comm._minloc_type_size.bit_length()
+        large = OPS.index("allreduce") << 6 | (big.nbytes).bit_length()
+        assert sorted(stalls._durations) == sorted([small, large])
+        assert stalls.median(small) is not None and stalls.median(large) is not None
+    finally:
+        comm.watch_collectives(0)
+        comm.drain()

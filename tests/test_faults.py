@@ -369,3 +369,36 @@ def test_a_rank_stuck_in_setup_ends_the_job_in_one_line(tmp_path):
     lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("hes-mpi:")]
     assert proc.returncode != 0 and took < 60, (proc.returncode, took, proc.stderr)
     assert len(lines) == 1 and "(phase setup" in lines[0] and "$HES_MPI_SETUP_TIMEOUT" in lines[0], proc.stderr
+
+
+def test_a_write_failure_on_rank_0_alone_during_tuning_ends_every_rank_within_5_s(tmp_path):
+    """Rank 0's run-log write fails (an injected full disk, at the first flush from iteration 50: the end of
+    epoch 2) in the first tuning run of a sweep: the job ends within 5 s of that rank's message, with that
+    one line and exit status 1. (Before, rank 0 took the failure for a diverged tuning run and went on into
+    its next collective while rank 1 had left: the job ended at --collective-timeout.)"""
+    params = tmp_path / "one.params"
+    params.write_text("a --algo bgd\n")
+    cmd = [*mpiexec_cmd(2), sys.executable, "-m", "hes_mpi", "sweep", str(params), "--seeds", "0", "--tune-lr", "0.5",
+           "1", "--out-dir", str(tmp_path / "out"), "--args",
+           "--data synthetic:4000 --hidden 32 --batch 100 --epochs 4 --collective-timeout 30"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+                            env={**os.environ, "HES_MPI_INJECT_FAULT": "write:50"})
+    out = []
+    try:
+        for line in proc.stdout:  # the failing rank's line, as it is printed ...
+            out.append(line)
+            if "cannot write" in line:
+                break
+        t_fail = time.monotonic()
+        out.append(proc.stdout.read())
+        proc.wait(timeout=60)
+        took = time.monotonic() - t_fail  # ... to the end of the whole job
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+    text = "".join(out)
+    errors = [ln for ln in text.splitlines() if ln.startswith("hes-mpi: error")]
+    assert proc.returncode == 1, text
+    assert took < 5, (took, text)
+    assert len(errors) == 1 and "cannot write the run log" in errors[0] and "a_lr0.5.h5" in errors[0], text
+    assert "Traceback" not in text and "did not complete" not in text

@@ -23,6 +23,7 @@ import numpy as np
 
 from ..collectives import collective_time, parse_network
 from ..comm import InstrumentedComm
+from ..watchdog import DEFAULT_STALL_FACTOR, default_collective_timeout
 from .harness import BenchSetup, interleave, slowest
 
 OSU_OPS = ("allreduce", "allgather", "bcast")
@@ -108,9 +109,13 @@ def _paired_steps(comm: InstrumentedComm, algo, theta, X, y, variants: dict, ste
 
 
 def overhead(comm: InstrumentedComm, cfg, steps: int = 50, warmup: int = 5) -> dict:
-    """Median BGD step time with the instrumented vs the raw communicator (interleaved, same batch)."""
+    """Median BGD step time with the instrumented vs the raw communicator (interleaved, same batch). The
+    instrumented one has the collective watchdog and its stall warning on, as in every training run."""
     algo, model, theta, X, y = _bgd_setup(comm, cfg)
     raw = comm.raw()
+    watched = comm.watchdog is not None
+    if not watched:
+        comm.watch_collectives(default_collective_timeout(), stall_factor=DEFAULT_STALL_FACTOR)
     times = _paired_steps(comm, algo, theta, X, y, {"instrumented": lambda: setattr(algo, "comm", comm),
                                                     "raw": lambda: setattr(algo, "comm", raw)}, steps, warmup)
     # every rank's step ends with the same Allreduce: take the slowest rank's figures. The overhead is
@@ -118,6 +123,8 @@ def overhead(comm: InstrumentedComm, cfg, steps: int = 50, warmup: int = 5) -> d
     ratio = np.median(times["instrumented"] / times["raw"])
     med = slowest(comm, [np.median(times["instrumented"]), np.median(times["raw"]), ratio])
     per_call = comm.record_cost_us()
+    if not watched:
+        comm.watch_collectives(0)
     return {
         "bench": "instrumentation_overhead",
         "ranks": comm.size,

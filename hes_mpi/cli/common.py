@@ -124,6 +124,9 @@ def run_args(p: argparse.ArgumentParser) -> None:
     a("--collective-timeout", type=float, default=None, metavar="S", help="end the run with a one-line error "
       "when an MPI collective does not complete within S seconds (a dead link or node; 0: wait for ever; default "
       "$HES_MPI_COLLECTIVE_TIMEOUT or 120)")
+    a("--stall-factor", type=float, default=d.stall_factor, metavar="F", help="warn in one line about an MPI call "
+      "that has taken F times the running median of its kind (operation and size) and at least 5 s; the run "
+      "still ends only at --collective-timeout (0: no warnings; default %(default)s)")
     a("--emulate-net", default=None, metavar="PRESET|ALPHA,BETA", help="hold every MPI call for its modelled "
       "cost on this network (presets: 1gbe, 10gbe, 100gbe, ib-hdr; or latency in s and inverse bandwidth in "
       "s/byte), so time-to-accuracy on a slower cluster is measured end to end")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ..config import ALGOS, RunConfig
-from ..errors import UsageError
+from ..errors import RunError, UsageError
 from ..run.control import run_mpi
 from .common import es_methods, network_fields, run_args
 
@@ -107,7 +107,7 @@ def cmd_compare(args, argv=None) -> int:
     base = RunConfig(K=args.K, sigma2=args.sigma2, sigma_scale=args.sigma_scale, noise=args.noise, lr=args.lr,
                      batch=args.batch, epochs=args.epochs, seed=args.seed, data=args.data,
                      data_dir=args.data_dir, threads=args.threads, emulate_net=args.emulate_net,
-                     collective_timeout=args.collective_timeout, **network_fields(args), **es_methods(args))
+                     collective_timeout=args.collective_timeout, stall_factor=args.stall_factor, **network_fields(args), **es_methods(args))
 
     def body(comm):
         comm.agree(base.validate)
@@ -120,11 +120,16 @@ def cmd_compare(args, argv=None) -> int:
 
 
 def _report(comm, paths, out_dir, heading: str, figures: bool) -> None:
-    """Rank 0 writes and prints the tables (and figures) of the finished runs."""
+    """Rank 0 writes and prints the tables (and figures) of the finished runs; a write that fails is one line
+    (and MPI_Abort: the others may have left already)."""
     if comm.rank == 0:
         from ..post.summary import report
 
-        print(report(paths, out_dir, heading, figures), flush=True)
+        try:
+            text = report(paths, out_dir, heading, figures)
+        except OSError as e:
+            raise RunError(f"cannot write the tables into {out_dir}: {e.strerror or e}") from None
+        print(text, flush=True)
 
 
 class _LineParser(argparse.ArgumentParser):
@@ -141,7 +146,7 @@ def _train_config(args) -> RunConfig:
                      threads=args.threads, eval_train=args.eval_train, sync_barrier=args.sync_barrier,
                      emulate_net=args.emulate_net, checkpoint_every=args.checkpoint_every,
                      checkpoint=args.checkpoint, resume=args.resume, noise=args.noise,
-                     collective_timeout=args.collective_timeout, compress=args.compress, **network_fields(args),
+                     collective_timeout=args.collective_timeout, stall_factor=args.stall_factor, compress=args.compress, **network_fields(args),
                      **es_methods(args))
 
 
@@ -226,7 +231,7 @@ def cmd_sweep(args, argv=None) -> int:
         return 0
 
     def body(comm):
-        from ..run.suite import default_out_dir, markdown_tuning, run_sweep, tune_lr
+        from ..run.suite import default_out_dir, run_sweep, tune_lr, write_tuning
 
         out_dir = args.out_dir or default_out_dir(comm).replace("compare-", "sweep-")
         final_runs, tuning = runs, ""
@@ -235,11 +240,7 @@ def cmd_sweep(args, argv=None) -> int:
             extra = {name: ["--lr", f"{lr:g}"] for name, lr in chosen.items()}
             final_runs = ordered(_selected(lambda r: line(r[0]),
                                            sweep_runs(args.params, args.seeds, args.common, extra), args.only))
-            tuning = markdown_tuning(rows)
-            if comm.rank == 0:
-                from pathlib import Path
-
-                Path(out_dir, "tuning.md").write_text(tuning + "\n")
+            tuning = write_tuning(comm, out_dir, rows)
         paths = run_sweep(comm, final_runs, out_dir, argv)
         if comm.rank == 0 and tuning:
             print(f"\nLearning rate chosen on the dev set (seed {args.tune_seed}; final dev accuracy):\n\n{tuning}\n")

@@ -4,6 +4,7 @@ policy of every MPI command (one-line errors, agreed exit codes, ``MPI_Abort`` o
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import signal
 import sys
@@ -12,7 +13,7 @@ import time
 import numpy as np
 
 from .. import faultpoints
-from ..errors import Diverged, RunError, UsageError
+from ..errors import RunError, UsageError
 
 #: Seconds a failing rank waits after printing its message and before MPI_Abort.
 ABORT_GRACE_S = 0.5
@@ -55,7 +56,9 @@ def stop_on_signals():
 class Fault:
     """A fault for the fault tests, from ``HES_MPI_INJECT_FAULT``: ``RANK:ITERATION`` raises an exception
     on that rank at that iteration; ``nan:ITERATION`` turns the parameters into NaN on every rank (a
-    diverging run). :meth:`from_env` gives None when the variable is not set (or names another rank)."""
+    diverging run); ``write:ITERATION`` makes the first run-log write at or after that iteration fail as on a
+    full disk (on rank 0, the rank that writes it). :meth:`from_env` gives None when the variable is not set
+    (or names another rank)."""
 
     def __init__(self, what: str, iteration: int):
         self.what = what
@@ -67,8 +70,8 @@ class Fault:
         if not spec:
             return None
         who, it = spec.split(":")
-        if who == "nan":
-            return cls("nan", int(it))
+        if who in ("nan", "write"):
+            return cls(who, int(it))
         return cls("raise", int(it)) if int(who) == rank else None
 
     def apply(self, i: int, theta: np.ndarray) -> None:
@@ -77,7 +80,13 @@ class Fault:
             return
         if self.what == "raise":
             raise RuntimeError(f"fault injected by HES_MPI_INJECT_FAULT at iteration {i}")
-        theta[:] = np.nan
+        if self.what == "nan":
+            theta[:] = np.nan
+
+    def before_write(self, i: int) -> None:
+        """Called before a run-log write after iteration ``i``: raise the full disk's error when due."""
+        if self.what == "write" and i >= self.iteration:
+            raise OSError(errno.ENOSPC, f"{os.strerror(errno.ENOSPC)} (injected by HES_MPI_INJECT_FAULT)")
 
 
 def pause_in_flush_from_env() -> None:
@@ -142,13 +151,12 @@ def say_error(msg: str, rank_info: str = "") -> None:
 def run_mpi(body, json_output: bool = False) -> int:
     """Run ``body(comm)`` on every rank of this MPI job and return its exit status, with the abort policy:
 
-    - a :class:`UsageError` or :class:`RunError` prints one line (naming the rank when there are several)
-      and exits 2 or 1; an error that the ranks agreed on (``comm.agree``) is printed by one rank only;
+    - a :class:`UsageError` or :class:`RunError` prints one line and exits 2 or 1. One that the ranks agreed on
+      (``comm.agree``) is printed by the rank that met it, one that every rank raises at the same point
+      (``everywhere``) by rank 0; the ranks then leave together. One that this rank may have met alone names
+      the rank and takes every rank down with ``MPI_Abort``, so that none is left waiting in a collective;
     - :class:`Stopped` (a signal; every rank stops at the same iteration): rank 0 says so, exit 3;
-    - :class:`Diverged` (a global figure is not finite; every rank at the same iteration): rank 0 says so,
-      exit 1;
-    - anything else prints its traceback and takes every rank down with ``MPI_Abort``, so that no rank is
-      left waiting in a collective.
+    - anything else prints its traceback and takes every rank down with ``MPI_Abort``.
 
     With ``json_output`` progress goes to standard error, so that standard output is the JSON object alone.
     """
@@ -166,36 +174,55 @@ def run_mpi(body, json_output: bool = False) -> int:
         if comm.rank == 0:
             say_error(str(e))
         return _leave(comm, e.exit_code, speaker=comm.rank == 0)
-    except Diverged as e:  # a global figure: every rank is here at the same iteration; rank 0 says so
-        if comm.rank == 0:
-            say_error(str(e))
-        return _leave(comm, e.exit_code, speaker=comm.rank == 0)
     except (UsageError, RunError) as e:
-        say_error(str(e), where)
+        agreed = getattr(e, "agreed", False)  # comm.agree: this rank says it, the others leave (SilentExit)
+        if agreed or comm.rank == 0 or not e.everywhere:  # an error raised everywhere: rank 0 says it
+            say_error(str(e), "" if e.everywhere else where)
+        if not (agreed or e.everywhere):  # met on this rank alone: the others may be waiting in a collective
+            return _abort(comm, e.exit_code)
         _exit_now_if_hdf5_damaged(comm, e.exit_code)
-        return _leave(comm, e.exit_code, speaker=True, agreed=getattr(e, "agreed", False))
+        return _leave(comm, e.exit_code, speaker=agreed or comm.rank == 0)
     except BaseException as e:  # noqa: BLE001  anything else: say it here, then take every rank down
         import traceback
 
         traceback.print_exc()
         say_error(f"{type(e).__name__}: {e}; aborting all ranks", where)
-        if comm.size > 1:
-            # MPI_Abort makes the launcher kill every rank at once: give it a moment to forward this
-            # rank's message first (it was lost now and then under mpiexec without the pause).
-            sys.stderr.flush()
-            time.sleep(ABORT_GRACE_S)
-            comm.Abort(1)
-        return 1
+        return _abort(comm, 1)
 
 
-def _leave(comm, code: int, speaker: bool, agreed: bool = True) -> int:
-    """This rank's exit status when every rank ends with ``code`` and one of them printed why (an error agreed
-    with ``comm.agree``, or a stop): every rank finalises MPI, then :func:`exit_status`. An error this rank
-    met alone keeps its status (the others may still be in a collective: the watchdog ends them)."""
-    if comm.size == 1 or not agreed:
+def _abort(comm, code: int) -> int:
+    """Take every rank down with ``MPI_Abort(code)`` after this rank's message (one rank: return ``code``)."""
+    if comm.size > 1:
+        # MPI_Abort makes the launcher kill every rank at once: give it a moment to forward this
+        # rank's message first (it was lost now and then under mpiexec without the pause).
+        sys.stderr.flush()
+        time.sleep(ABORT_GRACE_S)
+        comm.Abort(code)
+    return code
+
+
+def _leave(comm, code: int, speaker: bool) -> int:
+    """This rank's exit when every rank ends with ``code`` and one of them printed why (an error agreed with
+    ``comm.agree`` or raised everywhere, or a stop): every rank finalises MPI and leaves at once
+    (:func:`exit_now`) with :func:`exit_status`."""
+    if comm.size == 1:
         return code
     comm.finalize()
-    return exit_status(code, speaker)
+    exit_now(exit_status(code, speaker))
+
+
+def exit_now(status: int) -> None:
+    """End the process with ``status`` through the C library's ``exit``, without Python's teardown: the
+    modules' teardown (Numba's, LLVM's) takes seconds on a loaded machine, and a job that failed should end
+    within a moment of its message. C ``exit`` still runs the libraries' own handlers (MPI's, HDF5's), as a
+    C program's end does: ``os._exit`` skips them too, and MPICH's launcher then takes the first rank that
+    leaves so for the end of the job and kills the others, the one that carries the job's status among them.
+    Run logs and checkpoints are closed after every write."""
+    import ctypes
+
+    sys.stdout.flush()
+    sys.stderr.flush()
+    ctypes.PyDLL(None).exit(status)  # PyDLL holds Python's lock: no Python thread runs during the C teardown
 
 
 def _exit_now_if_hdf5_damaged(comm, code: int) -> None:

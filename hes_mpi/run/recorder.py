@@ -20,8 +20,10 @@ class Recorder:
     """One epoch's per-iteration columns on this rank, and their way into the run log (``writer`` on
     rank 0; None elsewhere, or without ``--out``)."""
 
-    def __init__(self, comm, writer, iterations_per_epoch: int, global_batch: int, out: str | None):
+    def __init__(self, comm, writer, iterations_per_epoch: int, global_batch: int, out: str | None, fault=None):
         self.comm = comm
+        #: An injected fault (:class:`hes_mpi.run.control.Fault`) for the fault tests, or None.
+        self.fault = fault
         self.writer = writer
         self.global_batch = global_batch
         self.out = out
@@ -103,6 +105,8 @@ class Recorder:
                 self.writer.add_iterations(rows)
             self.writer.add_records(recs, rec_ranks)
             try:
+                if self.fault is not None:
+                    self.fault.before_write(iteration)
                 self.writer.flush()
             except OSError as e:
                 raise RunError(f"cannot write the run log {self.out}: {e}") from None

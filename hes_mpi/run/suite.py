@@ -165,7 +165,8 @@ def tune_lr(comm, grid: list[tuple[str, float, RunConfig]], out_dir: str, argv=N
             t0 = comm.wtime()
             try:
                 train(cfg, comm, argv)
-            except Diverged as e:  # every rank sees the same non-finite figure, so all of them are here
+            except Diverged as e:  # every rank sees the same non-finite figure, so all of them are here. Any other
+                # error ends the sweep: a write that failed on rank 0 alone left the others leaving (SilentExit)
                 log.warning("tuning %s at lr %g: %s", name, lr, e)
             progress.done(comm.wtime() - t0)
             log.info("== tuning %d/%d: %s at lr %g done in %s; %s", n, len(grid), name, lr,
@@ -177,7 +178,7 @@ def tune_lr(comm, grid: list[tuple[str, float, RunConfig]], out_dir: str, argv=N
         mine = sorted((r for r in rows if r["name"] == name), key=lambda r: r["lr"])
         finite = [r for r in mine if math.isfinite(r["dev_acc"])]
         if not finite:
-            raise RunError(f"tuning {name}: every learning rate of the grid diverged")
+            raise RunError(f"tuning {name}: every learning rate of the grid diverged", everywhere=True)
         best = max(finite, key=lambda r: r["dev_acc"])  # max keeps the first (smallest lr) on a tie
         chosen[name] = best["lr"]
         for r in mine:
@@ -202,3 +203,20 @@ def markdown_tuning(rows: list[dict]) -> str:
             pick = f"{lr:g}" if r.get("chosen") else pick
         out.append(f"| {name} | " + " | ".join(cells) + f" | {pick} |")
     return "\n".join(out)
+
+
+def write_tuning(comm, out_dir: str, rows: list[dict]) -> str:
+    """The tuning table (:func:`markdown_tuning`), written by rank 0 into OUT-DIR/tuning.md; every rank learns
+    whether the write failed (a one-line error on every rank, never a rank left waiting). Returns the table."""
+    text = markdown_tuning(rows)
+    path = Path(out_dir, "tuning.md")
+
+    def write():
+        if comm.rank == 0:
+            try:
+                path.write_text(text + "\n")
+            except OSError as e:
+                raise RunError(f"cannot write {path}: {e.strerror or e}") from None
+
+    comm.agree(write)
+    return text

@@ -43,9 +43,9 @@ class Trainer:
         # the setup's collectives are watched too (with their own, generous limit): a rank that hangs or dies
         # while the others agree on data, threads or a checkpoint ends the job instead of holding it
         timeout = cfg.collective_timeout if cfg.collective_timeout is not None else default_collective_timeout()
-        comm.watch_collectives(timeout)
+        comm.watch_collectives(timeout, stall_factor=cfg.stall_factor)
         if not comm.same_everywhere(zlib.crc32(cfg.to_json().encode())):
-            raise RunError("ranks were started with different options")
+            raise RunError("ranks were started with different options", everywhere=True)
         self.threads = set_threads(comm, cfg.threads)
         if cfg.emulate_net:
             from ..collectives import parse_network
@@ -80,7 +80,7 @@ class Trainer:
         if state is not None:
             self._restore(state)
             self.ckpt_written = True  # the checkpoint it resumed from
-        comm.watch_collectives(timeout, self._checkpoint_hint())
+        comm.watch_collectives(timeout, self._checkpoint_hint(), cfg.stall_factor)
 
     def _open_writer(self, state: dict | None):
         cfg = self.cfg
@@ -126,7 +126,8 @@ class Trainer:
         buf[0], buf[1], buf[2] = c, -c, int(stop_requested())
         comm.Allreduce(buf, op="max")
         if buf[0] != -buf[1]:
-            raise RunError(f"parameters differ between ranks after iteration {self.iteration}; stopping")
+            raise RunError(f"parameters differ between ranks after iteration {self.iteration}; stopping",
+                           everywhere=True)
         self.checks += 1
         return bool(buf[2])
 
@@ -265,7 +266,7 @@ class Trainer:
     def run(self) -> dict:
         cfg, comm = self.cfg, self.comm
         m = self.iters_per_epoch
-        rec = Recorder(comm, self.writer, m, cfg.batch, cfg.out)
+        rec = Recorder(comm, self.writer, m, cfg.batch, cfg.out, self._fault)
         log.info("training %s on %s: %d ranks, %s network (%d parameters), %d iterations/epoch, %d epochs",
                  cfg.algo + (" (assisted)" if cfg.algo == "hes" and cfg.assisted else ""), self.shard.name,
                  comm.size, self.model.layers, self.model.param_count,
