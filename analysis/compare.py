@@ -17,7 +17,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from hes_mpi.errors import UsageError
+from hes_mpi.errors import UsageError, run_script
 from hes_mpi.post.study import comparisons, markdown_comparisons, markdown_pareto, pareto_rows, write_tables
 from hes_mpi.post.tables import (
     accuracy_rows,
@@ -56,6 +56,8 @@ def main(argv=None) -> int:
         return 2
     acc, sav = accuracy_rows(runs, args.last_epochs), savings_rows(runs, args.target)
     par, cmp = pareto_rows(runs, args.target, args.last_epochs), comparisons(runs)
+    if args.out_dir:  # before printing: a reader that stops early (| head) does not cost the files
+        write_tables(runs, Path(args.out_dir), args.target, args.last_epochs)
     if args.csv:
         for rows in (acc, sav, par, cmp):
             if rows:
@@ -69,10 +71,8 @@ def main(argv=None) -> int:
         print("Accuracy against budget (the Pareto fronts)\n\n" + markdown_pareto(par))
         if cmp:
             print("\nH-ES against gradient reuse at the same r (Welch's t-test)\n\n" + markdown_comparisons(cmp))
-    if args.out_dir:
-        write_tables(runs, Path(args.out_dir), args.target, args.last_epochs)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_script(main))

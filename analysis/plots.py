@@ -17,7 +17,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from hes_mpi.errors import UsageError
+from hes_mpi.errors import UsageError, run_script
 from hes_mpi.post.figures import FIGURES, write_figures
 from hes_mpi.post.tables import load_runs
 from hes_mpi.post.target import add_target_option
@@ -44,4 +44,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_script(main))

@@ -19,7 +19,7 @@ import json
 import sys
 
 from hes_mpi.collectives import PRESETS
-from hes_mpi.errors import RunError, UsageError
+from hes_mpi.errors import RunError, UsageError, run_script
 from hes_mpi.post import projection, simulate
 from hes_mpi.post import report as fmt
 
@@ -95,4 +95,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_script(main))

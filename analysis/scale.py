@@ -22,7 +22,7 @@ import json
 import sys
 from pathlib import Path
 
-from hes_mpi.errors import UsageError
+from hes_mpi.errors import UsageError, run_script
 from hes_mpi.post.scale import (
     markdown_scale,
     markdown_time_to_target,
@@ -72,11 +72,7 @@ def main(argv=None) -> int:
         return 2
     text = markdown_scale(rows)
     ttt_text = markdown_time_to_target(ttt)
-    try:
-        print(text + ("\n\n" + ttt_text if ttt_text else ""))
-    except BrokenPipeError:
-        return 0
-    if args.out_dir:
+    if args.out_dir:  # before printing: a reader that stops early (| head) does not cost the files
         out = Path(args.out_dir)
         out.mkdir(parents=True, exist_ok=True)
         (out / "scale.md").write_text(text + "\n")
@@ -86,8 +82,9 @@ def main(argv=None) -> int:
             (out / "time_to_target.md").write_text(ttt_text + "\n")
             (out / "time_to_target.csv").write_text(to_csv(ttt))
             plot_time_to_target(ttt, out / "time_to_target.png")
+    print(text + ("\n\n" + ttt_text if ttt_text else ""))
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_script(main))

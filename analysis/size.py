@@ -13,7 +13,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from hes_mpi.errors import UsageError
+from hes_mpi.errors import UsageError, run_script
 from hes_mpi.post.figures import plot_size
 from hes_mpi.post.size import markdown_size, size_rows
 from hes_mpi.post.tables import load_runs, to_csv
@@ -35,16 +35,16 @@ def main(argv=None) -> int:
         print("size.py: error: no network has a BGD run to compare with", file=sys.stderr)
         return 2
     text = markdown_size(rows)
-    print(text)
-    if args.out_dir:
+    if args.out_dir:  # before printing: a reader that stops early (| head) does not cost the files
         out = Path(args.out_dir)
         out.mkdir(parents=True, exist_ok=True)
         (out / "size.md").write_text(text + "\n")
         (out / "size.csv").write_text(to_csv(rows))
         plot_size(rows, out / "size.png")
         print(f"wrote {out / 'size.md'}, size.csv, size.png", file=sys.stderr)
+    print(text)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_script(main))

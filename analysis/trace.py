@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from hes_mpi.errors import UsageError
+from hes_mpi.errors import UsageError, run_script
 from hes_mpi.post.trace import parse_iterations, write_trace
 
 PROG = "trace.py"
@@ -54,4 +54,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_script(main))

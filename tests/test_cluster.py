@@ -104,6 +104,29 @@ def test_up_status_down_leave_nothing_behind(state_root):
     assert again.returncode == 0 and "nothing to remove" in again.stdout + again.stderr
 
 
+def test_status_json_names_each_nodes_interfaces(state_root):
+    """`cluster status --json` gives each node's interfaces beside its namespace: ``interface``, its end of the
+    rate-limited link (what MPI uses, where tc limits what it sends and the counters are read), ``peer``, the
+    other end in ``switch_netns`` (tc on what it receives), and ``mgmt_interface``; each is the device the
+    kernel has there, with the node's address. A state file written before these fields still loads."""
+    from hes_mpi.cluster.state import Cluster
+
+    with cluster("tif", "--nodes", "2") as s:
+        for n in s["nodes"]:
+            assert (n["interface"], n["peer"], n["mgmt_interface"]) == ("eth0", n["name"].replace("node", "n"), "mgmt0")
+            for dev, address in ((n["interface"], n["address"]), (n["mgmt_interface"], n["mgmt_address"])):
+                shown = subprocess.run(["ip", "-n", n["netns"], "-o", "addr", "show", "dev", dev], capture_output=True,
+                                       text=True, check=True).stdout
+                assert f"inet {address}/" in shown, shown
+            peer = subprocess.run(["ip", "-n", s["switch_netns"], "-o", "link", "show", "dev", n["peer"]],
+                                  capture_output=True, text=True, check=True).stdout
+            assert f"master {s['bridge']}" in peer, peer
+        assert set(s["link_bytes"]) == {"node0", "node1"}
+        old = {**s, "nodes": [{k: v for k, v in n.items() if k not in ("interface", "mgmt_interface")}
+                              for n in s["nodes"]]}
+        old = {k: v for k, v in old.items() if k not in ("description", "link_bytes")}
+        assert [n.interface for n in Cluster.from_dict(old).nodes] == ["eth0", "eth0"]
+
 @pytest.mark.parametrize("fraction, expected", [
     (None, (10_000, -1)), (0.5, (10_000, 5_000)), (0.2, (10_000, 2_000)), (0.1, (10_000, 1_000)),
     (0.05, (20_000, 1_000)), (0.001, (1_000_000, 1_000)), (2.5, (10_000, 25_000)),

@@ -91,3 +91,30 @@ def test_it_runs_as_a_user_not_root(image):
     proc = podman(image, "run", "--rm", "--entrypoint", "id", image["tag"])
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith("uid=1000(hes)")
+
+
+def documented_podman_commands() -> list[str]:
+    """The commands of docker/README.md's Podman section, in order (continuation lines joined)."""
+    section = (ROOT / "docker" / "README.md").read_text().split("\n## Podman", 1)[1].split("\n## ", 1)[0]
+    block = section.split("```bash\n", 1)[1].split("```", 1)[0]
+    return [line for line in block.replace("\\\n", " ").splitlines() if line.strip()]
+
+
+def test_the_documented_commands_run_as_written(image, tmp_path):
+    """docker/README.md's commands, as a user copies them (the build done, MNIST's minutes-long training left
+    out): `sudo bash docker/run.sh ...` with podman's own configuration, not build.sh's, so podman's default
+    ulimits apply unless the wrapper caps them (`podman run` alone fails on hosts like this one)."""
+    env = {k: v for k, v in os.environ.items() if k != "CONTAINERS_CONF"}
+    ran = []
+    for line in documented_podman_commands():
+        if "docker/build.sh" in line or "--data mnist" in line:
+            continue
+        cmd = (line.removeprefix("sudo ").replace("localhost/hes_mpi ", f"{image['tag']} ")
+               .replace("bash docker/run.sh", f"bash {ROOT / 'docker' / 'run.sh'}"))
+        proc = subprocess.run(["bash", "-c", cmd], cwd=tmp_path, env=env, capture_output=True, text=True,
+                              timeout=600, check=False)
+        assert proc.returncode == 0, f"{line}\n{proc.stdout}{proc.stderr}"
+        ran.append((line, proc.stdout))
+    assert [line.split()[:3] for line, _ in ran if "run.sh" in line] == [["sudo", "bash", "docker/run.sh"]] * 3
+    assert "usage: hes-mpi" in next(out for line, out in ran if line.endswith("--help"))
+    assert (tmp_path / "out" / "run.h5").stat().st_size > 0

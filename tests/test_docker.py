@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import configparser
 import json
+import os
 import re
+import resource
 import shlex
 import shutil
 import subprocess
@@ -199,3 +201,58 @@ def test_dockerfile_pip_steps_resolve(tmp_path):
     first_mpi4py = next(r["mpi4py"] for r in reports if "mpi4py" in r)
     url = first_mpi4py["download_info"]["url"]
     assert not url.endswith(".whl"), f"mpi4py would be installed from a wheel: {url}"
+
+
+# ---------------------------------------------------------------------------------------------- docker/run.sh
+RUN_SH = ROOT / "docker" / "run.sh"
+
+
+def stand_in_engines(tmp_path: Path) -> Path:
+    """A folder with a ``podman`` and a ``docker`` that print their name and arguments."""
+    folder = tmp_path / "bin"
+    folder.mkdir(parents=True)
+    for name in ("podman", "docker"):
+        (folder / name).write_text('#!/bin/sh\necho "$(basename "$0") $*"\n')
+        (folder / name).chmod(0o755)
+    return folder
+
+
+def run_sh(tmp_path: Path, limits: str, *args: str, path: str | None = None) -> subprocess.CompletedProcess:
+    """``bash docker/run.sh ARGS`` in a shell whose limits ``limits`` sets first (e.g. ``ulimit -n 1000``)."""
+    env = {**os.environ, "PATH": path if path is not None else f"{stand_in_engines(tmp_path)}:{os.environ['PATH']}"}
+    return subprocess.run([shutil.which("bash"), "-c", f'{limits}; exec "{shutil.which("bash")}" {RUN_SH} '
+                           + shlex.join(args)], env=env, capture_output=True, text=True, timeout=60, check=False)
+
+
+def test_run_sh_gives_the_container_the_limits_the_host_allows(tmp_path):
+    """docker/run.sh adds --ulimit nofile and nproc at this shell's hard limits (podman's defaults, 1048576,
+    fail where root may not raise its own), nproc at most 32768, and passes every argument on."""
+    proc = run_sh(tmp_path, "ulimit -n 1000; ulimit -u 500", "--rm", "IMAGE", "train", "--epochs", "2")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["podman", "run", "--ulimit", "nofile=1000:1000", "--ulimit", "nproc=500:500",
+                                   "--rm", "IMAGE", "train", "--epochs", "2"]
+    nofile, nproc = (cap if hard == resource.RLIM_INFINITY else min(hard, cap) for hard, cap in
+                     ((resource.getrlimit(resource.RLIMIT_NOFILE)[1], 1048576),
+                      (resource.getrlimit(resource.RLIMIT_NPROC)[1], 32768)))
+    here = run_sh(tmp_path / "here", "true", "docker", "--rm", "IMAGE")  # this host's own limits; docker named
+    assert here.stdout.split() == ["docker", "run", "--ulimit", f"nofile={nofile}:{nofile}",
+                                   "--ulimit", f"nproc={nproc}:{nproc}", "--rm", "IMAGE"]
+    (tmp_path / "empty").mkdir()
+    none = run_sh(tmp_path, "true", "--rm", "IMAGE", path=str(tmp_path / "empty"))
+    assert none.returncode == 2 and none.stderr.strip() == "docker/run.sh: error: neither podman nor docker is installed"
+
+
+def fenced_lines(path: Path) -> list[str]:
+    """The lines of the fenced code blocks of a Markdown file, backslash continuations joined."""
+    blocks = re.findall(r"^```[a-z]*\n(.*?)^```", path.read_text(), flags=re.DOTALL | re.MULTILINE)
+    return [line for block in blocks for line in block.replace("\\\n", " ").splitlines()]
+
+
+def test_every_documented_container_run_goes_through_run_sh():
+    """A `podman run` or `docker run` shown in the documentation fails on hosts like this project's test host
+    unless it caps the ulimits: every one goes through docker/run.sh (podman-hpc has its own configuration)."""
+    docs = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")), *sorted(ROOT.glob("*/README.md"))]
+    bare = [f"{p.relative_to(ROOT)}: {line}" for p in docs for line in fenced_lines(p)
+            if re.search(r"(^|[\s;&|(])(sudo\s+)?(podman|docker)\s+run\b", line)]
+    assert bare == []
+    assert any("bash docker/run.sh --rm localhost/hes_mpi" in line for line in fenced_lines(ROOT / "docker" / "README.md"))

@@ -9,11 +9,10 @@ Exit status: 0 success, 1 a run that could not go on (or an MPI abort), 2 bad in
 
 from __future__ import annotations
 
-import os
 import sys
 
 from .. import __version__
-from ..errors import RunError, UsageError
+from ..errors import RunError, UsageError, silence_stdout
 from ..run.control import exit_status, say_error
 from . import bench, cluster, data, post, train
 from .common import Parser, launcher_rank, show_help, speaks_before_mpi
@@ -49,9 +48,9 @@ def main(argv: list[str] | None = None) -> int:
     raw = with_default_command(sys.argv[1:] if argv is None else list(argv))
     args = build_parser().parse_args(raw)
     try:
-        if getattr(args, "wants_argv", False):
-            return args.func(args, ["hes-mpi", *raw])
-        return args.func(args)
+        status = args.func(args, ["hes-mpi", *raw]) if getattr(args, "wants_argv", False) else args.func(args)
+        sys.stdout.flush()  # here, where a reader that went away is caught, not at exit
+        return status
     except (UsageError, RunError) as e:  # raised before MPI started (or by a command without MPI)
         speaker = speaks_before_mpi()
         if speaker:
@@ -61,5 +60,5 @@ def main(argv: list[str] | None = None) -> int:
         say_error("interrupted")
         return 130
     except BrokenPipeError:  # output piped into head & co.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        silence_stdout()
         return 1

@@ -169,7 +169,7 @@ def _status_text(cluster, counters: dict | None = None) -> str:
     for n in cluster.nodes:
         c = (counters or {}).get(n.name, {})
         cpu = f"{n.cpu:g}" if n.cpu is not None else "-"
-        lines.append(f"  {n.name:<7} {n.netns:<18} {'eth0':<9} {n.address:<15} {n.rate:<8} {cpu:<6} "
+        lines.append(f"  {n.name:<7} {n.netns:<18} {n.interface:<9} {n.address:<15} {n.rate:<8} {cpu:<6} "
                      f"{c.get('tx', '-'):>12} {c.get('rx', '-'):>12}")
     return "\n".join(lines)
 

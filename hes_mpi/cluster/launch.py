@@ -26,7 +26,7 @@ import sys
 
 from ..errors import UsageError
 from .files import open_folder
-from .state import ENV_STATE, LAUNCHER_FILE, Cluster
+from .state import DATA_IFACE, ENV_STATE, LAUNCHER_FILE, MGMT_IFACE, Cluster
 
 #: hes-mpi commands that ``cluster run`` starts as ``python -m hes_mpi COMMAND ...`` on the nodes.
 RUNNABLE = ("train", "compare", "sweep", "bench")
@@ -104,9 +104,12 @@ def chosen_mpi(mpi: str | None) -> tuple[str, str]:
 #: Open MPI on the emulated nodes (an mpirun inside an allocation): its daemons talk over the management
 #: network, MPI's TCP transport takes the node links, no binding (every node's daemon would bind its first
 #: rank to the same core of this host); and jobs run as root here.
-OPEN_MPI_ON_THE_LINKS = {"PRTE_MCA_oob_tcp_if_include": "mgmt0", "OMPI_MCA_pml": "ob1", "OMPI_MCA_btl": "self,sm,tcp",
-                         "OMPI_MCA_btl_tcp_if_include": "eth0", "OMPI_MCA_hwloc_base_binding_policy": "none",
+OPEN_MPI_ON_THE_LINKS = {"PRTE_MCA_oob_tcp_if_include": MGMT_IFACE, "OMPI_MCA_pml": "ob1",
+                         "OMPI_MCA_btl": "self,sm,tcp", "OMPI_MCA_btl_tcp_if_include": DATA_IFACE,
+                         "OMPI_MCA_hwloc_base_binding_policy": "none",
                          "OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1"}
+#: MPICH on the emulated nodes: libfabric's tcp provider on the node links.
+MPICH_ON_THE_LINKS = {"MPIR_CVAR_CH4_NETMOD": "ofi", "FI_PROVIDER": "tcp", "FI_TCP_IFACE": DATA_IFACE}
 
 
 def job_environment(cluster: Cluster) -> dict[str, str]:
@@ -114,8 +117,7 @@ def job_environment(cluster: Cluster) -> dict[str, str]:
     provider on eth0; Open MPI takes its interfaces on the command line), and the cluster's state. Open
     MPI refuses root without its two variables; a cluster job runs as root."""
     env = dict(os.environ)
-    env.update({"MPIR_CVAR_CH4_NETMOD": "ofi", "FI_PROVIDER": "tcp", "FI_TCP_IFACE": "eth0",
-                "OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1",
+    env.update({**MPICH_ON_THE_LINKS, "OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1",
                 ENV_STATE: str(cluster.state_path)})
     return env
 
@@ -144,10 +146,10 @@ def mpiexec_command(cluster: Cluster, ranks: int | None, ppn: int, argv: list[st
         # over the management network; MPI's TCP transport takes the node links (shared memory within a
         # node). No binding: every node's daemon would bind its first rank to the same core of this host.
         return [exe, "--prtemca", "plm_ssh_agent", str(cluster.launcher), "--prtemca", "oob_tcp_if_include",
-                "mgmt0", "--mca", "pml", "ob1", "--mca", "btl", "self,sm,tcp", "--mca", "btl_tcp_if_include", "eth0",
-                "--bind-to", "none", "--host", ",".join(f"{n.mgmt_address}:{ppn}" for n in used), "-n", str(ranks),
-                *program]
-    return [exe, "-launcher", "ssh", "-launcher-exec", str(cluster.launcher), "-iface", "mgmt0",
+                MGMT_IFACE, "--mca", "pml", "ob1", "--mca", "btl", "self,sm,tcp", "--mca", "btl_tcp_if_include",
+                DATA_IFACE, "--bind-to", "none", "--host", ",".join(f"{n.mgmt_address}:{ppn}" for n in used),
+                "-n", str(ranks), *program]
+    return [exe, "-launcher", "ssh", "-launcher-exec", str(cluster.launcher), "-iface", MGMT_IFACE,
             "-hosts", ",".join(n.mgmt_address for n in used), "-ppn", str(ppn), "-n", str(ranks), *program]
 
 

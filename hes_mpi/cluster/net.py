@@ -36,7 +36,7 @@ from pathlib import Path
 from ..errors import RunError, UsageError
 from ..log import get_logger
 from .files import Folder
-from .state import STATE_FILE, Cluster, Node, Timer, check_name, folder_of, root_dir
+from .state import DATA_IFACE, MGMT_IFACE, STATE_FILE, Cluster, Node, Timer, check_name, folder_of, root_dir
 
 log = get_logger("cluster")
 
@@ -211,7 +211,8 @@ def up(name: str, nodes: int, link: str, link_of: dict[str, int], cpu_of: dict[s
             sh("ip", "-n", sw, "link", "set", bridge, "up")
         for k, node_name in enumerate(node_names):
             node = Node(name=node_name, netns=netns_name(name, node_name), address=str(hosts[k]), peer=f"n{k}",
-                        rate_bps=link_of.get(node_name, rate), mgmt_address=str(mgmt_hosts[k]), mgmt_peer=f"m{k}")
+                        rate_bps=link_of.get(node_name, rate), mgmt_address=str(mgmt_hosts[k]), mgmt_peer=f"m{k}",
+                        interface=DATA_IFACE, mgmt_interface=MGMT_IFACE)
             cluster.nodes.append(node)
             _make_node(cluster, node, net.prefixlen, mgmt.prefixlen)
             if CGROUP_CPU.is_dir():
@@ -231,9 +232,10 @@ def _make_node(cluster: Cluster, node: Node, prefixlen: int, mgmt_prefixlen: int
     sw, ns = cluster.switch_netns, node.netns
     sh("ip", "netns", "add", ns)
     sh("ip", "-n", ns, "link", "set", "lo", "up")
-    _link(cluster, ns, "eth0", f"{node.address}/{prefixlen}", node.peer, cluster.bridge)
-    _link(cluster, ns, "mgmt0", f"{node.mgmt_address}/{mgmt_prefixlen}", node.mgmt_peer, cluster.mgmt_bridge)
-    for where, dev in ((ns, "eth0"), (sw, node.peer)):
+    _link(cluster, ns, node.interface, f"{node.address}/{prefixlen}", node.peer, cluster.bridge)
+    _link(cluster, ns, node.mgmt_interface, f"{node.mgmt_address}/{mgmt_prefixlen}", node.mgmt_peer,
+          cluster.mgmt_bridge)
+    for where, dev in ((ns, node.interface), (sw, node.peer)):
         set_rate(where, dev, node.rate_bps, cluster.delay, replace=False)
 
 
@@ -353,12 +355,12 @@ def _rmdir_cgroup(d: Path, tries: int = 50) -> None:
 # ---------------------------------------------------------------------------------------------- counters
 def link_bytes(cluster: Cluster) -> dict[str, dict[str, int]]:
     """Bytes the kernel counted on each node's link: ``{node: {"tx": sent by the node, "rx": received}}``
-    (read on ``eth0`` inside the node's namespace; headers included)."""
+    (read on the node's ``interface`` inside its namespace; headers included)."""
     out = {}
     for n in cluster.nodes:
         stats = {}
         for key, counter in (("tx", "tx_bytes"), ("rx", "rx_bytes")):
-            proc = sh("ip", "netns", "exec", n.netns, "cat", f"/sys/class/net/eth0/statistics/{counter}")
+            proc = sh("ip", "netns", "exec", n.netns, "cat", f"/sys/class/net/{n.interface}/statistics/{counter}")
             stats[key] = int(proc.stdout.strip())
         out[n.name] = stats
     return out

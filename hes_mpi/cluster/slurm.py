@@ -366,10 +366,10 @@ class EmulatedSlurmCluster(SlurmCluster):
         return "\n".join(lines) + "\n"
 
     def env(self, **extra: str) -> dict[str, str]:
-        from .launch import OPEN_MPI_ON_THE_LINKS
+        from .launch import MPICH_ON_THE_LINKS, OPEN_MPI_ON_THE_LINKS
 
-        return super().env(MPIR_CVAR_CH4_NETMOD="ofi", FI_PROVIDER="tcp", FI_TCP_IFACE="eth0",
-                           **OPEN_MPI_ON_THE_LINKS, HES_MPI_CLUSTER=str(self.cluster.state_path), **extra)
+        return super().env(**MPICH_ON_THE_LINKS, **OPEN_MPI_ON_THE_LINKS, HES_MPI_CLUSTER=str(self.cluster.state_path),
+                           **extra)
 
 
 def run_with_slurm(cluster, argv: list[str]) -> int:

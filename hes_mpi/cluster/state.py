@@ -29,6 +29,10 @@ ENV_ROOT = "HES_MPI_CLUSTER_DIR"
 DEFAULT_ROOT = "/run/hes_mpi/cluster"
 STATE_FILE, LAUNCHER_FILE = "state.json", "launch.sh"
 NAME_RE = re.compile(r"[a-z][a-z0-9]{0,5}")
+#: The interface inside each node's namespace that MPI's traffic crosses (the rate-limited link), and the one of
+#: the management network (the launcher's control traffic).
+DATA_IFACE = "eth0"
+MGMT_IFACE = "mgmt0"
 #: Units tc understands for --link, and their bits per second.
 RATE_UNITS = {"bit": 1, "kbit": 10**3, "mbit": 10**6, "gbit": 10**9, "tbit": 10**12}
 
@@ -55,13 +59,15 @@ class Node:
 
     name: str  # node0, node1, ...: its hostname inside its UTS namespace
     netns: str  # its network namespace (ip netns)
-    address: str  # its address on the cluster subnet (interface eth0 in its namespace)
+    address: str  # its address on the cluster subnet (on ``interface``, in its namespace)
     peer: str  # its link's other end, attached to the bridge in the switch namespace
     rate_bps: int  # rate limit of its link, each direction
     cpu: float | None = None  # CPU quota as a fraction of one core (None: no limit)
     cgroup: str = ""  # its cpu cgroup (cgroup v1), every process started on it joins
-    mgmt_address: str = ""  # its address on the management network (interface mgmt0; Hydra's control traffic)
+    mgmt_address: str = ""  # its address on the management network (on ``mgmt_interface``; Hydra's control traffic)
     mgmt_peer: str = ""  # the management link's other end, on the management bridge
+    interface: str = DATA_IFACE  # its end of the link, in its namespace: what MPI uses, tc limits, the counters read
+    mgmt_interface: str = MGMT_IFACE  # its end of the management link, in its namespace
 
     @property
     def rate(self) -> str:
