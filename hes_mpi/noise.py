@@ -21,11 +21,14 @@ run draws the same numbers:
     ``(seed mod 2^32, seed div 2^32)`` of the 128-bit counter ``(j div 4, i, n, k)``, and Box-Muller on
     its four 32-bit words (normals j mod 4 of the block). The run's key (seed, i, n, k) is thus the Philox
     key and counter themselves, without a hash: no two elements of any two perturbations of a run share
-    a (key, counter), so perturbations never overlap (unlike the table's slices) and never collide.
-    Generated tile by tile (4096 values, in the L1 cache) straight into the caller's buffer, about 1.2 ns a
-    value here (0.3 ms for 238,510 parameters; NumPy's Philox takes 13-19 ns). Limits: iteration, rank and
-    k below 2^32, perturbations of at most 2^34 values. 24-bit uniforms cut the normal's tails at
-    |z| = 5.77 (probability 8e-9).
+    a (key, counter), so perturbations never overlap (unlike the table's slices) and never collide. Any
+    chunk of a perturbation is made alone (:func:`counter_normal`'s ``start``); a draw is made tile by
+    tile (4096 values, in the L1 cache) straight into the caller's buffer (H-ES's K perturbation buffers,
+    or the one vector of ``--perturb all``), and the source holds nothing: about 1.4 ns a value on one
+    core here, 0.33 ms for 238,510 parameters (NumPy's Philox: 17 ns a value). Generating inside the
+    candidate kernel instead would save at most the pass over that buffer, beside a candidate's forward
+    pass of ~10 ms (docs/measurement.md). Limits: iteration, rank and k below 2^32, perturbations of at
+    most 2^34 values. The 24-bit uniforms cut the normal's tails at |z| = 5.77 (probability 8e-9).
 """
 
 from __future__ import annotations
