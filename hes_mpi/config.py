@@ -24,6 +24,9 @@ SIGMA_SCALES = ("relative", "absolute")
 PERTURB = ("all", "output", "lowrank:R")
 RECOMBINE = ("best", "weighted")
 DISTS = ("normal", "rademacher")
+#: ``--noise``: the perturbation sources, :data:`hes_mpi.noise.SOURCES` (named here too, so that the CLI starts
+#: without importing Numba; tests/test_noise.py keeps the two equal).
+NOISES = ("table", "philox", "counter")
 #: ``--es-rows-sample``: how ``--es-rows F`` picks its rows: a uniform sample keyed by (seed, iteration, rank),
 #: or the first rows in shard order (``head``: what ``--es-rows`` ran before the sample, biased to low indices).
 ES_ROWS_SAMPLES = ("random", "head")
@@ -154,8 +157,8 @@ class RunConfig:
             from .collectives import parse_network
 
             parse_network(self.emulate_net)
-        if self.noise not in ("philox", "table"):
-            raise UsageError(f"--noise must be philox or table, not {self.noise!r}")
+        if self.noise not in NOISES:
+            raise UsageError(f"--noise must be one of {', '.join(NOISES)}, not {self.noise!r}")
         perturb_rank(self.perturb)
         for name, allowed in (("recombine", RECOMBINE), ("dist", DISTS), ("es_rows_sample", ES_ROWS_SAMPLES)):
             if getattr(self, name) not in allowed:

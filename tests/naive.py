@@ -212,3 +212,46 @@ def lowrank_losses(X, y, Ws, bs, As, Bts, Cs, aw, ab, act):
         out.append(deep_forward_loss(X, y, Wk, bk, act)[0])
     out.append(deep_forward_loss(X, y, Ws, bs, act)[0])
     return np.array(out)
+
+
+# ---------------------------------------------------------------------------- counter-based noise
+_PHILOX_M = (0xD2511F53, 0xCD9E8D57)  # Random123's Philox4x32 multipliers
+_PHILOX_W = (0x9E3779B9, 0xBB67AE85)  # and its Weyl key increments
+_M32 = np.uint64(0xFFFFFFFF)
+
+
+def philox4x32(counters, key, rounds=10):
+    """Philox4x32-R (Salmon et al., SC'11; Random123's philox.h) of each row of ``counters`` (N x 4, words
+    c0..c3) under ``key`` (two 32-bit words): N x 4 uint32, computed in uint64 arithmetic with masks."""
+    x = [np.asarray(counters, dtype=np.uint64)[:, i].copy() for i in range(4)]
+    k0, k1 = np.uint64(key[0]), np.uint64(key[1])
+    for r in range(rounds):
+        if r:
+            k0, k1 = (k0 + np.uint64(_PHILOX_W[0])) & _M32, (k1 + np.uint64(_PHILOX_W[1])) & _M32
+        p0 = np.uint64(_PHILOX_M[0]) * x[0]  # < 2**64: exact
+        p1 = np.uint64(_PHILOX_M[1]) * x[2]
+        hi0, lo0 = p0 >> np.uint64(32), p0 & _M32
+        hi1, lo1 = p1 >> np.uint64(32), p1 & _M32
+        x = [hi1 ^ x[1] ^ k0, lo1, hi0 ^ x[3] ^ k1, lo0]
+    return np.stack(x, axis=1).astype(np.uint32)
+
+
+def counter_words(key, counter_hi, start, n):
+    """The uint32 words start..start+n-1 of the stream whose block b is Philox4x32-10 of the counter
+    (b, *counter_hi) under ``key``: word j is word j mod 4 of block j // 4."""
+    first, last = start // 4, (start + n + 3) // 4
+    blocks = np.arange(first, last, dtype=np.uint64)
+    ctr = np.column_stack([blocks] + [np.full(blocks.size, c, np.uint64) for c in counter_hi])
+    words = philox4x32(ctr, key).reshape(-1)
+    return words[start - 4 * first : start - 4 * first + n]
+
+
+def box_muller(words):
+    """Standard normals in float64 from pairs of uint32 words (w_a, w_b) (even length): with the top 24 bits
+    of each, u = (w_a >> 8 + 1) / 2**24 in (0, 1] and the angle t = 2 pi (w_b >> 8) / 2**24,
+    z = sqrt(-2 ln u) (cos t, sin t)."""
+    w = np.asarray(words, dtype=np.uint64).reshape(-1, 2) >> np.uint64(8)
+    u = (w[:, 0].astype(np.float64) + 1.0) / 2.0**24
+    t = 2.0 * np.pi * w[:, 1].astype(np.float64) / 2.0**24
+    r = np.sqrt(-2.0 * np.log(u))
+    return np.column_stack([r * np.cos(t), r * np.sin(t)]).reshape(-1)

@@ -12,7 +12,7 @@ PACKAGE = ROOT / "hes_mpi"
 #: The layers, bottom first: a module may import from its own layer and the layers below it, never above.
 LAYERS = (
     ("base", ("hes_mpi", "hes_mpi.errors", "hes_mpi.log", "hes_mpi.schema", "hes_mpi.faultpoints")),
-    ("numerics", ("hes_mpi.model", "hes_mpi.kernels", "hes_mpi.compress_kernels", "hes_mpi.noise", "hes_mpi.collectives", "hes_mpi.ompi_tuned")),
+    ("numerics", ("hes_mpi.model", "hes_mpi.kernels", "hes_mpi.compress_kernels", "hes_mpi.philox_kernels", "hes_mpi.noise", "hes_mpi.collectives", "hes_mpi.ompi_tuned")),
     ("config and data", ("hes_mpi.config", "hes_mpi.data")),
     ("communication", ("hes_mpi.watchdog", "hes_mpi.comm", "hes_mpi.telemetry")),
     ("storage", ("hes_mpi.atomicfile", "hes_mpi.runlog", "hes_mpi.checkpoint")),

@@ -72,7 +72,7 @@ def test_bgd_step_sends_exactly_the_flat_gradient(comm):
     assert all_equal(comm, theta)
 
 
-@pytest.mark.parametrize("source", ["philox", "table"])
+@pytest.mark.parametrize("source", ["philox", "table", "counter"])
 def test_es_step_exchanges_at_most_32_bytes_and_rebuilds_the_winner(comm, source):
     cfg, model, algo, theta, batch = setup_algo(comm, HybridES, algo="hes", r=2, **{**PLAIN, "noise": source})
     algo.step(0, theta, batch)  # gradient step: g is now the last full gradient
@@ -109,6 +109,55 @@ METHODS = [
     {"perturb": "output", "baseline": True, "es_step": 0.5},
     {"perturb": "all", "es_step": 0.5, "es_rows": 0.5},
 ]
+
+
+@pytest.mark.parametrize("methods", [{"perturb": "output"}, {"perturb": "all", "baseline": True},
+                                     {"perturb": "output", "antithetic": True, "recombine": "weighted"}],
+                         ids=lambda m: ",".join(f"{k}={v}" for k, v in m.items()))
+def test_counter_noise_rebuilds_the_winner_bitwise_everywhere_in_12_bytes(comm, methods):
+    """--noise counter: the ES step sends 12 bytes per rank (one MINLOC; 8 K with weighted recombination),
+    every rank applies the update rebuilt from the winners' keys alone (noise.counter_normal, no algorithm
+    state), bitwise, and any rank rebuilds any other rank's K perturbations bitwise (checksums gathered)."""
+    cfg, model, algo, theta, batch = setup_algo(comm, HybridES, algo="hes", r=2, noise="counter", **methods)
+    n = algo.zs.shape[1]
+    algo.step(0, theta, batch)
+    g = algo.g.copy()
+    before = theta.copy()
+    comm.drain()
+    info = algo.step(1, theta, batch)
+    rec = algorithm_records(comm, "es")
+    assert rec.shape[0] == 1
+    assert rec["bytes_sent"].sum() == (8 * cfg.K if cfg.recombine == "weighted" else 12)
+    assert all_equal(comm, theta)
+    costs, base = algo.candidate_costs(1, before, batch, info.sigma)
+    glob = np.empty(comm.size * cfg.K)
+    comm.Allgather(np.ascontiguousarray(costs - base if cfg.baseline else costs), glob)
+    order = np.argsort(glob, kind="stable")
+    assert info.es_rank * cfg.K + info.es_k == order[0]
+
+    def key_z(index):  # candidate (rank, k) from its key; antithetic pairs share draw k // 2, the odd one negated
+        rank, k = divmod(int(index), cfg.K)
+        z = noise.counter_normal(cfg.seed, 1, rank, k // 2 if cfg.antithetic else k, n)
+        return -z if cfg.antithetic and k % 2 else z
+
+    if cfg.recombine == "best":
+        z = key_z(order[0])
+    else:
+        mu = glob.size // 2 or 1
+        w = np.log(mu + 0.5) - np.log(np.arange(1, mu + 1))
+        w /= w.sum()
+        z = np.zeros(n, np.float32)
+        for j in range(mu):
+            z += np.float32(w[j]) * key_z(order[j])
+    expected = expected_update(algo, cfg, model, before, g, info.sigma, z)
+    assert np.array_equal(theta.view(np.uint32), expected.view(np.uint32))
+    # This rank's perturbations as its ES step drew them, against every rank's rebuild of them from the keys.
+    mine = np.array([kernels.checksum(algo.perturbation(1, comm.rank, k, np.empty(n, np.float32)))
+                     for k in range(cfg.K)], dtype=np.int64)
+    drawn = np.empty(comm.size * cfg.K, np.int64)
+    comm.Allgather(mine, drawn)
+    rebuilt = np.array([kernels.checksum(key_z(index)) for index in range(comm.size * cfg.K)], dtype=np.int64)
+    assert np.array_equal(drawn, rebuilt)
 
 
 def expected_update(algo, cfg, model, before, g, sigma, z):
@@ -367,6 +416,7 @@ def lowrank_dense(model, z, R):
 
 @pytest.mark.parametrize("methods", [{"perturb": "lowrank:1"}, {"perturb": "lowrank:3", "antithetic": True},
                                      {"perturb": "lowrank:2", "recombine": "weighted", "noise": "philox"},
+                                     {"perturb": "lowrank:2", "noise": "counter"},
                                      {"perturb": "lowrank:1", "carry": True}],
                          ids=lambda m: ",".join(f"{k}={v}" for k, v in m.items()))
 def test_lowrank_es_step_rebuilds_the_same_update_everywhere(comm, methods):

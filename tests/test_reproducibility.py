@@ -1,7 +1,7 @@
 """Results are bitwise the same as before the restructuring of the package: four runs whose final
 parameters were hashed with the code as it was (2 ranks, seed 7), before any module moved; and the
 compressed exchanges as they were before their Numba kernels (issue: fair time), six more runs hashed with the
-NumPy code they replaced."""
+NumPy code they replaced; and each noise source with whole-vector and output-layer perturbations."""
 
 from __future__ import annotations
 
@@ -29,6 +29,17 @@ RECORDED_COMPRESS = {
     ("powersgd:4", "mnist", 1): "1b728d305ecf8f4e037b4f43c6904815327c78c9f460aec558a555c75e18c66c",
 }
 
+#: (noise, perturb) -> theta_sha256 of ``... train --algo hes --noise N --perturb P --data synthetic --epochs 2
+#: --seed 7``: table and philox recorded before the counter source (which writes into H-ES's buffers), counter
+#: when it came (it pins Philox4x32-10 and the Box-Muller kernel's float32 bits).
+RECORDED_NOISE = {
+    ("philox", "output"): "29851b19b3ffa248061bb4e5cfa320321e94b1909580df65705298ebdffd0333",
+    ("philox", "all"): "782a21d32d42200840f5ad74df645b8e0e303db6dcd50190db13d06096556975",
+    ("table", "all"): "8935848af92f5f01128c234c0129158feb9326fd71feae147b5ac68ed2f2b136",
+    ("counter", "output"): "f8a69d1aada44744d49ad13536556066d6829a8007125c22a4240ae583dfc4ed",
+    ("counter", "all"): "87cbdf2ba8a77a548004f46cac9db3a8e3cda7c3e7c69940cf5d0ea96dee4b4c",
+}
+
 
 def final_sha256(tmp_path, algo: str, data: str, epochs: int, *extra) -> str:
     out = tmp_path / f"{algo}_{data}.h5"
@@ -54,3 +65,9 @@ def test_compressed_runs_end_with_the_recorded_parameters(tmp_path, mnist_dir, c
         RECORDED_COMPRESS[(compress, "synthetic", 2)]
     assert final_sha256(tmp_path, "bgd", "mnist", 1, "--compress", compress, "--data-dir", mnist_dir) == \
         RECORDED_COMPRESS[(compress, "mnist", 1)]
+
+
+@pytest.mark.parametrize(("noise", "perturb"), list(RECORDED_NOISE))
+def test_each_noise_source_ends_with_the_recorded_parameters(tmp_path, noise, perturb):
+    assert final_sha256(tmp_path, "hes", "synthetic", 2, "--noise", noise, "--perturb", perturb) == \
+        RECORDED_NOISE[(noise, perturb)]

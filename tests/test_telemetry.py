@@ -172,9 +172,10 @@ def test_held_bytes_counts_each_buffer_once_and_not_the_communicator():
     assert held_bytes(local) == pytest.approx(held_bytes(bgd) + 4 * m.param_count, abs=4096)  # its local copy
 
 
-@pytest.mark.parametrize("noise", ["table", "philox"])
+@pytest.mark.parametrize("noise", ["table", "philox", "counter"])
 def test_the_run_log_counts_the_method_state_whole(tmp_path, noise):
-    """H-ES's noise table is in the method's state, in the run log and in the savings table's whole memory."""
+    """H-ES's noise table is in the method's state, in the run log and in the savings table's whole memory; the
+    counter source holds nothing of its own."""
     from hes_mpi.noise import NoiseTable
     from hes_mpi.post.tables import load_runs, savings_rows
 
@@ -189,6 +190,8 @@ def test_the_run_log_counts_the_method_state_whole(tmp_path, noise):
     expected_table = NoiseTable(n_out).nbytes if noise == "table" else 0
     if noise == "table":
         assert s["state_bytes_noise"] == expected_table
+    elif noise == "counter":
+        assert s["state_bytes_noise"] == 0
     else:
         assert s["state_bytes_noise"] < 4 * n_out * 2
     assert s["state_bytes"] > s["state_bytes_noise"]

@@ -56,8 +56,8 @@ components S of the last full gradient (the poster's "optimal sigma^2"; per laye
 
 ``--assisted``: a gradient refresh on every iteration, followed by an ES selection around it.
 
-``--noise``: where z comes from (a Philox stream per key, or a slice of a shared table); see
-:mod:`hes_mpi.noise`.
+``--noise``: where z comes from (a slice of a shared table, a NumPy Philox stream per key, or Philox4x32-10
+computed per element from the key, table-free); see :mod:`hes_mpi.noise`.
 """
 
 from __future__ import annotations
@@ -189,7 +189,7 @@ class HybridES(UsesGradientStep):
         ``view_ok`` a normal draw from the shared table is returned in place (read-only), not copied."""
         cfg = self.cfg
         kk, neg = (k // 2, k % 2 == 1) if cfg.antithetic else (k, False)
-        z = self.noise.get(i, rank, kk)
+        z = self.noise.get(i, rank, kk, out)  # the counter source writes into out
         if view_ok and cfg.dist == "normal" and not neg and self.noise.source == "table":
             return z
         if cfg.dist == "rademacher":
@@ -198,7 +198,7 @@ class HybridES(UsesGradientStep):
                 np.negative(out, out=out)
         elif neg:
             np.negative(z, out=out)
-        else:
+        elif z is not out:
             out[:] = z
         return out
 

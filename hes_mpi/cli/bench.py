@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..config import RunConfig
+from ..config import NOISES, RunConfig
 from ..errors import UsageError
 from ..run.control import run_mpi
 from .common import Parser, es_method_args, es_methods, network_args, network_fields, show_help
@@ -105,7 +105,7 @@ def add_parsers(sub) -> None:
             sp.add_argument("--json", action="store_true", help="print the JSON object (the default; for symmetry "
                             "with the other commands)")
         if name in ("steps", "forward", "all"):
-            sp.add_argument("--noise", choices=("philox", "table"), default=RunConfig().noise,
+            sp.add_argument("--noise", choices=NOISES, default=RunConfig().noise,
                             help="H-ES perturbation source, as in train (default %(default)s)")
         es_method_args(sp)
         sp.set_defaults(func=cmd_bench_speed, bench_name=name)

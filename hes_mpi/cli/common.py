@@ -7,7 +7,7 @@ import argparse
 import os
 import sys
 
-from ..config import DISTS, ES_ROWS_SAMPLES, PERTURB, PLAIN, RECOMBINE, SIGMA_SCALES, RunConfig, perturb_rank
+from ..config import DISTS, ES_ROWS_SAMPLES, NOISES, PERTURB, PLAIN, RECOMBINE, SIGMA_SCALES, RunConfig, perturb_rank
 from ..errors import UsageError
 from ..model import ACTIVATIONS, INITS
 
@@ -110,9 +110,10 @@ def run_args(p: argparse.ArgumentParser) -> None:
       "multiple of the last gradient's per-component variance (default %(default)s)")
     a("--sigma-scale", choices=SIGMA_SCALES, default=d.sigma_scale, help="how --sigma2 is read: relative to the "
       "gradient's per-component variance, or absolute (default %(default)s)")
-    a("--noise", choices=("philox", "table"), default=d.noise, help="H-ES perturbation source: a Philox stream per "
-      "(seed, iteration, rank, k), or a slice of a shared table of normals at an offset hashed from the same key "
-      "(no generation cost; default %(default)s)")
+    a("--noise", choices=NOISES, default=d.noise, help="H-ES perturbation source: a slice of a shared table of "
+      "normals at an offset hashed from the key (seed, iteration, rank, k) (no generation cost), a NumPy Philox "
+      "stream per key, or counter: Philox4x32-10 of each element's index and the key, table-free and faster "
+      "than philox (default %(default)s)")
     a("--lr", type=float, default=d.lr, help="learning rate (default %(default)s)")
     a("--batch", type=int, default=d.batch, help="global minibatch, split across ranks (default %(default)s)")
     network_args(p)

@@ -9,7 +9,7 @@ import sys
 
 import numpy as np
 
-from .. import __version__, kernels
+from .. import __version__, kernels, philox_kernels
 from ..comm import cpu_count
 from ..config import RunConfig
 from ..data import Shard, load_shard
@@ -45,9 +45,11 @@ def warm_kernels(comm, n_hidden: int = 1) -> None:
     concurrent cache writes race."""
     if comm.rank == 0:
         kernels.warm_up(n_hidden)
+        philox_kernels.warm_up()
     comm.Barrier()
     if comm.rank != 0:
         kernels.warm_up(n_hidden)
+        philox_kernels.warm_up()
 
 
 def environment(comm, threads: int, shard: Shard, model: MLP, processor_names: list[str] | None = None) -> dict:
