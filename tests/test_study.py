@@ -131,12 +131,12 @@ def test_time_to_target_is_the_training_time_to_the_first_epoch_at_the_target():
     assert math.isnan(seconds_to(runs[0].epochs, 0.99))
     hes = group_time_to_target(runs[3:6], 0.965)
     assert hes["target_reached"] == 2 and hes["time_to_target_s"] == pytest.approx((2.0 + 4.0) / 2)
-    assert cell(hes, 3) == "3.0 (2 of 3)"
+    assert cell(hes, 3) == "3.0 (2.0-4.0; 2 of 3)"
     rows = {r["run"].split(" [")[0]: r for r in savings_rows(runs)}
     assert rows["Reference (BGD)"]["time_to_target_s"] == pytest.approx(8.0)
     assert rows["Gradient reuse, r = 2"]["target_reached"] == 0
     text = markdown_savings(list(rows.values()))
-    assert "time to 96.50% (s)" in text and "| never |" in text and "| 3.0 (2 of 3) |" in text
+    assert "time to 96.50% (s)" in text and "| never |" in text and "| 3.0 (2.0-4.0; 2 of 3) |" in text
     assert "| 8.0 |" in text
 
 

@@ -8,8 +8,8 @@ Every table with a training time carries this beside it (:mod:`.tables`, :mod:`.
   accuracy minus 0.5 points, or the user's ``--target``;
 - a run's **time to target** is its training time (the epochs' ``epoch_s``, evaluation left out) up to and
   including the first epoch whose dev accuracy reaches the target; a run that never reaches it has none;
-- a configuration's is the median over its seeds that reached it, with how many did ("2 of 5"); one that no
-  seed brought there says "never".
+- a configuration's is the median over its seeds that reached it, with their range and how many did
+  ("14.1 (12.0-16.2; 2 of 5)"); one that no seed brought there says "never".
 """
 
 from __future__ import annotations
@@ -53,15 +53,21 @@ def group_time_to_target(group, target: float) -> dict:
     times = [seconds_to(r.epochs, target) for r in group]
     reached = [t for t in times if math.isfinite(t)]
     return {"target": target, "time_to_target_s": float(np.median(reached)) if reached else math.nan,
-            "target_reached": len(reached)}
+            "time_to_target_min_s": min(reached) if reached else math.nan,
+            "time_to_target_max_s": max(reached) if reached else math.nan, "target_reached": len(reached)}
 
 
 def cell(row: dict, seeds: int) -> str:
-    """'12.3' (every seed reached it), '14.1 (2 of 5)' or 'never' (none did)."""
+    """'12.3' (one seed, or every seed at the same time), '12.3 (11.0-13.5)' (the median of the seeds and
+    their range), '14.1 (2 of 5)' or '14.1 (12.0-16.2; 2 of 5)' when some never reached it, 'never' when
+    none did."""
     if not row.get("target_reached"):
         return "never"
-    t = f"{row['time_to_target_s']:.1f}"
-    return t if row["target_reached"] == seeds else f"{t} ({row['target_reached']} of {seeds})"
+    lo, hi = row.get("time_to_target_min_s", math.nan), row.get("time_to_target_max_s", math.nan)
+    notes = [f"{lo:.1f}-{hi:.1f}"] if math.isfinite(lo) and f"{lo:.1f}" != f"{hi:.1f}" else []
+    if row["target_reached"] != seeds:
+        notes.append(f"{row['target_reached']} of {seeds}")
+    return f"{row['time_to_target_s']:.1f}" + (f" ({'; '.join(notes)})" if notes else "")
 
 
 def header(target: float) -> str:
