@@ -678,7 +678,7 @@ def test_cluster_bench_rounds_interleave_and_report_medians_with_their_range(sta
     for rnd in ("round1", "round2"):
         assert all((d / rnd / f).stat().st_size > 0 for f in ("bgd.h5", "hes.h5", "links.json")), rnd
     (row,) = json.loads((out / "cluster.json").read_text())
-    assert row["rounds"] == 2
+    assert row["rounds"] == 2 and row["nodes"] == 2 and isinstance(row["nodes"], int) and row["rate"] == "1gbit"
     for key in ("bgd_epoch_s", "hes_epoch_s", "hes_over_bgd"):
         assert row[f"{key}_min"] <= row[key] <= row[f"{key}_max"], key
         assert row[f"{key}_n"] == 2

@@ -134,7 +134,9 @@ def config_row(d: Path, target: float | None = None) -> dict:
     out: dict = {"rounds": len(rows)}
     for k, v in rows[0].items():
         values = [r.get(k) for r in rows]
-        if isinstance(v, (int, float)) and not isinstance(v, bool) or v is None and k in SPREAD:
+        if all(x == v for x in values) and k not in SPREAD:  # the same in every round (nodes, rate, target)
+            out[k] = v
+        elif isinstance(v, (int, float)) and not isinstance(v, bool) or v is None and k in SPREAD:
             arr = np.array([math.nan if x is None else x for x in values], dtype=float)
             finite = arr[np.isfinite(arr)]
             out[k] = float(np.median(finite)) if finite.size else math.nan
@@ -149,8 +151,12 @@ def config_row(d: Path, target: float | None = None) -> dict:
 
 
 def _spread(r: dict, key: str, fmt=_s) -> str:
-    """'0.71' or, over several rounds, '0.71 (0.69-0.80)', with 'k of n' when some rounds have no value."""
-    text = fmt(r.get(key))
+    """'0.71' or, over several rounds, '0.71 (0.69-0.80)', with 'k of n' when some rounds have no value; a time
+    to target that no round reached is 'never'."""
+    v = r.get(key)
+    if key.endswith("_to_target_s") and (v is None or (isinstance(v, float) and math.isnan(v))):
+        return "never"
+    text = fmt(v)
     if r.get("rounds", 1) > 1 and f"{key}_min" in r and math.isfinite(r[f"{key}_min"]):
         text += f" ({fmt(r[f'{key}_min'])}-{fmt(r[f'{key}_max'])})"
         if r[f"{key}_n"] < r["rounds"]:
