@@ -59,7 +59,7 @@ class BenchSetup:
     rank's shard, the network, warm kernels, and row buffers for its part of a global batch."""
 
     def __init__(self, comm, cfg):
-        from ..run.setup import load_run_data, set_threads, warm_kernels
+        from ..run.setup import freeze_setup_objects, load_run_data, set_threads, warm_kernels
 
         self.cfg = cfg
         self.threads = set_threads(comm, cfg.threads)
@@ -68,6 +68,7 @@ class BenchSetup:
         self.max_rows = min(self.shard.hi - self.shard.lo, cfg.batch)
         self.xbuf = np.empty((self.max_rows, self.model.n_in), dtype=np.float32)
         self.ybuf = np.empty(self.max_rows, dtype=np.int32)
+        freeze_setup_objects()
 
     def batches(self, epoch: int):
         """This rank's Batch of every global batch of ``epoch``."""

@@ -17,7 +17,8 @@ Configuration for a container: ``proctrack/linuxproc`` and ``task/none`` (no cgr
 job-completion log; ``select/cons_tres`` with ``CR_Core``; partition ``debug`` is the default. The node
 declares at least 2 CPUs (``SlurmdParameters=config_overrides`` keeps a 1-core machine from being drained),
 so the 2-rank jobs of the tests fit. ``MinJobAge=5`` keeps ``sbatch --wait`` polling every 2 s (it backs
-off up to 32 s otherwise); ``DependencyParameters=kill_invalid_depend`` cancels a job whose dependency
+off up to 32 s otherwise); ``cred_expire=20`` restarts a requeued job after 20 s, not 120 (the credential
+lifetime, ample here); ``DependencyParameters=kill_invalid_depend`` cancels a job whose dependency
 failed instead of leaving it pending, so a test waiting on it ends. Needs root (slurmd starts jobs as
 their submitting user).
 
@@ -257,7 +258,7 @@ SlurmUser={user}
 SlurmdUser={user}
 AuthType=auth/munge
 CredType=cred/munge
-AuthInfo=socket={self.munge_socket}
+AuthInfo=socket={self.munge_socket},cred_expire=20
 StateSaveLocation={d / 'state'}
 SlurmdSpoolDir={d / 'spool' / '%n'}
 SlurmctldPidFile={d / 'slurmctld.pid'}
