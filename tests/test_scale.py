@@ -59,6 +59,9 @@ def test_time_to_target_uses_the_nearest_measured_rank_count():
             run("hes", 2, 0.95, 0, [0.80, 0.90, 0.95]), run("hes", 8, 0.96, 0, [0.85, 0.96, 0.96])]
     t = target_of(runs)
     assert t == pytest.approx(0.965 - 0.005)
+    fp16 = run("bgd", 2, 0.90, 2, [0.80, 0.85, 0.90])
+    fp16.config["compress"] = "fp16"
+    assert target_of([*runs, fp16]) == t  # compressed BGD is another method, not the reference
     assert epochs_to_target(runs[:2], t) == 3  # the mean curve 0.90, 0.955, 0.965 reaches 0.96 at epoch 3
     assert epochs_to_target(runs[2:3], t) != epochs_to_target(runs[2:3], t)  # never: NaN
     sim = [{"label": "H-ES", "algo": "hes", "platform": "star", "nodes": n, "scaling": "strong", "epoch_s": 2.0}
@@ -73,6 +76,7 @@ def test_time_to_target_uses_the_nearest_measured_rank_count():
     assert got[("BGD", 64)] == (2, True, 2.0, 3.0)
     text = markdown_time_to_target(rows)
     assert "| star | 64 | 4 (2*) | 3 (2*) |" in text and "95.00%" in text
+    assert "| star | 2 | 6 (3) | n/r |" in text  # BGD was not replayed at 2 nodes
 
 
 def test_time_to_target_matches_each_baseline_by_its_configuration(tmp_path):
