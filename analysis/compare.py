@@ -40,7 +40,8 @@ def main(argv=None) -> int:
                    "(once, at the end; as hes-mpi evaluate) and add it to the Pareto table")
     add_target_option(p)
     p.add_argument("--last-epochs", type=int, default=None, metavar="E", help="also the mean dev accuracy of the "
-                   "last E epochs of each run (mean and 95%% CI over the seeds): steadier than the last epoch alone")
+                   "last E epochs of each run (mean and 95%% CI over the seeds; and H-ES - reuse on it): steadier "
+                   "than the last epoch alone")
     args = p.parse_args(argv)
     if args.last_epochs is not None and args.last_epochs < 1:
         p.error("--last-epochs must be >= 1")
@@ -55,7 +56,7 @@ def main(argv=None) -> int:
         print(f"compare.py: error: {e}", file=sys.stderr)
         return 2
     acc, sav = accuracy_rows(runs, args.last_epochs), savings_rows(runs, args.target)
-    par, cmp = pareto_rows(runs, args.target, args.last_epochs), comparisons(runs)
+    par, cmp = pareto_rows(runs, args.target, args.last_epochs), comparisons(runs, args.last_epochs)
     if args.out_dir:  # before printing: a reader that stops early (| head) does not cost the files
         write_tables(runs, Path(args.out_dir), args.target, args.last_epochs)
     if args.csv:

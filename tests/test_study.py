@@ -153,6 +153,7 @@ def test_pareto_table_and_figure_carry_the_time_to_target(tmp_path):
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.filterwarnings("ignore:Precision loss")  # the two reuse runs are identical
 def test_last_epochs_accuracy_is_the_mean_of_the_last_epochs_over_seeds():
     from hes_mpi.post.tables import accuracy_rows, last_epochs_acc, markdown_accuracy
 
@@ -166,3 +167,14 @@ def test_last_epochs_accuracy_is_the_mean_of_the_last_epochs_over_seeds():
     par = pareto_rows(runs, last_epochs=2)
     assert "dev, last 2 epochs" in markdown_pareto(par) and par[0]["dev_last_acc"] == pytest.approx(0.966)
     assert "last_epochs" not in accuracy_rows(runs)[0]  # only when asked
+    # H-ES - reuse on the last-2-epoch means too, as Welch's test on those per-seed values
+    from scipy import stats
+
+    (c,) = comparisons(runs, last_epochs=2)
+    hes, reuse = [0.955, 0.9535, 0.945], [0.925, 0.925]
+    assert c["last_diff"] == pytest.approx(np.mean(hes) - np.mean(reuse))
+    assert c["last_p"] == pytest.approx(stats.ttest_ind(hes, reuse, equal_var=False).pvalue)
+    assert c["diff"] == pytest.approx(np.mean([0.96, 0.967, 0.95]) - 0.93)  # the final epochs', as before
+    text = markdown_comparisons([c])
+    assert "last 2 epochs: difference" in text and f"{100 * c['last_diff']:+.2f}" in text
+    assert "last_diff" not in comparisons(runs)[0]

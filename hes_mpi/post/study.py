@@ -26,6 +26,7 @@ from .tables import (
     add_last_epochs,
     diverged_count,
     group_runs,
+    last_epochs_acc,
     markdown_accuracy,
     markdown_savings,
     savings_rows,
@@ -107,10 +108,11 @@ def _control_key(config: dict) -> tuple:
     return tuple(sorted(keep.items()))
 
 
-def comparisons(runs: list[Run]) -> list[dict]:
+def comparisons(runs: list[Run], last_epochs: int | None = None) -> list[dict]:
     """H-ES (not assisted) against gradient reuse with the same r and shared options — at the same lr when
     the table has it, else at the one lr the table has for reuse (each method at its tuned lr): Welch's
-    test on the final dev accuracies of their seeds."""
+    test on the final dev accuracies of their seeds, and with ``last_epochs`` E also on each seed's mean dev
+    accuracy of its last E epochs (``last_diff``, ``last_low``, ``last_high``, ``last_p``)."""
     groups = group_runs(runs)
     reuse: dict[tuple, list] = {}
     for g in groups:
@@ -128,16 +130,27 @@ def comparisons(runs: list[Run]) -> list[dict]:
             continue
         w = welch([r.summary["dev_acc"] for r in g], [r.summary["dev_acc"] for r in ctrl])
         rows.append({"hes": g[0].label, "reuse": ctrl[0].label, "r": c["r"], **w})
+        if last_epochs:
+            lw = welch([last_epochs_acc(r, last_epochs) for r in g], [last_epochs_acc(r, last_epochs) for r in ctrl])
+            rows[-1].update({"last_epochs": last_epochs, **{f"last_{k}": lw[k] for k in ("diff", "low", "high", "p")}})
     return rows
 
 
 def markdown_comparisons(rows: list[dict]) -> str:
-    out = ["| H-ES | its control | n (H-ES, reuse) | dev difference (points) | 95% CI | Welch p |",
-           "|---|---|---|---|---|---|"]
+    last = rows[0].get("last_epochs") if rows else None
+    more = f" last {last} epochs: difference | 95% CI | Welch p |" if last else ""
+    out = ["| H-ES | its control | n (H-ES, reuse) | dev difference (points) | 95% CI | Welch p |" + more,
+           "|---|---|---|---|---|---|" + ("---|---|---|" if last else "")]
+
+    def cells(d, low, high, p):
+        ci = f"[{100 * low:+.2f}, {100 * high:+.2f}]" if math.isfinite(low) else "n/a"
+        return f"{100 * d:+.2f} | {ci} | " + (f"{p:.3g}" if math.isfinite(p) else "n/a")
+
     for r in rows:
-        ci = f"[{100 * r['low']:+.2f}, {100 * r['high']:+.2f}]" if math.isfinite(r["low"]) else "n/a"
-        p = f"{r['p']:.3g}" if math.isfinite(r["p"]) else "n/a"
-        out.append(f"| {r['hes']} | {r['reuse']} | {r['n_a']}, {r['n_b']} | {100 * r['diff']:+.2f} | {ci} | {p} |")
+        line = f"| {r['hes']} | {r['reuse']} | {r['n_a']}, {r['n_b']} | {cells(r['diff'], r['low'], r['high'], r['p'])} |"
+        if last:
+            line += f" {cells(r['last_diff'], r['last_low'], r['last_high'], r['last_p'])} |"
+        out.append(line)
     return "\n".join(out)
 
 
@@ -150,7 +163,7 @@ def write_tables(runs: list[Run], out_dir: Path, target: float | None = None,
     tables = {"accuracy": (accuracy_rows(runs, last_epochs), markdown_accuracy),
               "savings": (savings_rows(runs, target), markdown_savings),
               "pareto": (pareto_rows(runs, target, last_epochs), markdown_pareto),
-              "comparisons": (comparisons(runs), markdown_comparisons)}
+              "comparisons": (comparisons(runs, last_epochs), markdown_comparisons)}
     out = {}
     for name, (rows, fmt) in tables.items():
         if not rows and name == "comparisons":
