@@ -579,8 +579,8 @@ def test_real_run_log_has_the_documented_schema(trained):
 def test_the_flushes_collection_scans_only_what_training_made(tmp_path):
     """Each flush runs a full garbage collection (to see late write errors). With Numba loaded a full scan
     covers about 110,000 setup objects, 0.1-0.2 s an epoch here (a 150-epoch run took 58 s instead of 15);
-    setup's objects are frozen before the loop, so every flush's collection meets only the objects made
-    since. The child records what each collection in a flush would scan."""
+    setup's objects are frozen before the loop (and thawed after it), so every flush's collection meets only
+    the objects made since. The child records what each collection in a flush would scan."""
     script = f"""
 import gc, json, sys
 from hes_mpi import runlog
@@ -588,17 +588,19 @@ from hes_mpi.cli import main
 seen = []
 real = gc.collect
 def collect(*a):
-    seen.append((gc.get_freeze_count(), len(gc.get_objects())))
+    if sys._getframe(1).f_code.co_name == "flush":  # the run log's flush (gc.collect is the one function)
+        seen.append((gc.get_freeze_count(), len(gc.get_objects())))
     return real(*a)
 runlog.gc.collect = collect
 status = main(["train", "--data", "synthetic:400", "--hidden", "8", "--batch", "100", "--epochs", "3",
                "--threads", "1", "--out", {str(tmp_path / "run.h5")!r}])
-json.dump({{"status": status, "seen": seen}}, sys.stdout)
+json.dump({{"status": status, "seen": seen, "after": gc.get_freeze_count()}}, sys.stdout)
 """
     p = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, check=False)
     assert p.returncode == 0, p.stderr
     out = json.loads(p.stdout.strip().splitlines()[-1])
     assert out["status"] == 0
-    assert len(out["seen"]) >= 8, out["seen"]  # two a flush: 3 epochs and the end
-    for frozen, scanned in out["seen"]:
+    assert len(out["seen"]) == 8, out["seen"]  # two a flush: 3 epochs, then the end's, after the thaw
+    for frozen, scanned in out["seen"][:6]:
         assert frozen > 50_000 and scanned < frozen / 4, out["seen"]
+    assert out["after"] == 0  # undone when the run ends: a sweep's next run collects what this one left

@@ -3,6 +3,7 @@ the network it sizes, warm kernels, and the run log's ``/environment``."""
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import platform
 import socket
@@ -55,11 +56,23 @@ def warm_kernels(comm, n_hidden: int = 1) -> None:
 
 def freeze_setup_objects() -> None:
     """Take every object made so far (modules, compiled kernels, data, network, buffers) out of the garbage
-    collector's scans (``gc.freeze``). With Numba loaded a full collection scans about 110,000 of them,
-    0.1-0.2 s here: the run log collects after each flush (to see late write errors) and Python collects
-    on its own now and then, inside a timed step. Frozen, both take microseconds. Called once, when setup
-    is done; what is made later is collected as usual."""
+    collector's scans (``gc.freeze``), after one last collection, so no garbage is frozen with them. With
+    Numba loaded a full collection scans about 110,000 of them, 0.1-0.2 s here: the run log collects after
+    each flush (to see late write errors) and Python collects on its own now and then, inside a timed step.
+    Frozen, both take microseconds; what is made later is collected as usual."""
+    gc.collect()
     gc.freeze()
+
+
+@contextlib.contextmanager
+def setup_objects_frozen():
+    """:func:`freeze_setup_objects` for a training run, undone at its end, so that a sweep's next run can
+    collect what this one leaves behind."""
+    freeze_setup_objects()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
 
 
 def environment(comm, threads: int, shard: Shard, model: MLP, processor_names: list[str] | None = None) -> dict:

@@ -27,7 +27,7 @@ from ..watchdog import default_collective_timeout
 from .control import Fault, Stopped, pause_in_flush_from_env, stop_on_signals, stop_requested
 from .progress import Progress, duration
 from .recorder import Recorder
-from .setup import environment, freeze_setup_objects, load_run_data, set_threads, warm_kernels
+from .setup import environment, load_run_data, set_threads, setup_objects_frozen, warm_kernels
 
 log = get_logger("train")
 
@@ -271,7 +271,6 @@ class Trainer:
                  cfg.algo + (" (assisted)" if cfg.algo == "hes" and cfg.assisted else ""), self.shard.name,
                  comm.size, self.model.layers, self.model.param_count,
                  m, cfg.epochs)
-        freeze_setup_objects()
         self.offsets_start, self.rtt_start = comm.clock_offsets()
         rec.offsets_start = self.offsets_start
         comm.Barrier()
@@ -281,7 +280,7 @@ class Trainer:
         start_epoch, start_batch = self.start
         epochs_left = Progress(cfg.epochs - start_epoch, comm.wtime)
         t_mark = comm.wtime()
-        with stop_on_signals():
+        with setup_objects_frozen(), stop_on_signals():
             for epoch in range(start_epoch, cfg.epochs):
                 t_epoch = comm.wtime()
                 batches = global_batches(self.shard.n_train, cfg.batch, cfg.seed, epoch)
