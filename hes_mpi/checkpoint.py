@@ -75,3 +75,22 @@ def load(path: str, config: dict) -> dict:
     if diff:
         raise UsageError(f"{path} was written with other options ({', '.join(diff)}); cannot resume with these")
     return state
+
+
+def log_to_start_afresh(out: str) -> bool:
+    """``--resume`` found no checkpoint for run log ``out``: True when an unfinished log is there, left by a
+    run stopped before its first checkpoint; it holds nothing to continue from and is replaced (a requeued
+    job always passes --resume). A finished log is a result: UsageError, not overwritten without --force."""
+    from .runlog import RunLog
+
+    if not os.path.exists(out):
+        return False
+    try:
+        with RunLog(out) as rl:
+            done = rl.complete
+    except UsageError:  # not a whole run log (left by a crash of an old version): nothing to continue
+        return True
+    if done:
+        raise UsageError(f"--resume: {out} is a finished run and there is no checkpoint to continue from; "
+                         "pass --force to train it again")
+    return True

@@ -96,6 +96,29 @@ def test_killed_and_resumed_run_is_bitwise_identical(tmp_path, reference):
     assert_same_as_reference(out, reference)
 
 
+def test_resume_without_a_checkpoint_replaces_an_unfinished_log_and_keeps_a_finished_one(tmp_path, reference):
+    """A job killed before its first checkpoint leaves an unfinished run log and no checkpoint; requeued, it
+    passes --resume (as jobs/train.sbatch always does) and must start afresh, not stop at "--out exists".
+    A finished log with no checkpoint is a result: --resume leaves it alone, in one line."""
+    out = tmp_path / "run.h5"
+    args = [*SYN, "--epochs", "6", "--out", out]
+    proc = launch(args)
+    wait_for_epochs(out, 1)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert not (tmp_path / "run.h5.ckpt").exists()
+    with RunLog(str(out)) as rl:
+        assert not rl.complete
+    done = run_cli(["train", *args, "--resume"])
+    assert done.returncode == 0, done.stderr
+    assert_same_as_reference(out, reference)
+    again = run_cli(["train", *args, "--resume"])
+    assert again.returncode == 2
+    lines = again.stderr.strip().splitlines()
+    assert len(lines) == 1 and "is a finished run and there is no checkpoint" in lines[0], again.stderr
+    assert_same_as_reference(out, reference)  # untouched
+
+
 #: Where the test below kills the job, as HES_MPI_PAUSE_IN_FLUSH=U:K (rank 0 stops at the K-th point, a write or
 #: a step between writes, of the U-th update of its run log; at the update's end when it has fewer). Every job
 #: passes --resume, as a requeued job script does. A fresh run's updates are its creation, then one flush per

@@ -90,7 +90,8 @@ class Trainer:
         rows = None
         if state is not None:
             rows = {k: int(state[f"rows_{k}"]) for k in ("epochs", "iterations", "records")}
-        return RunLogWriter(cfg.out, cfg.force or state is not None, cfg.to_dict(), env, self.argv, rows)
+        force = cfg.force or state is not None or (cfg.resume and checkpoint.log_to_start_afresh(cfg.out))
+        return RunLogWriter(cfg.out, force, cfg.to_dict(), env, self.argv, rows)
 
     # ------------------------------------------------------------------ pieces
     def evaluate(self, epoch: int) -> dict:
