@@ -16,11 +16,12 @@ from __future__ import annotations
 import io
 import json
 import os
+from dataclasses import fields
 from pathlib import Path
 
 import numpy as np
 
-from .config import MAY_CHANGE_ON_RESUME
+from .config import MAY_CHANGE_ON_RESUME, RunConfig, result_options
 from .errors import UsageError
 
 FORMAT = "hes_mpi.checkpoint"
@@ -71,10 +72,19 @@ def load(path: str, config: dict) -> dict:
             state.update({k: (v.item() if isinstance(v, np.generic) else v) for k, v in f.attrs.items()})
     except OSError:
         raise UsageError(f"{path}: unreadable checkpoint") from None
-    diff = sorted(k for k in set(saved) | set(config) if k not in MAY_CHANGE and saved.get(k) != config.get(k))
+    saved, now = _as_run(saved), _as_run(config)
+    diff = sorted(k for k in set(saved) | set(now) if k not in MAY_CHANGE and saved.get(k) != now.get(k))
     if diff:
         raise UsageError(f"{path} was written with other options ({', '.join(diff)}); cannot resume with these")
     return state
+
+
+def _as_run(config: dict) -> dict:
+    """The options that decide what a run computes, as it ran: an option newer than the checkpoint reads as
+    the runs before it ran (:func:`hes_mpi.config.result_options`, the rule by which sweeps reuse old logs);
+    an option this version does not know is kept as it is, and so refused unless both sides have it equal."""
+    known = {f.name for f in fields(RunConfig)}
+    return {**result_options(config), **{k: v for k, v in config.items() if k not in known}}
 
 
 def log_to_start_afresh(out: str) -> bool:

@@ -149,6 +149,29 @@ def test_load_refuses_an_option_missing_on_one_side(saved):
         checkpoint.load(saved, older)
 
 
+def test_a_checkpoint_older_than_an_option_reads_it_as_the_old_runs_ran(tmp_path):
+    """A checkpoint written before an option existed belongs to a run that ran as config.LEGACY says (else as
+    the default), the rule by which sweeps reuse old run logs: a resume with that value continues, another
+    value is refused by name."""
+    path = str(tmp_path / "old.ckpt")
+
+    def save_without(name, cfg):
+        old = dict(cfg)
+        del old[name]
+        checkpoint.save(path, make_state(), old)
+
+    save_without("es_rows_sample", config())
+    assert checkpoint.load(path, config())["epoch"] == 4  # every row is every row, however picked
+    save_without("es_rows_sample", config(es_rows=0.5))
+    assert checkpoint.load(path, config(es_rows=0.5, es_rows_sample="head"))["epoch"] == 4
+    with pytest.raises(UsageError, match=r"\(es_rows_sample\)"):
+        checkpoint.load(path, config(es_rows=0.5))
+    save_without("noise", config())
+    assert checkpoint.load(path, config(noise="philox"))["epoch"] == 4
+    with pytest.raises(UsageError, match=r"\(noise\)"):
+        checkpoint.load(path, config())
+
+
 def test_may_change_names_real_options():
     assert checkpoint.MAY_CHANGE <= {f.name for f in dataclasses.fields(RunConfig)}
 
