@@ -6,6 +6,7 @@ import contextlib
 import functools
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -41,6 +42,32 @@ def mpiexec_cmd(n: int) -> list[str]:
     if MPIEXEC is None:
         pytest.skip("no mpiexec on PATH (pip install mpich)")
     return [MPIEXEC, *(["--oversubscribe"] if launcher_is_open_mpi() else []), "-n", str(n)]
+
+
+def rank_pids(marker: str) -> list[int]:
+    """PIDs of the Python ranks whose command line contains ``marker`` (not the launcher's own)."""
+    pids = []
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            argv = (d / "cmdline").read_bytes().split(b"\0")
+            # the ranks are this Python; the launcher's own argv (Hydra's mpiexec, Open MPI's prterun) names
+            # the command too
+            if any(marker.encode() in a for a in argv) and b"hes_mpi" in argv and argv[0] == sys.executable.encode():
+                pids.append(int(d.name))
+    return sorted(pids)
+
+
+def kill_job(proc: subprocess.Popen, marker: str) -> None:
+    """SIGKILL a job started in its own session: its ranks (their command line contains ``marker``; Open MPI's
+    ranks are not in the launcher's process group and outlive it) and the launcher's group; then reap it."""
+    for pid in rank_pids(marker):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
 
 
 def mpi_size() -> int:

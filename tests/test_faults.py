@@ -15,7 +15,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-from conftest import MPIEXEC, mpi_size, mpiexec_cmd, run_cli
+from conftest import MPIEXEC, kill_job, mpi_size, mpiexec_cmd, rank_pids, run_cli
 
 from hes_mpi.runlog import RunLog
 
@@ -29,21 +29,6 @@ def launch(args, env=None):
     cmd = [*mpiexec_cmd(2), sys.executable, "-m", "hes_mpi", "train", *map(str, args)]
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
                             env={**os.environ, **(env or {})})
-
-
-def rank_pids(marker: str) -> list[int]:
-    """PIDs of the Python ranks whose command line contains ``marker`` (not mpiexec's own)."""
-    pids = []
-    for d in Path("/proc").iterdir():
-        if not d.name.isdigit():
-            continue
-        with contextlib.suppress(OSError):
-            argv = (d / "cmdline").read_bytes().split(b"\0")
-            # the ranks are this Python; the launcher's own argv (Hydra's mpiexec, Open MPI's prterun) names
-            # the command too
-            if any(marker.encode() in a for a in argv) and b"hes_mpi" in argv and argv[0] == sys.executable.encode():
-                pids.append(int(d.name))
-    return sorted(pids)
 
 
 def wait_for_epochs(path: Path, n: int, timeout: float = 120) -> None:
@@ -87,8 +72,7 @@ def test_killed_and_resumed_run_is_bitwise_identical(tmp_path, reference):
     args = [*SYN, "--epochs", "6", "--checkpoint-every", "15", "--out", out]
     proc = launch(args)
     wait_for_epochs(out, 2)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait(timeout=30)
+    kill_job(proc, str(out))
     assert (tmp_path / "run.h5.ckpt").exists()
     done = run_cli(["train", *args, "--resume"])
     assert done.returncode == 0, done.stderr
@@ -104,10 +88,7 @@ def test_resume_without_a_checkpoint_replaces_an_unfinished_log_and_keeps_a_fini
     args = [*SYN, "--epochs", "6", "--out", out]
     proc = launch([*SYN, "--epochs", "1000", "--out", out])  # still running when killed, under any MPI
     wait_for_epochs(out, 1)
-    for pid in rank_pids(str(out)):  # the ranks themselves: Open MPI's are not in mpiexec's process group
-        os.kill(pid, signal.SIGKILL)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait(timeout=30)
+    kill_job(proc, str(out))
     assert not (tmp_path / "run.h5.ckpt").exists()
     with RunLog(str(out)) as rl:
         assert not rl.complete
@@ -142,9 +123,7 @@ def kill_inside_an_update(args, update: int, point: int, marker: Path) -> None:
             time.sleep(0.02)
         assert marker.exists(), f"no pause at update {update}, point {point}: {proc.communicate()[1]}"
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=30)
+        kill_job(proc, str(marker.with_suffix("")))  # the run log's path, on every rank's command line
     marker.unlink()
 
 
@@ -201,14 +180,14 @@ def test_kill_9_of_one_rank_ends_the_job(tmp_path):
         assert time.time() - t0 < 30
         assert proc.returncode != 0
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
+        kill_job(proc, str(out))
     with RunLog(str(out)) as rl:
         assert rl.complete is False and rl.table("epochs")["epoch"].size >= 1
 
 
 def test_exception_on_one_rank_ends_all_within_10_s(tmp_path):
-    proc = launch([*SYN, "--epochs", "10000"], env={"HES_MPI_INJECT_FAULT": "1:30"})
+    out = tmp_path / "run.h5"
+    proc = launch([*SYN, "--epochs", "10000", "--out", out], env={"HES_MPI_INJECT_FAULT": "1:30"})
     err = []
     try:
         for line in proc.stderr:  # the failing rank's message arrives first ...
@@ -220,8 +199,7 @@ def test_exception_on_one_rank_ends_all_within_10_s(tmp_path):
         proc.wait(timeout=30)
         assert time.time() - t_fault < 10  # ... and every rank has ended 10 s later
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
+        kill_job(proc, str(out))
     text = "".join(err)
     assert proc.returncode != 0
     assert "rank 1/2" in text and "fault injected" in text and "at iteration 30" in text
@@ -419,8 +397,7 @@ def test_a_write_failure_on_rank_0_alone_during_tuning_ends_every_rank_within_5_
         proc.wait(timeout=60)
         took = time.monotonic() - t_fail  # ... to the end of the whole job
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
+        kill_job(proc, str(params))
     text = "".join(out)
     errors = [ln for ln in text.splitlines() if ln.startswith("hes-mpi: error")]
     assert proc.returncode == 1, text

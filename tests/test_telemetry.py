@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
-import signal
 import subprocess
 import sys
 import time
@@ -13,7 +11,7 @@ import time
 import h5py
 import numpy as np
 import pytest
-from conftest import MPIEXEC, mpi_size, mpiexec_cmd, run_cli
+from conftest import MPIEXEC, kill_job, mpi_size, mpiexec_cmd, run_cli
 
 from hes_mpi.collectives import wire_bytes as wire_bytes_model
 from hes_mpi.runlog import RunLog
@@ -103,8 +101,7 @@ def test_killed_run_leaves_a_readable_log(tmp_path):
                 epochs = rl.table("epochs")["epoch"].size
         assert epochs >= 2, "the run did not flush two epochs in time"
     finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=30)
+        kill_job(proc, str(out))
     with RunLog(str(out)) as rl:
         s = rl.summary()
         assert rl.complete is False and s["complete"] is False
