@@ -15,6 +15,7 @@ import pytest
 from conftest import run_cli
 
 from hes_mpi.collectives import collective_time, parse_network
+from hes_mpi.schema import StepKind
 
 ROOT = Path(__file__).resolve().parents[1]
 SYN = ["--data", "synthetic:800", "--hidden", "16", "--batch", "200", "--lr", "1"]
@@ -54,7 +55,15 @@ def test_savings_are_measured(suite):
     assert float(rows["H-ES, r = 2"]["net_bw_pct"]) == pytest.approx(50, abs=1.5)
     assert float(rows["H-ES, r = 3"]["net_bw_pct"]) == pytest.approx(100 / 3, abs=1.5)
     assert float(rows["Reference (BGD)"]["runtime_pct"]) == pytest.approx(100)
-    assert float(rows["Assisted H-ES (r = 1)"]["runtime_pct"]) > 100  # every iteration: gradient and ES
+    # Runtime % is the ratio of the logged training times (12 iterations of a tiny network: which run is
+    # faster is noise here, so the figure is checked against the logs, not against an expected order)
+    def train_s(name):
+        with h5py.File(out / name, "r") as f:
+            return float(np.sum(f["epochs/epoch_s"][()])), f["iterations/kind"][()]
+
+    (bgd_s, _), (assisted_s, kinds) = train_s("bgd.h5"), train_s("hes_assisted.h5")
+    assert np.all(kinds == StepKind.ASSISTED)  # every iteration of assisted H-ES: a gradient and an ES step
+    assert float(rows["Assisted H-ES (r = 1)"]["runtime_pct"]) == pytest.approx(100 * assisted_s / bgd_s, rel=1e-6)
     assert float(rows["H-ES, r = 2"]["memory_pct"]) > 0
 
 
