@@ -208,3 +208,24 @@ def subtract_scaled(e, g, scale):
     s = np.float32(scale)
     for i in range(e.shape[0]):
         e[i] = np.float32(e[i] - np.float32(g[i] * s))
+
+
+# ------------------------------------------------------------------------------------------ warm-up
+def warm_up() -> None:
+    """Compile (or load from cache) every kernel of this module on tiny inputs of the types the exchanges pass
+    (:mod:`hes_mpi.algorithms.compress` and ``comm``'s ``half_sum``), so that no compression's first
+    training step pays for it: compiling them took 3 s here, ``topk_select`` 2 s of it."""
+    g = np.ones(8, np.float32)
+    scale = np.float32(0.5)
+    bits = np.empty(8, np.float16).view(np.uint16)
+    pack_fp16(g, scale, bits)
+    unpack_fp16(bits, g)
+    add_halves(bits.copy(), bits)  # as half_sum passes them: writable uint16 arrays over MPI's buffers
+    k = 2
+    send = np.empty(2 * k, np.int32)
+    topk_select(g, scale, np.zeros(8, np.float32), k, send[:k], send[k:].view(np.float32), np.empty(9, np.int32))
+    recv = np.zeros(2 * 2 * k, np.int32)
+    topk_scatter(recv, recv.view(np.float32), 2, k, g)
+    e = np.zeros(8, np.float32)
+    accumulate(g, scale, e)
+    subtract_scaled(e, g, scale)

@@ -175,3 +175,46 @@ def test_add_halves_is_the_float32_sum_rounded_to_float16():
     with np.errstate(over="ignore"):
         want = (a.view(np.float16).astype(np.float32) + b.view(np.float16).astype(np.float32)).astype(np.float16)
     assert np.array_equal(got, want.view(np.uint16))
+
+
+WARM_CHECK = """
+import json, sys
+sys.path.insert(0, sys.argv[1])
+from hes_mpi import compress_kernels as ck
+from hes_mpi.algorithms import BGD
+from hes_mpi.comm import InstrumentedComm
+from test_mpi import setup_algo
+
+comm = InstrumentedComm()
+names = [n for n in dir(ck) if not n.startswith("_") and hasattr(getattr(ck, n), "signatures")]
+ck.warm_up()
+before = {n: len(getattr(ck, n).signatures) for n in names}
+for method in ("fp16", "topk:0.2", "powersgd:2"):
+    cfg, _model, algo, theta, batch = setup_algo(comm, BGD, compress=method)
+    algo.step(0, theta, batch)
+after = {n: len(getattr(ck, n).signatures) for n in names}
+if comm.rank == 0:
+    print(json.dumps([before, after]))
+"""
+
+
+def test_warm_up_compiles_what_every_compressed_exchange_calls():
+    """In a fresh 2-rank job, after ``warm_up()`` a gradient step of each compressed exchange (fp16 with its
+    half_sum Allreduce, top-k, PowerSGD) compiles nothing more: the warm-up's inputs have the exchanges' types
+    and layouts, so training's first step does not pay for a compilation (run/setup.warm_kernels)."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from conftest import MPIEXEC, mpi_size, mpiexec_cmd
+
+    if MPIEXEC is None or mpi_size() > 1:
+        pytest.skip("needs mpiexec, run serially")
+    tests = Path(__file__).resolve().parent
+    proc = subprocess.run([*mpiexec_cmd(2), sys.executable, "-c", WARM_CHECK, str(tests)], capture_output=True,
+                          text=True, timeout=300, check=False)
+    assert proc.returncode == 0, proc.stderr
+    before, after = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert len(before) == 7 and all(before.values()), before
+    assert after == before

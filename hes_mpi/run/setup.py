@@ -11,7 +11,7 @@ import sys
 
 import numpy as np
 
-from .. import __version__, kernels, philox_kernels
+from .. import __version__, compress_kernels, kernels, philox_kernels
 from ..comm import cpu_count
 from ..config import RunConfig
 from ..data import Shard, load_shard
@@ -42,16 +42,20 @@ def load_run_data(comm, cfg: RunConfig) -> tuple[Shard, MLP]:
     return shard, MLP(shard.n_features, cfg.hidden, shard.n_classes, cfg.activation, cfg.init)
 
 
-def warm_kernels(comm, n_hidden: int = 1) -> None:
-    """Compile (or load cached) kernels for networks of ``n_hidden`` hidden layers on rank 0 first:
-    concurrent cache writes race."""
-    if comm.rank == 0:
+def warm_kernels(comm, n_hidden: int = 1, compress: bool = False) -> None:
+    """Compile (or load cached) kernels for networks of ``n_hidden`` hidden layers, and with ``compress`` those
+    of the compressed exchanges, on rank 0 first (concurrent cache writes race), before any step is timed."""
+    def warm():
         kernels.warm_up(n_hidden)
         philox_kernels.warm_up()
+        if compress:
+            compress_kernels.warm_up()
+
+    if comm.rank == 0:
+        warm()
     comm.Barrier()
     if comm.rank != 0:
-        kernels.warm_up(n_hidden)
-        philox_kernels.warm_up()
+        warm()
 
 
 def freeze_setup_objects() -> None:

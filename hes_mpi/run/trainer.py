@@ -59,7 +59,7 @@ class Trainer:
         state = comm.agree(self._resume_state, found)
         pause_in_flush_from_env()
         self.writer = comm.agree(self._open_writer, state)
-        warm_kernels(comm, len(self.model.hidden))
+        warm_kernels(comm, len(self.model.hidden), compress=cfg.compress != "none")
         self.theta = self.model.init_params(cfg.seed)
         self.iters_per_epoch = self.shard.n_train // cfg.batch
         max_rows = min(self.shard.hi - self.shard.lo, cfg.batch)
