@@ -1,5 +1,6 @@
 """The accuracy-at-scale table from run logs: at each rank count N, BGD, H-ES and its control (gradient
-reuse) with 95% CIs over their seeds, and H-ES - reuse with Welch's interval (hes_mpi.post.scale).
+reuse) with 95% CIs over their seeds, and H-ES - reuse with Welch's interval (hes_mpi.post.scale); runs of
+other configurations (local SGD, compressed BGD) add a column each.
 
 Usage: python analysis/scale.py DIR_OR_RUN.h5 [...] [--simulated ROWS.jsonl ...] [--target ACC] [--out-dir DIR]
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from scipy import stats
 
+from hes_mpi.config import run_label
 from hes_mpi.post.scale import (
     epochs_to_target,
     markdown_scale,
@@ -19,6 +20,7 @@ from hes_mpi.post.scale import (
     target_of,
     time_to_target_rows,
 )
+from hes_mpi.post.stats import mean_ci
 from hes_mpi.post.tables import Run
 
 SCRIPT = Path(__file__).resolve().parents[1] / "analysis" / "scale.py"
@@ -46,6 +48,33 @@ def test_rows_per_rank_count_with_welch(tmp_path):
     text = markdown_scale(rows)
     assert text.count("\n") == 3 and "| 32 | 256 |" in text
     assert Path(plot_scale(rows, tmp_path / "s.png")).stat().st_size > 0
+
+
+def test_the_baselines_accuracy_is_a_column_per_configuration():
+    """Local SGD and compressed BGD runs beside the study's (jobs/scale.params measures the two baselines that
+    win at scale): a column each, by run label, with the mean and CI over its seeds at every rank count that
+    has them, blank elsewhere; the study's own columns do not take them in."""
+    runs = [run(a, n, 0.96, s) for n in (2, 8) for a in ("bgd", "hes", "reuse") for s in range(3)]
+    local = [run("localsgd", n, acc, s) for n, accs in ((2, [0.97, 0.975, 0.972]), (8, [0.95, 0.94, 0.945]))
+             for s, acc in enumerate(accs)]
+    for r in local:
+        r.config["r"] = 4
+    power = [run("bgd", 8, acc, s) for s, acc in enumerate([0.96, 0.962, 0.958])]
+    for r in power:
+        r.config["compress"] = "powersgd:4"
+    rows = scale_rows([*runs, *local, *power])
+    lsgd, psgd = run_label(local[0].config), run_label(power[0].config)
+    assert lsgd != psgd and "BGD" not in lsgd
+    at = {r["ranks"]: r for r in rows}
+    assert at[8]["bgd_n"] == 3 and at[8]["bgd_mean"] == pytest.approx(0.96)  # PowerSGD is not the reference
+    m, lo, hi, n = mean_ci([0.95, 0.94, 0.945])
+    assert (at[8][f"{lsgd}|mean"], at[8][f"{lsgd}|low"], at[8][f"{lsgd}|high"], at[8][f"{lsgd}|n"]) == (m, lo, hi, n)
+    assert at[2][f"{psgd}|n"] == 0
+    text = markdown_scale(rows).splitlines()
+    assert sorted([lsgd, psgd]) == [psgd, lsgd] and text[0].endswith(f" {psgd} | {lsgd} |")  # sorted by label
+    cells = [line.strip("| ").split(" | ") for line in text[2:]]
+    assert cells[0][-2:] == ["", "97.23% ± 0.63 (n 3)"]  # N = 2: local SGD, no PowerSGD
+    assert cells[1][-2].startswith("96.00% ± ") and cells[1][-1].startswith("94.50% ± ")
 
 
 def test_script_without_run_logs_is_one_line(tmp_path):

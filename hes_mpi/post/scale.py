@@ -23,17 +23,30 @@ def _pct(m, lo, hi) -> str:
     return f"{100 * m:.2f}%" + (f" ± {100 * half:.2f}" if math.isfinite(half) else "")
 
 
+def _core(r: Run) -> bool:
+    """A run of the study's three methods (BGD, H-ES, reuse), uncompressed and not assisted."""
+    c = r.config
+    return c["algo"] in METHODS and not c.get("assisted") and c.get("compress", "none") in ("none", "")
+
+
 def scale_rows(runs: list[Run]) -> list[dict]:
-    """One row per rank count: each method's mean final dev accuracy with its 95% CI, and H-ES - reuse."""
+    """One row per rank count: each method's mean final dev accuracy with its 95% CI, and H-ES - reuse. Runs
+    of other configurations (local SGD, compressed BGD: the baselines) add columns ``LABEL|mean``,
+    ``LABEL|low``, ``LABEL|high`` and ``LABEL|n`` (their ``run_label``), NaN and 0 at a rank count without
+    them."""
     by_n: dict[int, dict[str, list[Run]]] = {}
+    others: list[str] = []
     for r in runs:
-        algo = r.config["algo"]
-        if algo in METHODS and not r.config.get("assisted") and r.config.get("compress", "none") in ("none", ""):
-            by_n.setdefault(int(r.summary["ranks"]), {}).setdefault(algo, []).append(r)
+        key = r.config["algo"] if _core(r) else run_label(r.config)
+        if not _core(r) and key not in others:
+            others.append(key)
+        by_n.setdefault(int(r.summary["ranks"]), {}).setdefault(key, []).append(r)
     rows = []
     for n in sorted(by_n):
         g = by_n[n]
-        acc = {a: [r.summary["dev_acc"] for r in g.get(a, [])] for a in METHODS}
+        if not any(a in g for a in METHODS):
+            continue
+        acc = {a: [r.summary["dev_acc"] for r in g.get(a, [])] for a in (*METHODS, *others)}
         k = int(g["hes"][0].config["K"]) if g.get("hes") else 0
         row = {"ranks": n, "candidates": k * n}
         for a in METHODS:
@@ -41,13 +54,18 @@ def scale_rows(runs: list[Run]) -> list[dict]:
             row.update({f"{a}_mean": m, f"{a}_low": lo, f"{a}_high": hi, f"{a}_n": cnt})
         w = welch(acc["hes"], acc["reuse"])
         row.update({"diff": w["diff"], "diff_low": w["low"], "diff_high": w["high"], "p": w["p"]})
+        for label in sorted(others):
+            m, lo, hi, cnt = mean_ci(acc[label])
+            row.update({f"{label}|mean": m, f"{label}|low": lo, f"{label}|high": hi, f"{label}|n": cnt})
         rows.append(row)
     return rows
 
 
 def markdown_scale(rows: list[dict]) -> str:
-    out = ["| ranks N | candidates K x N | BGD | H-ES, r = 2 | reuse, r = 2 | H-ES - reuse (points) | 95% CI | Welch p |",
-           "|---|---|---|---|---|---|---|---|"]
+    others = [k[: -len("|mean")] for k in (rows[0] if rows else {}) if k.endswith("|mean")]
+    out = ["| ranks N | candidates K x N | BGD | H-ES, r = 2 | reuse, r = 2 | H-ES - reuse (points) | 95% CI | Welch p |"
+           + "".join(f" {label} |" for label in others),
+           "|---|---|---|---|---|---|---|---|" + "---|" * len(others)]
     for r in rows:
         ci = (f"[{100 * r['diff_low']:+.2f}, {100 * r['diff_high']:+.2f}]" if math.isfinite(r["diff_low"])
               else "n/a")
@@ -55,7 +73,9 @@ def markdown_scale(rows: list[dict]) -> str:
         diff = f"{100 * r['diff']:+.2f}" if math.isfinite(r["diff"]) else ""
         cells = [str(r["ranks"]), str(r["candidates"]),
                  *(_pct(r[f"{a}_mean"], r[f"{a}_low"], r[f"{a}_high"]) + f" (n {r[f'{a}_n']})" for a in METHODS),
-                 diff, ci, p]
+                 diff, ci, p,
+                 *((_pct(r[f"{x}|mean"], r[f"{x}|low"], r[f"{x}|high"]) + f" (n {r[f'{x}|n']})") if r[f"{x}|n"]
+                   else "" for x in others)]
         out.append("| " + " | ".join(cells) + " |")
     return "\n".join(out)
 
