@@ -3,10 +3,10 @@
 # accuracy against N"): one 2-rank MNIST run of each method (3 epochs: what is replayed is one epoch of its
 # calls and compute) replayed on N simulated nodes with the global batch fixed (--scaling strong) on a 1 GbE
 # star, a 10 GbE fat tree (both with SMPI factors 1) and a 100G fat tree (SimGrid's default factors), then
-# analysis/scale.py with the accuracy runs: the scale study's (BGD, H-ES r = 2, reuse r = 2 at 2-32 ranks,
-# benchmarks/scale_accuracy.sh) and the baselines study's 2-rank runs of the other methods (seeds 0 1 2 at
-# lr 5: benchmarks/baselines_cluster.sh, whose parameters are bitwise those of one host), their accuracy
-# assumed from 2 ranks at every larger N.
+# analysis/scale.py with the accuracy runs: the scale study's (BGD, H-ES r = 2, reuse r = 2, local SGD H = 4
+# and PowerSGD rank 4 at 2-32 ranks, benchmarks/scale_accuracy.sh) and the baselines study's 2-rank runs of
+# fp16 and top-k (seeds 0 1 2 at lr 5: benchmarks/baselines_cluster.sh, whose parameters are bitwise those
+# of one host), their accuracy assumed from 2 ranks at every larger N.
 # Usage: bash benchmarks/scale_time_to_target.sh [OUT] [SCALE_RUNS] [BASELINE_RUNS]
 #   (defaults results/scale-ttt, results/scale, results/baselines/cluster/1gbit)
 set -euo pipefail
@@ -40,5 +40,5 @@ for spec in "star:1gbit,30us|1" "fattree:10gbit,5us|1" "fattree:100gbit,500ns|de
     hes-mpi simulate "$out/runs/bgd_topk25.h5" --nodes 2 8 32 --platform "$platform" --scaling strong \
         --smpi-factors "$factors" --json
 done > "$out/simulated.jsonl"
-python analysis/scale.py "$scale" "$baselines"/{bgd_fp16,bgd_topk25,bgd_powersgd4,localsgd_h4}_s*.h5 \
+python analysis/scale.py "$scale" "$baselines"/{bgd_fp16,bgd_topk25}_s*.h5 \
     --simulated "$out/simulated.jsonl" --out-dir "$out"
