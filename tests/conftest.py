@@ -61,13 +61,19 @@ def rank_pids(marker: str) -> list[int]:
 
 def kill_job(proc: subprocess.Popen, marker: str) -> None:
     """SIGKILL a job started in its own session: its ranks (their command line contains ``marker``; Open MPI's
-    ranks are not in the launcher's process group and outlive it) and the launcher's group; then reap it."""
+    ranks are not in the launcher's process group and outlive it), then reap the launcher, which ends when
+    its ranks have. Only a launcher still there after 20 s is killed too: a killed Open MPI launcher leaves
+    its session folder (``/tmp/ompi.PID``, with PMIx's rendezvous files) behind, and a later launcher given the
+    same PID fails to start ("The PMIx server's listener thread failed to start")."""
     for pid in rank_pids(marker):
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait(timeout=30)
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
 
 
 def mpi_size() -> int:
