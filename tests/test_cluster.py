@@ -640,9 +640,17 @@ def test_cluster_slurm_runs_a_command_with_slurm_on_the_nodes(state_root, tmp_pa
     assert leftovers("tslc") == []
 
 
+def prted_sessions() -> set[str]:
+    """Session folders of Open MPI's node daemons in the shared temporary folder."""
+    return {str(p) for p in Path(os.environ.get("TMPDIR") or "/tmp").glob("prted.*")}
+
+
 def test_a_killed_node_ends_the_job(state_root, tmp_path):
-    """``cluster fault kill`` takes a node's ranks down mid-run: the job ends (non-zero) instead of hanging."""
+    """``cluster fault kill`` takes a node's ranks down mid-run: the job ends (non-zero) instead of hanging.
+    Under Open MPI the killed node's daemon (prted) leaves no session folder in the host's /tmp, which every
+    node shares (one left behind there could stop a later launcher given its PID)."""
     name = "tkill"
+    sessions_before = prted_sessions()
     with cluster(name, "--nodes", "2"):
         out = tmp_path / "run.h5"
         job = subprocess.Popen([sys.executable, "-m", "hes_mpi", "cluster", "run", "--name", name, "--", "train", *SYN,
@@ -653,6 +661,7 @@ def test_a_killed_node_ends_the_job(state_root, tmp_path):
             while not out.exists() and time.monotonic() < deadline:  # training has started
                 time.sleep(0.5)
             time.sleep(2)
+            daemons = prted_sessions() - sessions_before
             killed = cli("cluster", "fault", "kill", "node1", "--name", name)
             assert killed.returncode == 0, killed.stderr
             t0 = time.monotonic()
@@ -663,6 +672,8 @@ def test_a_killed_node_ends_the_job(state_root, tmp_path):
                 job.kill()
         assert job.returncode != 0, err
     assert leftovers(name) == []
+    assert len(daemons) == (1 if launcher_is_open_mpi() else 0), daemons  # node1's daemon ran ...
+    assert prted_sessions() - sessions_before == set()  # ... and its folder is gone
 
 
 def test_cluster_bench_rounds_interleave_and_report_medians_with_their_range(state_root, tmp_path):

@@ -8,9 +8,11 @@ from __future__ import annotations
 import contextlib
 import os
 import shlex
+import shutil
 import signal
 import subprocess
 import time
+from pathlib import Path
 
 from ..errors import UsageError
 from ..log import get_logger
@@ -64,7 +66,34 @@ def slow(cluster: Cluster, node: str, fraction: float | None) -> None:
 
 
 def kill(cluster: Cluster, node: str) -> int:
-    """SIGKILL every process on ``node``; returns how many there were."""
-    n = kill_pids(node_pids(cluster.node(node)))
+    """SIGKILL every process on ``node``; returns how many there were. The session folders of the Open MPI
+    daemons among them are removed once they have gone (:func:`daemon_sessions`)."""
+    pids = node_pids(cluster.node(node))
+    sessions = daemon_sessions(pids)
+    n = kill_pids(pids)
+    for pid, folder in sessions:
+        deadline = time.monotonic() + 5.0
+        while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        with contextlib.suppress(OSError):
+            if folder.lstat().st_uid == os.geteuid():  # ours, and not a link (rmtree refuses those)
+                shutil.rmtree(folder)
     log.info("cluster %s: killed %d processes on %s", cluster.name, n, node)
     return n
+
+
+def daemon_sessions(pids: list[int]) -> list[tuple[int, Path]]:
+    """(pid, session folder) of each of Open MPI's node daemons (``prted``) among ``pids``: PRRTE keeps
+    ``TMPDIR/prted.PID`` (``/tmp`` without TMPDIR) and removes it when it ends; a killed daemon leaves it, and
+    on the emulated cluster every node shares the host's ``/tmp``."""
+    out = []
+    for pid in pids:
+        try:
+            if Path(f"/proc/{pid}/comm").read_text().strip() != "prted":
+                continue
+            env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        except OSError:  # gone already
+            continue
+        tmp = next((e[len(b"TMPDIR="):].decode() for e in env if e.startswith(b"TMPDIR=")), "") or "/tmp"
+        out.append((pid, Path(tmp) / f"prted.{pid}"))
+    return out
