@@ -12,6 +12,7 @@ import numpy as np
 from ..config import run_label
 from .stats import mean_ci, welch
 from .tables import Run
+from .target import BELOW_REFERENCE, is_reference
 
 METHODS = ("bgd", "hes", "reuse")
 
@@ -23,10 +24,14 @@ def _pct(m, lo, hi) -> str:
     return f"{100 * m:.2f}%" + (f" ± {100 * half:.2f}" if math.isfinite(half) else "")
 
 
+def _plain(config: dict) -> bool:
+    """Uncompressed and not assisted: the method its ``algo`` names, and nothing added."""
+    return config.get("compress", "none") in ("none", "") and not config.get("assisted")
+
+
 def _core(r: Run) -> bool:
     """A run of the study's three methods (BGD, H-ES, reuse), uncompressed and not assisted."""
-    c = r.config
-    return c["algo"] in METHODS and not c.get("assisted") and c.get("compress", "none") in ("none", "")
+    return r.config["algo"] in METHODS and _plain(r.config)
 
 
 def scale_rows(runs: list[Run]) -> list[dict]:
@@ -37,8 +42,9 @@ def scale_rows(runs: list[Run]) -> list[dict]:
     by_n: dict[int, dict[str, list[Run]]] = {}
     others: list[str] = []
     for r in runs:
-        key = r.config["algo"] if _core(r) else run_label(r.config)
-        if not _core(r) and key not in others:
+        core = _core(r)
+        key = r.config["algo"] if core else run_label(r.config)
+        if not core and key not in others:
             others.append(key)
         by_n.setdefault(int(r.summary["ranks"]), {}).setdefault(key, []).append(r)
     rows = []
@@ -105,16 +111,11 @@ def target_of(runs: list[Run], target: float | None = None) -> float:
     reference."""
     if target is not None:
         return target
-    bgd = [r for r in runs if _is_reference(r)]
+    bgd = [r for r in runs if is_reference(r.config)]
     if not bgd:
         raise ValueError("no BGD run to set the target from: give --target")
     n0 = min(int(r.summary["ranks"]) for r in bgd)
-    return float(np.mean([r.summary["dev_acc"] for r in bgd if int(r.summary["ranks"]) == n0])) - 0.005
-
-
-def _is_reference(r: Run) -> bool:
-    return (r.config["algo"] == "bgd" and r.config.get("compress", "none") in ("none", "")
-            and not r.config.get("assisted"))
+    return float(np.mean([r.summary["dev_acc"] for r in bgd if int(r.summary["ranks"]) == n0])) - BELOW_REFERENCE
 
 
 def epochs_to_target(runs: list[Run], target: float) -> float:
@@ -138,7 +139,7 @@ def time_to_target_rows(runs: list[Run], simulated: list[dict], target: float) -
     by: dict[tuple[str, int], list[Run]] = {}
     for r in runs:
         by.setdefault((run_label(r.config), int(r.summary["ranks"])), []).append(r)
-        if r.config.get("compress", "none") in ("none", "") and not r.config.get("assisted"):
+        if _plain(r.config):
             by.setdefault((f"algo:{r.config['algo']}", int(r.summary["ranks"])), []).append(r)
     out = []
     for s in simulated:
