@@ -5,8 +5,14 @@ feedback and selection (ties included: the lowest indices), its rank-ordered sum
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
+from conftest import MPIEXEC, mpi_size, mpiexec_cmd
 
 from hes_mpi import compress_kernels as ck
 
@@ -202,13 +208,6 @@ def test_warm_up_compiles_what_every_compressed_exchange_calls():
     """In a fresh 2-rank job, after ``warm_up()`` a gradient step of each compressed exchange (fp16 with its
     half_sum Allreduce, top-k, PowerSGD) compiles nothing more: the warm-up's inputs have the exchanges' types
     and layouts, so training's first step does not pay for a compilation (run/setup.warm_kernels)."""
-    import json
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    from conftest import MPIEXEC, mpi_size, mpiexec_cmd
-
     if MPIEXEC is None or mpi_size() > 1:
         pytest.skip("needs mpiexec, run serially")
     tests = Path(__file__).resolve().parent
