@@ -58,7 +58,7 @@ def floor_bytes(method: str, n: int, k: int, ranks: int) -> int:
 def compress(comm, cfg, methods=METHODS, reps: int = 40, warmup: int = 4) -> dict:
     """The bench (module docstring) on this job's ranks, as one JSON-ready dict."""
     base = dataclasses.replace(cfg, algo="bgd", compress="none")
-    s = BenchSetup(comm, base)
+    s = BenchSetup(comm, base, compress=True)
     model = s.model
     theta = s.model.init_params(cfg.seed)
     batch = next(iter(s.batches(0)))

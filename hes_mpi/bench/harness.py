@@ -56,15 +56,17 @@ def slowest(comm, values) -> np.ndarray:
 
 class BenchSetup:
     """What a benchmark of training steps needs, prepared as training prepares it: BLAS threads, this
-    rank's shard, the network, warm kernels, and row buffers for its part of a global batch."""
+    rank's shard, the network, warm kernels, and row buffers for its part of a global batch. The compressed
+    exchanges' kernels are warmed for a ``cfg`` that compresses, or with ``compress`` (a bench that times
+    every exchange)."""
 
-    def __init__(self, comm, cfg):
+    def __init__(self, comm, cfg, compress: bool = False):
         from ..run.setup import freeze_setup_objects, load_run_data, set_threads, warm_kernels
 
         self.cfg = cfg
         self.threads = set_threads(comm, cfg.threads)
         self.shard, self.model = load_run_data(comm, cfg)
-        warm_kernels(comm, len(self.model.hidden), compress=True)  # bench compress times the exchanges
+        warm_kernels(comm, len(self.model.hidden), compress=compress or cfg.compress != "none")
         self.max_rows = min(self.shard.hi - self.shard.lo, cfg.batch)
         self.xbuf = np.empty((self.max_rows, self.model.n_in), dtype=np.float32)
         self.ybuf = np.empty(self.max_rows, dtype=np.int32)
